@@ -1,0 +1,43 @@
+"""Our code must never raise into the app: every entry point from an adapter into the core is guarded here.
+
+An error in otel_resilience is logged once per place it happened (with its traceback, so it can be reported) and
+then swallowed; the app's own call carries on exactly as it would without us.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+_logger = logging.getLogger("otel_resilience")
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def report_internal_error(where: str) -> None:
+    """Log the exception being handled, once for each `where`, and return: the caller then swallows it."""
+    with _reported_lock:
+        if where in _reported:
+            return
+        _reported.add(where)
+    _logger.warning("otel_resilience: internal error in %s (swallowed; telemetry may be incomplete)", where, exc_info=True)
+
+
+def never_raises(func: F) -> F:
+    """Decorate a function of ours so that an exception in it is reported once and swallowed (it returns None)."""
+    where = f"{func.__module__}.{func.__qualname__}"
+
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            report_internal_error(where)
+            return None
+
+    return cast(F, guarded)

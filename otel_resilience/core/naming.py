@@ -1,0 +1,24 @@
+"""Names for what is retried or guarded: ``module.qualname`` (`retry.name`) and the bare qualname (span names)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def callable_names(fn: Any) -> tuple[str, str]:
+    """(``module.qualname``, ``qualname``) of a callable: functions, methods, partials, callable objects."""
+    target = getattr(fn, "func", fn) if not hasattr(fn, "__qualname__") else fn  # functools.partial
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    module = getattr(target, "__module__", None) or type(target).__module__
+    return (f"{module}.{qualname}" if module else qualname), qualname
+
+
+def caller_names(skip: int) -> tuple[str, str]:
+    """Names of the function `skip` frames above the caller: forms with no function of their own (tenacity's
+    ``for attempt in Retrying()``, ``stamina.retry_context``) take the name of the function they are written in."""
+    frame = sys._getframe(skip + 1)
+    code = frame.f_code
+    qualname = getattr(code, "co_qualname", code.co_name)  # co_qualname is Python >= 3.11
+    module = frame.f_globals.get("__name__", "")
+    return (f"{module}.{qualname}" if module else qualname), qualname

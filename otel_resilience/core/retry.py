@@ -1,0 +1,292 @@
+"""The retry observer: library-neutral retry events in, spans and metrics out.
+
+An adapter reports what its library did; this module alone decides what that looks like in a trace:
+
+    op = telemetry.start_retry("app.fetch_user", span_name="fetch_user", max_attempts=3)
+    op.attempt_started()
+    token = op.activate()            # the attempt span is current while the attempt runs
+    ...                              # the library calls the app's function
+    op.deactivate(token)
+    op.attempt_ended(exc, next_delay=0.1)
+    ...
+    op.ended(semconv.RESULT_EXHAUSTED, exc)
+
+An attempt's span is finished when the next attempt starts or the operation ends (with the end time recorded when the
+attempt ended), because some facts about it are only known then: the measured delay of a drop-in target, or the
+`retry.attempts`/`retry.result` that the last HTTP attempt carries when there is no operation span.
+"""
+
+from __future__ import annotations
+
+from time import time_ns
+from typing import Any, Final
+
+from opentelemetry import context
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.util.types import AttributeValue
+
+from otel_resilience import semconv
+from otel_resilience.core import errors
+from otel_resilience.core._safety import never_raises
+from otel_resilience.core.telemetry import Telemetry
+
+_DEPTH_KEY: Final = context.create_key("otel_resilience.retry_depth")
+_ERROR: Final = Status(StatusCode.ERROR)
+_NS: Final = 1e9
+
+
+def current_depth(ctx: Context | None = None) -> int:
+    """How many retry attempts enclose the current code (0 outside any retry)."""
+    return context.get_value(_DEPTH_KEY, ctx) or 0  # type: ignore[return-value]
+
+
+class RetryOperation:
+    """One retried call, from its first attempt to its result. Created by `Telemetry.start_retry`."""
+
+    __slots__ = (
+        "_telemetry",
+        "name",
+        "span_name",
+        "depth",
+        "attempts",
+        "total_delay",
+        "_span",
+        "_ctx",
+        "_start_ns",
+        "_attempt_kind",
+        "_attempt_span",
+        "_attempt_start_ns",
+        "_pending",
+        "_pending_end_ns",
+        "_pending_needs_delay",
+        "_measured_delays",
+        "_last_error_type",
+        "_ended",
+    )
+
+    def __init__(self) -> None:  # use RetryOperation.start
+        self._pending: Span | None = None
+        self._attempt_span: Span | None = None
+        self._pending_end_ns = 0
+        self._pending_needs_delay = False
+        self._last_error_type: str | None = None
+        self._ended = False
+        self.attempts = 0
+        self.total_delay = 0.0
+
+    @classmethod
+    def start(
+        cls,
+        telemetry: Telemetry,
+        name: str,
+        *,
+        span_name: str | None,
+        max_attempts: int | None,
+        operation_span: bool,
+        attempt_kind: SpanKind,
+        parent: Context | None,
+        measured_delays: bool = False,
+    ) -> RetryOperation:
+        self = cls()
+        self._telemetry = telemetry
+        self.name = name
+        self.span_name = span_name or name
+        parent_ctx = context.get_current() if parent is None else parent
+        self.depth = current_depth(parent_ctx) + 1
+        self._attempt_kind = attempt_kind
+        self._measured_delays = measured_delays
+        self._start_ns = time_ns()
+        if operation_span:
+            attributes: dict[str, AttributeValue] = {semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: self.depth}
+            if max_attempts is not None:
+                attributes[semconv.RETRY_MAX_ATTEMPTS] = max_attempts
+            self._span: Span | None = telemetry.tracer.start_span(
+                f"{semconv.RETRY_OPERATION_SPAN_PREFIX} {self.span_name}",
+                context=parent_ctx,
+                kind=SpanKind.INTERNAL,
+                attributes=attributes,
+                start_time=self._start_ns,
+            )
+            parent_ctx = set_span_in_context(self._span, parent_ctx)
+        else:
+            self._span = None
+        self._ctx = context.set_value(_DEPTH_KEY, self.depth, parent_ctx)
+        return self
+
+    # --- attempts ----------------------------------------------------------------------------------------------
+
+    @never_raises
+    def attempt_started(self, *, span_name: str | None = None, attributes: dict[str, Any] | None = None) -> None:
+        """An attempt begins now. `span_name` and `attributes` let an HTTP attempt be a ``GET`` CLIENT span."""
+        now = time_ns()
+        self._finish_pending(now)
+        self.attempts += 1
+        self._attempt_start_ns = now
+        mode = self._telemetry.settings.attempt_spans
+        if mode == "none" and self._span is not None:
+            self._attempt_span = None
+            return
+        if mode == "on_retry" and self.attempts == 1 and self._span is not None:
+            self._attempt_span = None  # created only if this first attempt fails, with its real times
+            return
+        self._attempt_span = self._new_attempt_span(now, span_name, attributes)
+
+    def _new_attempt_span(self, start_ns: int, span_name: str | None, attributes: dict[str, Any] | None) -> Span:
+        span_attributes: dict[str, Any] = {semconv.RETRY_NAME: self.name, semconv.RETRY_ATTEMPT: self.attempts}
+        if attributes:
+            span_attributes.update(attributes)
+        return self._telemetry.tracer.start_span(
+            span_name or self.span_name,
+            context=self._ctx,
+            kind=self._attempt_kind,
+            attributes=span_attributes,
+            start_time=start_ns,
+        )
+
+    @property
+    def attempt_context(self) -> Context:
+        """The context an attempt runs in: its span (or the operation's) current, and the retry depth one deeper."""
+        if self._attempt_span is None:
+            return self._ctx
+        return set_span_in_context(self._attempt_span, self._ctx)
+
+    def activate(self) -> object:
+        """Make the running attempt current (so spans the app makes inside it are its children); returns a token
+        for `deactivate`. Attach and detach must pair up in the same context, as with any OpenTelemetry context."""
+        return context.attach(self.attempt_context)
+
+    @staticmethod
+    def deactivate(token: object) -> None:
+        context.detach(token)  # type: ignore[arg-type]
+
+    @never_raises
+    def attempt_ended(
+        self,
+        error: BaseException | None = None,
+        *,
+        error_type: str | None = None,
+        next_delay: float | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        """The running attempt ended: it raised `error`, or its result was rejected (`error_type`, e.g.
+        ``rejected_result`` or ``"503"``), or it succeeded (neither). `next_delay` is the wait the library chose
+        before the next attempt (None when no attempt follows, or when the delay is measured instead)."""
+        end_ns = time_ns()
+        if error_type is None and error is not None:
+            error_type = errors.error_type(error)
+        self._last_error_type = error_type
+        if next_delay is not None:
+            self.total_delay += next_delay
+        span = self._attempt_span
+        self._attempt_span = None
+        if span is None:
+            if self._span is None:
+                return
+            mode = self._telemetry.settings.attempt_spans
+            if mode == "none":
+                self._span.add_event(
+                    semconv.RETRY_ATTEMPT_EVENT,
+                    self._attempt_event_attributes(error, error_type, next_delay),
+                    timestamp=end_ns,
+                )
+                return
+            if error_type is None:
+                return  # on_retry: a first attempt that succeeded gets no span
+            span = self._new_attempt_span(self._attempt_start_ns, None, None)
+        if attributes:
+            span.set_attributes(attributes)
+        if next_delay is not None:
+            span.set_attribute(semconv.RETRY_DELAY, next_delay)
+        if error_type is not None:
+            span.set_attribute(semconv.ERROR_TYPE, error_type)
+            span.set_status(_ERROR)
+            if error is not None:
+                stacktrace = self._telemetry.settings.stacktraces == "all"
+                span.add_event(
+                    semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
+                )
+        self._pending = span
+        self._pending_end_ns = end_ns
+        self._pending_needs_delay = self._measured_delays and next_delay is None
+
+    def _attempt_event_attributes(
+        self, error: BaseException | None, error_type: str | None, next_delay: float | None
+    ) -> dict[str, Any]:
+        attributes: dict[str, Any] = {semconv.RETRY_ATTEMPT: self.attempts}
+        if error_type is not None:
+            attributes[semconv.ERROR_TYPE] = error_type
+        if error is not None:
+            attributes.update(errors.exception_attributes(error, stacktrace=False))
+        if next_delay is not None:
+            attributes[semconv.RETRY_DELAY] = next_delay
+        return attributes
+
+    def _finish_pending(self, next_start_ns: int | None) -> Span | None:
+        """End the previous attempt's span; when delays are measured, its delay is the gap until `next_start_ns`."""
+        span = self._pending
+        if span is None:
+            return None
+        self._pending = None
+        if self._pending_needs_delay and next_start_ns is not None:
+            delay = max(0, next_start_ns - self._pending_end_ns) / _NS
+            self.total_delay += delay
+            span.set_attribute(semconv.RETRY_DELAY, delay)
+        span.end(self._pending_end_ns)
+        return span
+
+    # --- the end -------------------------------------------------------------------------------------------------
+
+    @never_raises
+    def ended(self, result: str | None = None, error: BaseException | None = None, *, error_type: str | None = None) -> None:
+        """The operation is over. `result` is one of ``semconv.RETRY_RESULTS`` (inferred when None: success unless
+        the last attempt failed or `error` escaped); a `BaseException` that is not an `Exception` makes it
+        ``aborted`` whatever else was said. `error` is the exception that escaped to the caller, if any."""
+        if self._ended:
+            return
+        self._ended = True
+        end_ns = time_ns()
+        if self._attempt_span is not None:  # abandoned mid-attempt: close the attempt as it stands
+            self.attempt_ended(error)
+        if errors.is_abort(error):
+            result = semconv.RESULT_ABORTED
+        elif result is None:
+            failed = error is not None or self._last_error_type is not None
+            result = semconv.RESULT_EXHAUSTED if failed else semconv.RESULT_SUCCESS
+        if result != semconv.RESULT_SUCCESS and error_type is None:
+            error_type = errors.error_type(error) if error is not None else self._last_error_type
+        outcome: dict[str, Any] = {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result}
+
+        span = self._span
+        if span is None:
+            last = self._pending
+            self._pending = None
+            if last is not None:
+                last.set_attributes(outcome)
+                last.end(self._pending_end_ns)
+        else:
+            self._finish_pending(None)
+            span.set_attributes(outcome)
+            span.set_attribute(semconv.RETRY_TOTAL_DELAY, self.total_delay)
+            if result != semconv.RESULT_SUCCESS:
+                if error_type is not None:
+                    span.set_attribute(semconv.ERROR_TYPE, error_type)
+                span.set_status(_ERROR)
+                if error is not None:
+                    stacktrace = self._telemetry.settings.stacktraces != "none"
+                    span.add_event(
+                        semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
+                    )
+            span.end(end_ns)
+
+        telemetry = self._telemetry
+        telemetry.retry_attempts.record(
+            self.attempts, {semconv.RETRY_NAME: self.name, semconv.RETRY_RESULT: result, semconv.RETRY_DEPTH: self.depth}
+        )
+        telemetry.retry_duration.record(
+            (end_ns - self._start_ns) / _NS, {semconv.RETRY_NAME: self.name, semconv.RETRY_RESULT: result}
+        )
+
+    @property
+    def is_ended(self) -> bool:
+        return self._ended

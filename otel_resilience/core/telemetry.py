@@ -1,0 +1,163 @@
+"""One `Telemetry` per instrumented library: its tracer, meter and instruments, got once at instrument time.
+
+Getting a tracer or meter on every call is a trap (the SDK may warn from `get_tracer()`, and apps that turn warnings
+into errors break), so adapters receive this object when they are instrumented and keep it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.trace import SpanKind, TracerProvider
+
+from otel_resilience import semconv
+from otel_resilience.core.config import SETTINGS, Settings
+from otel_resilience.version import __version__
+
+if TYPE_CHECKING:
+    from otel_resilience.core.breaker import BreakerCall
+    from otel_resilience.core.registry import BreakerEntry
+    from otel_resilience.core.retry import RetryOperation
+
+_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+
+
+def _is_noop_tracer(tracer: trace.Tracer) -> bool:
+    if isinstance(tracer, trace.ProxyTracer):
+        tracer = tracer._tracer  # resolves to the real tracer once a global provider is set
+    return isinstance(tracer, trace.NoOpTracer)
+
+
+def _is_noop_meter(meter: metrics.Meter) -> bool:
+    real = getattr(meter, "_real_meter", meter)  # the API's proxy meter until a global provider is set
+    return real is None or isinstance(real, metrics.NoOpMeter)
+
+
+class Telemetry:
+    """The instrumentation scope ``otel_resilience.{library}``: where the core creates spans and records metrics."""
+
+    def __init__(
+        self,
+        library: str,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        settings: Settings = SETTINGS,
+    ) -> None:
+        self.library = library
+        self.settings = settings
+        scope = f"{semconv.SCOPE_PREFIX}.{library}"
+        self.tracer = trace.get_tracer(scope, __version__, tracer_provider, schema_url=_SCHEMA_URL)
+        self.meter = metrics.get_meter(scope, __version__, meter_provider, schema_url=_SCHEMA_URL)
+        self._live = False
+        self.disabled = False
+        """Set when uninstrumenting could not remove our wrapper (another layer sat on it): record nothing more."""
+        self.retry_attempts = self.meter.create_histogram(
+            semconv.METRIC_RETRY_ATTEMPTS,
+            unit="{attempt}",
+            description="Attempts made by one retried operation.",
+            explicit_bucket_boundaries_advisory=list(semconv.RETRY_ATTEMPTS_BUCKETS),
+        )
+        self.retry_duration = self.meter.create_histogram(
+            semconv.METRIC_RETRY_DURATION,
+            unit="s",
+            description="Duration of a retried operation, all attempts and waits included.",
+            explicit_bucket_boundaries_advisory=list(semconv.RETRY_DURATION_BUCKETS),
+        )
+        self.breaker_calls = self.meter.create_counter(
+            semconv.METRIC_BREAKER_CALLS, unit="{call}", description="Calls through a circuit breaker."
+        )
+        self.breaker_transitions = self.meter.create_counter(
+            semconv.METRIC_BREAKER_TRANSITIONS,
+            unit="{transition}",
+            description="Circuit breaker state changes.",
+        )
+        self.meter.create_observable_gauge(
+            semconv.METRIC_BREAKER_STATE,
+            callbacks=[self._observe_breaker_states],
+            unit="1",
+            description="1 for the state each circuit breaker is in, 0 for the others.",
+        )
+
+    def recording(self) -> bool:
+        """Whether anything would record: decided cheaply, so that with no SDK we create nothing at all.
+
+        Once a real provider is in place it stays (OpenTelemetry sets global providers once), so a positive answer
+        is cached; a negative one is re-checked, because the app may configure its SDK after instrumenting.
+        """
+        if self.disabled:
+            return False
+        if not self._live:
+            if _is_noop_tracer(self.tracer) and _is_noop_meter(self.meter):
+                return False
+            self._live = True
+        return is_instrumentation_enabled()
+
+    def start_retry(
+        self,
+        name: str,
+        *,
+        span_name: str | None = None,
+        max_attempts: int | None = None,
+        operation_span: bool = True,
+        attempt_kind: SpanKind = SpanKind.INTERNAL,
+        parent: Context | None = None,
+        measured_delays: bool = False,
+    ) -> RetryOperation | None:
+        """Start observing one retried operation, or return None when nothing records (the adapter then stays out
+        of the way entirely). `name` is ``retry.name`` (``module.qualname``); `span_name` the bare qualname.
+        `operation_span=False` makes the attempts siblings under the caller (HTTP attempts); `measured_delays=True`
+        records the gap between attempts as `retry.delay` when the library's chosen wait cannot be read."""
+        if not self.recording():
+            return None
+        from otel_resilience.core.retry import RetryOperation
+
+        return RetryOperation.start(
+            self,
+            name,
+            span_name=span_name,
+            max_attempts=max_attempts,
+            operation_span=operation_span,
+            attempt_kind=attempt_kind,
+            parent=parent,
+            measured_delays=measured_delays,
+        )
+
+    def start_breaker_call(self, entry: BreakerEntry, state: str | None) -> BreakerCall | None:
+        """Start observing one call through the breaker `entry`, admitted (so far) in `state`; None when nothing
+        records."""
+        if not self.recording():
+            return None
+        from otel_resilience.core.breaker import BreakerCall
+
+        return BreakerCall.start(self, entry, state)
+
+    def _observe_breaker_states(self, _options: CallbackOptions) -> Iterable[Observation]:
+        """The `circuitbreaker.state` gauge, read from the weak registry. A state the library moved to on its own (a
+        timer taking a breaker from open to half_open) is first seen here, and counted as a transition here."""
+        from otel_resilience.core.registry import REGISTRY
+
+        for entry in REGISTRY.live_entries(self.library):
+            state = entry.refresh(self)
+            if state is None:
+                continue
+            for candidate in semconv.BREAKER_STATES:
+                yield Observation(
+                    1 if candidate == state else 0,
+                    {semconv.BREAKER_NAME: entry.name, semconv.BREAKER_STATE: candidate},
+                )
+
+    def record_transition(self, entry: BreakerEntry, previous: str, state: str) -> None:
+        """Count one state change (with or without a span current): the `circuitbreaker.transitions` counter."""
+        self.breaker_transitions.add(
+            1,
+            {
+                semconv.BREAKER_NAME: entry.name,
+                semconv.BREAKER_PREVIOUS_STATE: previous,
+                semconv.BREAKER_STATE: state,
+            },
+        )
