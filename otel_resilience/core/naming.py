@@ -14,10 +14,17 @@ def callable_names(fn: Any) -> tuple[str, str]:
     return (f"{module}.{qualname}" if module else qualname), qualname
 
 
-def caller_names(skip: int) -> tuple[str, str]:
-    """Names of the function `skip` frames above the caller: forms with no function of their own (tenacity's
-    ``for attempt in Retrying()``, ``stamina.retry_context``) take the name of the function they are written in."""
-    frame = sys._getframe(skip + 1)
+_ALWAYS_SKIPPED = ("wrapt", "otel_resilience", "contextlib", "functools")
+
+
+def caller_names(*skip_modules: str) -> tuple[str, str]:
+    """Names of the nearest calling function outside `skip_modules` (and outside wrapt and otel_resilience): forms
+    with no function of their own (tenacity's ``for attempt in Retrying()``, ``stamina.retry_context``) take the name
+    of the function they are written in."""
+    skipped = _ALWAYS_SKIPPED + skip_modules
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(skipped):
+        frame = frame.f_back
     code = frame.f_code
     qualname = getattr(code, "co_qualname", code.co_name)  # co_qualname is Python >= 3.11
     module = frame.f_globals.get("__name__", "")

@@ -62,6 +62,7 @@ class RetryOperation:
         "_pending_needs_delay",
         "_measured_delays",
         "_last_error_type",
+        "_in_attempt",
         "_ended",
     )
 
@@ -71,6 +72,7 @@ class RetryOperation:
         self._pending_end_ns = 0
         self._pending_needs_delay = False
         self._last_error_type: str | None = None
+        self._in_attempt = False
         self._ended = False
         self.attempts = 0
         self.total_delay = 0.0
@@ -120,7 +122,10 @@ class RetryOperation:
     def attempt_started(self, *, span_name: str | None = None, attributes: dict[str, Any] | None = None) -> None:
         """An attempt begins now. `span_name` and `attributes` let an HTTP attempt be a ``GET`` CLIENT span."""
         now = time_ns()
+        if self._in_attempt:  # the previous attempt was never reported as ended: close it as it stands
+            self.attempt_ended()
         self._finish_pending(now)
+        self._in_attempt = True
         self.attempts += 1
         self._attempt_start_ns = now
         mode = self._telemetry.settings.attempt_spans
@@ -171,7 +176,11 @@ class RetryOperation:
     ) -> None:
         """The running attempt ended: it raised `error`, or its result was rejected (`error_type`, e.g.
         ``rejected_result`` or ``"503"``), or it succeeded (neither). `next_delay` is the wait the library chose
-        before the next attempt (None when no attempt follows, or when the delay is measured instead)."""
+        before the next attempt (None when no attempt follows, or when the delay is measured instead). Ignored when
+        no attempt is running, so an adapter may report an end it is unsure was already reported."""
+        if not self._in_attempt:
+            return
+        self._in_attempt = False
         end_ns = time_ns()
         if error_type is None and error is not None:
             error_type = errors.error_type(error)
@@ -246,7 +255,7 @@ class RetryOperation:
             return
         self._ended = True
         end_ns = time_ns()
-        if self._attempt_span is not None:  # abandoned mid-attempt: close the attempt as it stands
+        if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): close the attempt as it stands
             self.attempt_ended(error)
         if errors.is_abort(error):
             result = semconv.RESULT_ABORTED
@@ -290,3 +299,8 @@ class RetryOperation:
     @property
     def is_ended(self) -> bool:
         return self._ended
+
+    @property
+    def in_attempt(self) -> bool:
+        """Whether an attempt has started and not yet been reported as ended."""
+        return self._in_attempt

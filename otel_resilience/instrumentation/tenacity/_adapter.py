@@ -1,0 +1,316 @@
+"""Translate tenacity's control flow into core retry events.
+
+tenacity decides everything in ``iter(retry_state)``: called with no outcome it answers ``DoAttempt``; called after an
+attempt it answers ``DoSleep(delay)`` (retry), the final value (done), or raises (``RetryError``, the reraised
+exception, or an error the policy does not retry). So one hook on ``iter`` sees every attempt start, every attempt's
+verdict and the wait tenacity chose (read from its own decision, never recomputed: waits can be random). The
+operation itself is bracketed by the entry points users call:
+
+- ``Retrying.__call__`` / ``AsyncRetrying.__call__`` (``@retry`` on functions, methods and ``async def``, also when
+  decorated before instrumentation, since the decorator calls these at call time);
+- ``BaseRetrying.__iter__`` (``for attempt in Retrying(): with attempt:``);
+- ``AsyncRetrying.__aiter__`` / ``__anext__`` (``async for attempt in AsyncRetrying():``).
+
+The operation being run is passed to ``iter`` in a context variable (correct per thread and per asyncio task; a
+``Retrying`` object is often shared). In the call forms the attempt span is made current between the ``iter`` that
+said ``DoAttempt`` and the next ``iter``; in the iterator forms the body runs in the app's frame, so it is made
+current by ``with attempt:`` (``AttemptManager.__enter__``/``__exit__``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from typing import Any, Final
+
+import tenacity
+from tenacity import AttemptManager, BaseRetrying, DoAttempt, DoSleep, RetryCallState, Retrying
+from tenacity.asyncio import AsyncRetrying
+
+from otel_resilience import semconv
+from otel_resilience.core import RetryOperation, Telemetry, never_raises
+from otel_resilience.core.naming import caller_names, callable_names
+from otel_resilience.instrumentation._base import Patches
+
+_SKIPPED_FRAMES: Final = ("tenacity",)
+
+
+class _Run:
+    """One tenacity operation in flight: its core operation and what ``iter`` told us so far."""
+
+    __slots__ = ("op", "retrying", "activates", "token", "result", "body_done", "body_error", "__weakref__")
+
+    def __init__(self, op: RetryOperation, retrying: BaseRetrying, activates: bool) -> None:
+        self.op = op
+        self.retrying = retrying
+        self.activates = activates  # call forms: iter() makes the attempt current; iterator forms: `with attempt:`
+        self.token: object | None = None
+        self.result: str | None = None
+        self.body_done = False  # iterator forms: the `with attempt:` body of the current attempt has finished
+        self.body_error: BaseException | None = None
+
+    @never_raises
+    def before_iter(self) -> None:
+        if self.token is not None:
+            self.op.deactivate(self.token)
+            self.token = None
+
+    @never_raises
+    def after_iter(self, retry_state: RetryCallState, do: Any, raised: BaseException | None) -> None:
+        if retry_state.outcome is not None:
+            self._attempt_decided(retry_state, do, raised)
+        if raised is None and isinstance(do, DoAttempt):
+            self.op.attempt_started()
+            if self.activates:
+                self.token = self.op.activate()
+
+    def _attempt_decided(self, retry_state: RetryCallState, do: Any, raised: BaseException | None) -> None:
+        outcome = retry_state.outcome
+        assert outcome is not None
+        error = outcome.exception() if outcome.failed else None
+        state = self.retrying.iter_state
+        retry_wanted = bool(state.is_explicit_retry or state.retry_run_result)
+        error_type = semconv.REJECTED_RESULT if error is None and retry_wanted else None
+        if raised is None and isinstance(do, DoSleep):
+            self.op.attempt_ended(error, error_type=error_type, next_delay=float(do))
+            return
+        self.op.attempt_ended(error, error_type=error_type)
+        if retry_wanted:
+            self.result = semconv.RESULT_EXHAUSTED  # stopped: RetryError, reraise, or retry_error_callback's value
+        elif raised is None:
+            self.result = semconv.RESULT_SUCCESS
+        else:
+            self.result = semconv.RESULT_NOT_RETRIED
+
+    @never_raises
+    def finish(self, error: BaseException | None) -> None:
+        self.before_iter()
+        self.op.ended(self.result, error)
+
+    @never_raises
+    def abandon(self) -> None:
+        """The app left the loop before tenacity concluded (``return`` or ``break`` inside it, or the loop object
+        was dropped): a loop left right after a successful attempt succeeded; otherwise it was aborted."""
+        if self.op.is_ended:
+            return
+        body_error = self.body_error
+        self.body_error = None
+        finished_ok = self.body_done and body_error is None and self.result in (None, semconv.RESULT_SUCCESS)
+        self.op.attempt_ended(body_error)
+        self.op.ended(semconv.RESULT_SUCCESS if finished_ok else semconv.RESULT_ABORTED)
+
+
+_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
+# Iterator forms: the run of each live RetryCallState, for `with attempt:` (which only knows its retry_state).
+_BY_STATE: weakref.WeakKeyDictionary[RetryCallState, _Run] = weakref.WeakKeyDictionary()
+
+
+def _max_attempts(stop: Any) -> int | None:
+    """The policy's attempt limit, when it states one (``stop_after_attempt``, also inside ``a | b`` and ``a & b``)."""
+    if isinstance(stop, tenacity.stop_after_attempt):
+        return int(stop.max_attempt_number)
+    if isinstance(stop, tenacity.stop_any):
+        limits = [n for n in map(_max_attempts, stop.stops) if n is not None]
+        return min(limits) if limits else None
+    return None
+
+
+class TenacityAdapter:
+    """Holds the Telemetry for tenacity and installs the hooks."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def patch(self, patches: Patches) -> None:
+        patches.wrap(Retrying, "__call__", self._call)
+        patches.wrap(AsyncRetrying, "__call__", self._async_call)
+        patches.wrap(BaseRetrying, "__iter__", self._iter_form)
+        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form)
+        patches.wrap(AsyncRetrying, "__anext__", self._anext)
+        patches.wrap(BaseRetrying, "iter", self._iter)
+        patches.wrap(AsyncRetrying, "iter", self._async_iter)
+        patches.wrap(AttemptManager, "__enter__", self._attempt_enter)
+        patches.wrap(AttemptManager, "__exit__", self._attempt_exit)
+
+    @never_raises
+    def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> _Run | None:
+        name, span_name = callable_names(fn) if fn is not None else caller_names(*_SKIPPED_FRAMES)
+        op = self.telemetry.start_retry(name, span_name=span_name, max_attempts=_max_attempts(retrying.stop))
+        return None if op is None else _Run(op, retrying, activates)
+
+    # --- operations: call forms ------------------------------------------------------------------------------
+
+    def _call(self, wrapped: Callable[..., Any], instance: Retrying, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not instance.enabled or not self.telemetry.recording():
+            return wrapped(*args, **kwargs)
+        run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
+        if run is None:
+            return wrapped(*args, **kwargs)
+        token = _RUN.set(run)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            run.finish(exc)
+            raise
+        finally:
+            _RUN.reset(token)
+        run.finish(None)
+        return result
+
+    def _async_call(
+        self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]:
+        if not instance.enabled or not self.telemetry.recording():
+            return wrapped(*args, **kwargs)
+        return self._async_call_traced(wrapped, instance, args, kwargs)
+
+    async def _async_call_traced(
+        self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        # Started when awaited, not when the coroutine was made: the awaiting task's context is the parent.
+        run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
+        if run is None:
+            return await wrapped(*args, **kwargs)
+        token = _RUN.set(run)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            run.finish(exc)
+            raise
+        finally:
+            _RUN.reset(token)
+        run.finish(None)
+        return result
+
+    # --- operations: iterator forms --------------------------------------------------------------------------
+
+    def _iter_form(
+        self, wrapped: Callable[..., Iterator[AttemptManager]], instance: BaseRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Iterator[AttemptManager]:
+        attempts = wrapped(*args, **kwargs)
+        if not instance.enabled or not self.telemetry.recording():
+            return attempts
+        run = self._start(instance, None, activates=False)
+        if run is None:
+            return attempts
+        return _traced_attempts(attempts, run)
+
+    def _aiter_form(
+        self, wrapped: Callable[..., AsyncIterator[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[AttemptManager]:
+        result = wrapped(*args, **kwargs)
+        if instance.enabled and self.telemetry.recording():
+            self._track_async_loop(instance)
+        return result
+
+    @never_raises
+    def _track_async_loop(self, instance: AsyncRetrying) -> None:
+        run = self._start(instance, None, activates=False)
+        if run is not None:
+            retry_state = instance._retry_state
+            _BY_STATE[retry_state] = run
+            # A loop left early leaves no trace in tenacity: end the operation when its state is dropped.
+            weakref.finalize(retry_state, run.abandon)
+
+    def _anext(
+        self, wrapped: Callable[..., Awaitable[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Awaitable[AttemptManager]:
+        run = _BY_STATE.get(instance._retry_state) if _BY_STATE else None
+        if run is None:
+            return wrapped(*args, **kwargs)
+        return _traced_anext(wrapped(*args, **kwargs), run)
+
+    # --- attempts ------------------------------------------------------------------------------------------------
+
+    def _iter(self, wrapped: Callable[..., Any], instance: BaseRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        run = _RUN.get()
+        if run is None or run.retrying is not instance:
+            return wrapped(*args, **kwargs)
+        retry_state = args[0] if args else kwargs["retry_state"]
+        run.before_iter()
+        try:
+            do = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            run.after_iter(retry_state, None, exc)
+            raise
+        run.after_iter(retry_state, do, None)
+        return do
+
+    def _async_iter(
+        self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]:
+        run = _RUN.get()
+        if run is None or run.retrying is not instance:
+            return wrapped(*args, **kwargs)
+        return _traced_async_iter(wrapped(*args, **kwargs), run, args[0] if args else kwargs["retry_state"])
+
+    def _attempt_enter(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        run = _BY_STATE.get(instance.retry_state) if _BY_STATE else None
+        if run is not None and run.token is None:
+            run.body_done = False
+            run.body_error = None
+            run.token = _activate(run)
+        return wrapped(*args, **kwargs)
+
+    def _attempt_exit(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        run = _BY_STATE.get(instance.retry_state) if _BY_STATE else None
+        if run is not None:
+            run.before_iter()  # the body is over: the attempt is no longer current
+            run.body_done = True
+            run.body_error = args[1] if len(args) > 1 else None
+        return wrapped(*args, **kwargs)
+
+
+@never_raises
+def _activate(run: _Run) -> object:
+    return run.op.activate()
+
+
+def _traced_attempts(attempts: Iterator[AttemptManager], run: _Run) -> Generator[AttemptManager, None, None]:
+    """Drive tenacity's generator with our run visible to ``iter`` while it decides; yield its attempts unchanged."""
+    try:
+        while True:
+            token = _RUN.set(run)
+            try:
+                manager = next(attempts)
+                if not _BY_STATE or manager.retry_state not in _BY_STATE:
+                    _BY_STATE[manager.retry_state] = run
+            except StopIteration:
+                break
+            finally:
+                _RUN.reset(token)
+            yield manager
+    except GeneratorExit:
+        attempts.close()  # type: ignore[attr-defined]
+        run.abandon()
+        raise
+    except BaseException as exc:
+        run.finish(exc)
+        raise
+    run.finish(None)
+
+
+async def _traced_anext(step: Awaitable[AttemptManager], run: _Run) -> AttemptManager:
+    token = _RUN.set(run)
+    try:
+        return await step
+    except StopAsyncIteration:
+        run.finish(None)
+        raise
+    except BaseException as exc:
+        run.finish(exc)
+        raise
+    finally:
+        _RUN.reset(token)
+
+
+async def _traced_async_iter(step: Awaitable[Any], run: _Run, retry_state: RetryCallState) -> Any:
+    run.before_iter()
+    try:
+        do = await step
+    except BaseException as exc:
+        run.after_iter(retry_state, None, exc)
+        raise
+    run.after_iter(retry_state, do, None)
+    return do

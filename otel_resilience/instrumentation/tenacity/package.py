@@ -1,0 +1,1 @@
+_instruments = ("tenacity >= 8.4, < 10",)
