@@ -5,7 +5,7 @@ events of `RetryOperation` and `BreakerCall`; all span and metric creation lives
 """
 
 from otel_resilience.core._safety import never_raises, report_internal_error
-from otel_resilience.core.breaker import BreakerCall
+from otel_resilience.core.breaker import BreakerCall, normalise_state
 from otel_resilience.core.config import SETTINGS, Settings
 from otel_resilience.core.errors import error_type, redact
 from otel_resilience.core.registry import REGISTRY, BreakerEntry, breakers
@@ -24,6 +24,7 @@ __all__ = [
     "current_depth",
     "error_type",
     "never_raises",
+    "normalise_state",
     "redact",
     "report_internal_error",
 ]

@@ -14,8 +14,10 @@ or refused in (an adapter may correct it with `admitted_in` once it knows, e.g. 
 
 from __future__ import annotations
 
+import enum
+from functools import lru_cache
 from time import time_ns
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry import context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
@@ -28,6 +30,40 @@ from otel_resilience.core.telemetry import Telemetry
 
 _ERROR: Final = Status(StatusCode.ERROR)
 _ERROR_RESULTS: Final = frozenset((semconv.CALL_FAILURE, semconv.CALL_REJECTED))
+
+# Spellings seen in the wild, compared with case, "-", "_" and spaces removed: `HALF_OPEN`, `half-open`, `HalfOpen`,
+# `half_open`, `OPEN`, `Closed`, purgatory's `opened`/`half-opened`.
+_STATE_SPELLINGS: Final = {
+    "closed": semconv.STATE_CLOSED,
+    "close": semconv.STATE_CLOSED,
+    "open": semconv.STATE_OPEN,
+    "opened": semconv.STATE_OPEN,
+    "halfopen": semconv.STATE_HALF_OPEN,
+    "halfopened": semconv.STATE_HALF_OPEN,
+}
+
+
+@lru_cache(maxsize=256)
+def _normalise_text(text: str) -> str | None:
+    return _STATE_SPELLINGS.get("".join(c for c in text if c not in "-_ \t").lower())
+
+
+def normalise_state(value: Any) -> str | None:
+    """A breaker state as the contract names it (``closed``, ``open``, ``half_open``), or None when unrecognisable.
+
+    Library-neutral, so every adapter (and the drop-in targets) maps states the same way. Accepted: strings in any
+    common spelling (``HALF_OPEN``, ``half-open``, ``HalfOpen``, ``half_open``, ``OPEN``, ``Closed``, ``opened``),
+    enum members whose name or value is such a string, and state objects whose ``name`` is one (pybreaker's). Reads
+    nothing but the value it is given."""
+    if isinstance(value, enum.Enum):  # before str: a StrEnum member is also a str
+        by_name = _normalise_text(value.name)
+        if by_name is not None:
+            return by_name
+        return _normalise_text(value.value) if isinstance(value.value, str) else None
+    if isinstance(value, str):
+        return _normalise_text(value)
+    name = getattr(value, "name", None)
+    return _normalise_text(name) if isinstance(name, str) else None
 
 
 class BreakerCall:
