@@ -9,15 +9,26 @@
     call.ended(semconv.CALL_FAILURE, exc, failure_count=5)
 
 One span per user call, named ``circuitbreaker {name}``; `circuitbreaker.state` is the state the call was admitted
-or refused in (an adapter may correct it with `admitted_in` once it knows, e.g. a probe admitted half_open).
+or refused in (an adapter may correct it with `admitted_in` once it knows, e.g. a probe admitted half_open; an
+``open → half_open`` change put on the call's span before it was refused does that by itself).
+
+Hooks deep inside a library (a failure being counted, a state being swapped) find the call they belong to with
+`current_call(subject)`: an active call is current per thread and per asyncio task. They mark it with
+`mark_failure()` or `refused_in(state)`, and `finish(error)` then picks the result: rejected, failure, ignored (an
+exception the breaker did not count) or success. `run_call`, `run_coroutine`, `run_generator` and
+`run_async_generator` run the guarded work with the call current, the same way for every adapter: a generator's call
+covers its consumption and is current only while the generator runs, never while its consumer does.
 """
 
 from __future__ import annotations
 
 import enum
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from contextvars import ContextVar
 from functools import lru_cache
 from time import time_ns
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from opentelemetry import context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
@@ -66,46 +77,108 @@ def normalise_state(value: Any) -> str | None:
     return _normalise_text(name) if isinstance(name, str) else None
 
 
+T = TypeVar("T")
+Settle = Callable[["BreakerCall", "BaseException | None"], None]
+"""An adapter's end of a call: read what the library concluded (state after, failure count), then `finish`. It gets
+the exception the caller receives, or None, and must never raise (decorate it with `never_raises`)."""
+Start = Callable[[], "BreakerCall | None"]
+
+_CURRENT: ContextVar[BreakerCall | None] = ContextVar("otel_resilience_breaker_call", default=None)
+
+
+def current_call(subject: object) -> BreakerCall | None:
+    """The active call through `subject` (the library object the adapter's hooks see: a breaker, a context) in this
+    thread or task; the innermost one if the guarded code went through the same breaker again."""
+    call = _CURRENT.get()
+    while call is not None:
+        if call.subject is subject:
+            return call
+        call = call._outer
+    return None
+
+
 class BreakerCall:
     """One call through a breaker. Created by `Telemetry.start_breaker_call`."""
 
-    __slots__ = ("_telemetry", "entry", "state", "_span", "_ended")
+    __slots__ = ("_telemetry", "entry", "state", "subject", "failed", "refused", "_outer", "_span", "_ended")
 
     @classmethod
-    def start(cls, telemetry: Telemetry, entry: BreakerEntry, state: str | None) -> BreakerCall:
+    def start(
+        cls, telemetry: Telemetry, entry: BreakerEntry, state: str | None, subject: object = None
+    ) -> BreakerCall:
         self = cls()
         self._telemetry = telemetry
         self.entry = entry
         self.state = state
+        self.subject = subject
+        self.failed = False
+        self.refused = False
+        self._outer: BreakerCall | None = None
         self._ended = False
-        if state is not None:
-            entry.observe(telemetry, state)
         self._span: Span = telemetry.tracer.start_span(
             f"{semconv.BREAKER_SPAN_PREFIX} {entry.name}",
             kind=SpanKind.INTERNAL,
             attributes={semconv.BREAKER_NAME: entry.name},
         )
+        if state is not None:
+            entry.observe(telemetry, state, self)  # a change first seen by this call goes on its span
         return self
 
     def activate(self) -> object:
-        """Make this call's span current while the guarded function runs; returns a token for `deactivate`."""
-        return context.attach(set_span_in_context(self._span))
+        """Make this call's span current, and this call the one `current_call` finds, while the guarded work runs;
+        returns a token for `deactivate`."""
+        outer = _CURRENT.get()
+        if outer is not self:
+            self._outer = outer
+        return context.attach(set_span_in_context(self._span)), _CURRENT.set(self)
 
     @staticmethod
     def deactivate(token: object) -> None:
-        context.detach(token)  # type: ignore[arg-type]
+        otel_token, call_token = token  # type: ignore[misc]
+        try:
+            _CURRENT.reset(call_token)
+        except (ValueError, RuntimeError):  # reset from another context (a generator resumed by another task)
+            _CURRENT.set(None)
+        context.detach(otel_token)
 
     def admitted_in(self, state: str) -> None:
         """Correct the state the call was admitted in (e.g. a call that found an open breaker past its timeout is
         admitted as a half_open probe)."""
         self.state = state
 
+    def refused_in(self, state: str) -> None:
+        """The breaker refused the call in `state`: the guarded function does not run (result `rejected`)."""
+        self.state = state
+        self.refused = True
+
+    def mark_failure(self) -> None:
+        """The breaker counted this call's outcome as a failure (result `failure`)."""
+        self.failed = True
+
+    def finish(
+        self, error: BaseException | None, *, failure_count: int | None = None, error_type: str | None = None
+    ) -> None:
+        """End the call with the result its marks say: `rejected` if refused, `failure` if the breaker counted a
+        failure, `ignored` if it raised an exception the breaker did not count, else `success`."""
+        if self.refused:
+            result = semconv.CALL_REJECTED
+        elif self.failed:
+            result = semconv.CALL_FAILURE
+        elif error is not None:
+            result = semconv.CALL_IGNORED
+        else:
+            result = semconv.CALL_SUCCESS
+        self.ended(result, error, failure_count=failure_count, error_type=error_type)
+
     def add_state_change(self, previous: str, state: str) -> None:
-        """Put a `circuitbreaker.state_change` event on this call's span (counting is the registry entry's job)."""
+        """Put a `circuitbreaker.state_change` event on this call's span (counting is the registry entry's job).
+        A call that moves an open breaker to half_open is that breaker's probe: it is admitted half_open."""
         self._span.add_event(
             semconv.BREAKER_STATE_CHANGE_EVENT,
             {semconv.BREAKER_PREVIOUS_STATE: previous, semconv.BREAKER_STATE: state},
         )
+        if previous == semconv.STATE_OPEN and state == semconv.STATE_HALF_OPEN and not self.refused:
+            self.state = semconv.STATE_HALF_OPEN
 
     @never_raises
     def ended(
@@ -114,10 +187,12 @@ class BreakerCall:
         error: BaseException | None = None,
         *,
         failure_count: int | None = None,
+        error_type: str | None = None,
     ) -> None:
         """The call is over with `result` (one of ``semconv.BREAKER_RESULTS``); `error` is what the caller received.
         Failures carry type and message only, never a stacktrace: some libraries raise one exception object again
-        and again, and its traceback grows each time."""
+        and again, and its traceback grows each time. `error_type` names the error where there is no exception
+        object to describe (a refusal answered by a fallback, or refused before the library made its exception)."""
         if self._ended:
             return
         self._ended = True
@@ -131,8 +206,10 @@ class BreakerCall:
         span.set_attribute(semconv.BREAKER_RESULT, result)
         if result in _ERROR_RESULTS:
             if error is not None:
-                span.set_attribute(semconv.ERROR_TYPE, errors.error_type(error))
+                span.set_attribute(semconv.ERROR_TYPE, error_type or errors.error_type(error))
                 span.add_event(semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=False))
+            elif error_type is not None:
+                span.set_attribute(semconv.ERROR_TYPE, error_type)
             span.set_status(_ERROR)
         span.end(time_ns())
         self._telemetry.breaker_calls.add(
@@ -143,3 +220,139 @@ class BreakerCall:
                 semconv.BREAKER_RESULT: result,
             },
         )
+
+
+# --- running the guarded work with the call current (every adapter alike) ---------------------------------------
+
+
+def run_call(
+    call: BreakerCall,
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    settle: Settle,
+    *,
+    follow_generators: bool = False,
+) -> T:
+    """Run ``fn(*args, **kwargs)`` with `call` current, then `settle` it. With `follow_generators`, a generator
+    returned by `fn` (a library that judges a guarded generator as it is consumed) carries the call on."""
+    token = call.activate()
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        _settled(call, token, settle, exc)
+        raise
+    call.deactivate(token)
+    if follow_generators and isinstance(result, Generator):
+        return continue_generator(call, result, settle)  # type: ignore[return-value]
+    settle(call, None)
+    return result
+
+
+async def run_coroutine(
+    start: Start, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any], settle: Settle
+) -> T:
+    """Await ``fn(*args, **kwargs)`` with the call current. The call starts when awaited, not when the coroutine was
+    made, so that the awaiting task's context is its parent."""
+    call = start()
+    if call is None:
+        return await fn(*args, **kwargs)
+    token = call.activate()
+    try:
+        result = await fn(*args, **kwargs)
+    except BaseException as exc:
+        _settled(call, token, settle, exc)
+        raise
+    _settled(call, token, settle, None)
+    return result
+
+
+def continue_generator(call: BreakerCall, gen: Generator[Any, Any, T], settle: Settle) -> Generator[Any, Any, T]:
+    """`run_generator` for a call already started (the library admitted it when the generator was made). A
+    generator dropped without ever being started still ends its call."""
+    traced = run_generator(lambda: call, gen, settle)
+    weakref.finalize(traced, _settle_unconsumed, call, settle)
+    return traced
+
+
+def _settle_unconsumed(call: BreakerCall, settle: Settle) -> None:
+    if not call._ended:
+        settle(call, None)
+
+
+def run_generator(start: Start, gen: Generator[Any, Any, T], settle: Settle) -> Generator[Any, Any, T]:
+    """Drive `gen` for its consumer, forwarding values, exceptions and close, with the call current while `gen`
+    runs (never while the consumer does). The call starts at the first step and ends when `gen` is exhausted,
+    raises or is closed (a consumer that stops early is no error of the guarded code)."""
+    call = start()
+    if call is None:
+        return (yield from gen)
+    sent: Any = None
+    thrown: BaseException | None = None
+    while True:
+        token = call.activate()
+        try:
+            item = gen.send(sent) if thrown is None else gen.throw(thrown)
+        except StopIteration as stop:
+            _settled(call, token, settle, None)
+            return stop.value  # type: ignore[no-any-return]
+        except BaseException as exc:
+            _settled(call, token, settle, exc)
+            raise
+        call.deactivate(token)
+        try:
+            sent, thrown = (yield item), None
+        except GeneratorExit:
+            token = call.activate()
+            error: BaseException | None = None
+            try:
+                gen.close()
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _settled(call, token, settle, error)
+            raise
+        except BaseException as exc:
+            sent, thrown = None, exc
+
+
+async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], settle: Settle) -> AsyncGenerator[Any, Any]:
+    """`run_generator` for an async generator (``asend``, ``athrow`` and ``aclose`` forwarded; with nothing
+    recording, forwarded all the same)."""
+    call = start()
+    sent: Any = None
+    thrown: BaseException | None = None
+    while True:
+        token = call.activate() if call is not None else None
+        try:
+            item = await (agen.asend(sent) if thrown is None else agen.athrow(thrown))
+        except StopAsyncIteration:
+            _settled(call, token, settle, None)
+            return
+        except BaseException as exc:
+            _settled(call, token, settle, exc)
+            raise
+        if call is not None:
+            call.deactivate(token)
+        try:
+            sent, thrown = (yield item), None
+        except GeneratorExit:
+            token = call.activate() if call is not None else None
+            error: BaseException | None = None
+            try:
+                await agen.aclose()
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _settled(call, token, settle, error)
+            raise
+        except BaseException as exc:
+            sent, thrown = None, exc
+
+
+def _settled(call: BreakerCall | None, token: object, settle: Settle, error: BaseException | None) -> None:
+    if call is not None:
+        call.deactivate(token)
+        settle(call, error)

@@ -43,21 +43,35 @@ class BreakerEntry:
         return self._owner() if self._owner is not None else None
 
     def observe(self, telemetry: Telemetry, state: str | None, call: BreakerCall | None = None) -> None:
-        """The breaker is seen in `state` now; if we knew it in another state, that is a transition, counted here."""
+        """The breaker is seen in `state` now; if we knew it in another state, that is a transition, counted here.
+
+        Many threads may see the same change at once: the compare-and-set is locked (only when the state differs
+        from the last seen one, which is rare), so each change is counted by exactly one of them."""
         if state is None or state == self.state:
             return
-        if self.state is None:
+        with _TRANSITIONS_LOCK:
+            previous = self.state
+            if state == previous:
+                return
             self.state = state
-            return
-        self.transition(telemetry, self.state, state, call)
+            if previous is None:
+                return
+            self.last_transition = time.time()
+        self._counted(telemetry, previous, state, call)
 
     def transition(
         self, telemetry: Telemetry, previous: str, state: str, call: BreakerCall | None = None
     ) -> None:
-        """The library reported (or we observed) `previous` → `state`: count it, and put the event on the span of
-        the call that caused it, if any."""
-        self.state = state
-        self.last_transition = time.time()
+        """The library reported `previous` → `state` (from its own notification, made once per change): count it,
+        and put the event on the span of the call that caused it, if any."""
+        if previous == state:
+            return
+        with _TRANSITIONS_LOCK:
+            self.state = state
+            self.last_transition = time.time()
+        self._counted(telemetry, previous, state, call)
+
+    def _counted(self, telemetry: Telemetry, previous: str, state: str, call: BreakerCall | None) -> None:
         telemetry.record_transition(self, previous, state)
         if call is not None:
             call.add_state_change(previous, state)
@@ -77,6 +91,10 @@ class BreakerEntry:
             "failure_count": self.failure_count,
             "last_transition": self.last_transition,
         }
+
+
+_TRANSITIONS_LOCK = threading.Lock()
+"""Guards the last seen state of every entry while a change is detected (changes are rare; reads take no lock)."""
 
 
 def _weak(owner: Any) -> weakref.ref[Any] | None:

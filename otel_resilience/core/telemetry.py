@@ -127,14 +127,17 @@ class Telemetry:
             measured_delays=measured_delays,
         )
 
-    def start_breaker_call(self, entry: BreakerEntry, state: str | None) -> BreakerCall | None:
+    def start_breaker_call(
+        self, entry: BreakerEntry, state: str | None, subject: object = None
+    ) -> BreakerCall | None:
         """Start observing one call through the breaker `entry`, admitted (so far) in `state`; None when nothing
-        records."""
+        records. `subject` is the library object by which the adapter's inner hooks find the call again
+        (`current_call`)."""
         if not self.recording():
             return None
         from otel_resilience.core.breaker import BreakerCall
 
-        return BreakerCall.start(self, entry, state)
+        return BreakerCall.start(self, entry, state, subject)
 
     def _observe_breaker_states(self, _options: CallbackOptions) -> Iterable[Observation]:
         """The `circuitbreaker.state` gauge, read from the weak registry. A state the library moved to on its own (a
