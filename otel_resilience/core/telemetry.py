@@ -6,11 +6,13 @@ into errors break), so adapters receive this object when they are instrumented a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
+from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import SpanKind, TracerProvider
@@ -54,6 +56,9 @@ class Telemetry:
         self.tracer = trace.get_tracer(scope, __version__, tracer_provider, schema_url=_SCHEMA_URL)
         self.meter = metrics.get_meter(scope, __version__, meter_provider, schema_url=_SCHEMA_URL)
         self._live = False
+        self._uses_globals = tracer_provider is None and meter_provider is None
+        self._when_live: list[Callable[[], None]] = []
+        self._live_lock = threading.Lock()
         self.disabled = False
         """Set when uninstrumenting could not remove our wrapper (another layer sat on it): record nothing more."""
         self.retry_attempts = self.meter.create_histogram(
@@ -87,15 +92,44 @@ class Telemetry:
         """Whether anything would record: decided cheaply, so that with no SDK we create nothing at all.
 
         Once a real provider is in place it stays (OpenTelemetry sets global providers once), so a positive answer
-        is cached; a negative one is re-checked, because the app may configure its SDK after instrumenting.
+        is cached; a negative one is re-checked, because the app may configure its SDK after instrumenting. With the
+        global providers, "no SDK yet" is two module attribute reads.
         """
-        if self.disabled:
-            return False
         if not self._live:
-            if _is_noop_tracer(self.tracer) and _is_noop_meter(self.meter):
+            if self.disabled:
                 return False
+            if self._uses_globals and trace._TRACER_PROVIDER is None and _metrics_internal._METER_PROVIDER is None:
+                return False
+            if not self._resolve_live():
+                return False
+            self._went_live()
+        return not self.disabled and is_instrumentation_enabled()
+
+    def when_live(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once, as soon as something records (now, if it already does). Adapters install the hooks
+        that only matter while recording (attempt and transition hooks) this way, so that an app with no SDK pays
+        for one patched entry point per call and nothing more."""
+        with self._live_lock:
+            if not self._live:
+                self._when_live.append(callback)
+                callback = None  # type: ignore[assignment]
+        if callback is not None:
+            callback()
+        elif not self._live and self._resolve_live():
+            self._went_live()
+
+    def _resolve_live(self) -> bool:
+        return not (_is_noop_tracer(self.tracer) and _is_noop_meter(self.meter))
+
+    def _went_live(self) -> None:
+        with self._live_lock:
+            if self._live:
+                return
+            callbacks, self._when_live = self._when_live, []
+            for callback in callbacks:
+                if not self.disabled:
+                    callback()
             self._live = True
-        return is_instrumentation_enabled()
 
     def start_retry(
         self,

@@ -94,8 +94,12 @@ class PyBreakerAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        patches.wrap(pybreaker.CircuitBreaker, "call", self._call)
-        patches.wrap(pybreaker.CircuitOpenState, "before_call", self._open_check)
+        """The entry point now; the refusal and transition hooks once something records."""
+        patches.wrap(pybreaker.CircuitBreaker, "call", self._call, enabled=self.telemetry.recording)
+        self.telemetry.when_live(lambda: self._patch_state_hooks(patches))
+
+    def _patch_state_hooks(self, patches: Patches) -> None:
+        patches.wrap(pybreaker.CircuitOpenState, "before_call", self._open_check, enabled=_GUARDED.get)
         patches.wrap(pybreaker.CircuitBreaker, "_create_new_state", self._new_state)
 
     def _entry(self, breaker: pybreaker.CircuitBreaker, func: Any) -> BreakerEntry:
@@ -118,7 +122,7 @@ class PyBreakerAdapter:
         self, wrapped: Callable[..., Any], instance: pybreaker.CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         active = _GUARDED.get()
-        if (active is not None and active.breaker is instance) or not self.telemetry.recording():
+        if active is not None and active.breaker is instance:
             return wrapped(*args, **kwargs)  # pybreaker re-entering `call` for a probe: the same user call
         guarded = self._start(instance, args[0] if args else kwargs.get("func"))
         if guarded is None:

@@ -123,13 +123,18 @@ class TenacityAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        patches.wrap(Retrying, "__call__", self._call)
-        patches.wrap(AsyncRetrying, "__call__", self._async_call)
-        patches.wrap(BaseRetrying, "__iter__", self._iter_form)
-        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form)
+        """The entry points now; the attempt hooks once something records (with no SDK they would only cost)."""
+        recording = self.telemetry.recording
+        patches.wrap(Retrying, "__call__", self._call, enabled=recording)
+        patches.wrap(AsyncRetrying, "__call__", self._async_call, enabled=recording)
+        patches.wrap(BaseRetrying, "__iter__", self._iter_form, enabled=recording)
+        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form, enabled=recording)
+        self.telemetry.when_live(lambda: self._patch_attempt_hooks(patches))
+
+    def _patch_attempt_hooks(self, patches: Patches) -> None:
+        patches.wrap(BaseRetrying, "iter", self._iter, enabled=_RUN.get)
+        patches.wrap(AsyncRetrying, "iter", self._async_iter, enabled=_RUN.get)
         patches.wrap(AsyncRetrying, "__anext__", self._anext)
-        patches.wrap(BaseRetrying, "iter", self._iter)
-        patches.wrap(AsyncRetrying, "iter", self._async_iter)
         patches.wrap(AttemptManager, "__enter__", self._attempt_enter)
         patches.wrap(AttemptManager, "__exit__", self._attempt_exit)
 
@@ -142,7 +147,7 @@ class TenacityAdapter:
     # --- operations: call forms ------------------------------------------------------------------------------
 
     def _call(self, wrapped: Callable[..., Any], instance: Retrying, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not instance.enabled or not self.telemetry.recording():
+        if not instance.enabled:
             return wrapped(*args, **kwargs)
         run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
         if run is None:
@@ -161,7 +166,7 @@ class TenacityAdapter:
     def _async_call(
         self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[Any]:
-        if not instance.enabled or not self.telemetry.recording():
+        if not instance.enabled:
             return wrapped(*args, **kwargs)
         return self._async_call_traced(wrapped, instance, args, kwargs)
 
@@ -189,7 +194,7 @@ class TenacityAdapter:
         self, wrapped: Callable[..., Iterator[AttemptManager]], instance: BaseRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Iterator[AttemptManager]:
         attempts = wrapped(*args, **kwargs)
-        if not instance.enabled or not self.telemetry.recording():
+        if not instance.enabled:
             return attempts
         run = self._start(instance, None, activates=False)
         if run is None:
@@ -200,7 +205,7 @@ class TenacityAdapter:
         self, wrapped: Callable[..., AsyncIterator[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[AttemptManager]:
         result = wrapped(*args, **kwargs)
-        if instance.enabled and self.telemetry.recording():
+        if instance.enabled:
             self._track_async_loop(instance)
         return result
 
