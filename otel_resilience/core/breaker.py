@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar
 
 from opentelemetry import context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.util.types import AttributeValue
 
 from otel_resilience import semconv
 from otel_resilience.core import errors
@@ -86,6 +87,11 @@ Start = Callable[[], "BreakerCall | None"]
 _CURRENT: ContextVar[BreakerCall | None] = ContextVar("otel_resilience_breaker_call", default=None)
 
 
+any_active_call: Final = _CURRENT.get
+"""Truthy while some breaker call is active in this thread or task: the cheap `enabled` check (a C callable) of the
+hooks that only matter inside a call (a failure being counted, a state being swapped)."""
+
+
 def current_call(subject: object) -> BreakerCall | None:
     """The active call through `subject` (the library object the adapter's hooks see: a breaker, a context) in this
     thread or task; the innermost one if the guarded code went through the same breaker again."""
@@ -100,7 +106,9 @@ def current_call(subject: object) -> BreakerCall | None:
 class BreakerCall:
     """One call through a breaker. Created by `Telemetry.start_breaker_call`."""
 
-    __slots__ = ("_telemetry", "entry", "state", "subject", "failed", "refused", "_outer", "_span", "_ended")
+    __slots__ = (
+        "_telemetry", "entry", "state", "subject", "admitted", "failed", "refused", "_outer", "_span", "_ended",
+    )
 
     @classmethod
     def start(
@@ -111,6 +119,7 @@ class BreakerCall:
         self.entry = entry
         self.state = state
         self.subject = subject
+        self.admitted = False
         self.failed = False
         self.refused = False
         self._outer: BreakerCall | None = None
@@ -143,8 +152,10 @@ class BreakerCall:
 
     def admitted_in(self, state: str) -> None:
         """Correct the state the call was admitted in (e.g. a call that found an open breaker past its timeout is
-        admitted as a half_open probe)."""
+        admitted as a half_open probe). Once admitted, the guarded function runs: a call it makes through the same
+        breaker is a new user call, not the library re-entering its own."""
         self.state = state
+        self.admitted = True
 
     def refused_in(self, state: str) -> None:
         """The breaker refused the call in `state`: the guarded function does not run (result `rejected`)."""
@@ -198,19 +209,18 @@ class BreakerCall:
         self._ended = True
         span = self._span
         state = self.state if self.state is not None else self.entry.state
+        attributes: dict[str, AttributeValue] = {semconv.BREAKER_RESULT: result}
+        if state is not None:
+            attributes[semconv.BREAKER_STATE] = state
         if failure_count is not None:
             self.entry.failure_count = failure_count
-            span.set_attribute(semconv.BREAKER_FAILURE_COUNT, failure_count)
-        if state is not None:
-            span.set_attribute(semconv.BREAKER_STATE, state)
-        span.set_attribute(semconv.BREAKER_RESULT, result)
+            attributes[semconv.BREAKER_FAILURE_COUNT] = failure_count
         if result in _ERROR_RESULTS:
             if error is not None:
-                span.set_attribute(semconv.ERROR_TYPE, error_type or errors.error_type(error))
+                attributes[semconv.ERROR_TYPE] = errors.error_type(error)
                 span.add_event(semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=False))
-            elif error_type is not None:
-                span.set_attribute(semconv.ERROR_TYPE, error_type)
             span.set_status(_ERROR)
+        span.set_attributes(attributes)  # one call: the SDK takes its span lock per call
         span.end(time_ns())
         self._telemetry.breaker_calls.add(
             1,

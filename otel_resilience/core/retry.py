@@ -119,9 +119,13 @@ class RetryOperation:
     # --- attempts ----------------------------------------------------------------------------------------------
 
     @never_raises
-    def attempt_started(self, *, span_name: str | None = None, attributes: dict[str, Any] | None = None) -> None:
-        """An attempt begins now. `span_name` and `attributes` let an HTTP attempt be a ``GET`` CLIENT span."""
-        now = time_ns()
+    def attempt_started(
+        self, *, span_name: str | None = None, attributes: dict[str, Any] | None = None, start_ns: int | None = None
+    ) -> None:
+        """An attempt begins now. `span_name` and `attributes` let an HTTP attempt be a ``GET`` CLIENT span.
+        `start_ns` is for an adapter that learns of an attempt only after it began (backoff decorations made before
+        instrumentation report each attempt when it ended): the attempt's real start time."""
+        now = time_ns() if start_ns is None else start_ns
         if self._in_attempt:  # the previous attempt was never reported as ended: close it as it stands
             self.attempt_ended()
         self._finish_pending(now)
@@ -173,15 +177,19 @@ class RetryOperation:
         error_type: str | None = None,
         next_delay: float | None = None,
         attributes: dict[str, Any] | None = None,
+        end_ns: int | None = None,
     ) -> None:
         """The running attempt ended: it raised `error`, or its result was rejected (`error_type`, e.g.
         ``rejected_result`` or ``"503"``), or it succeeded (neither). `next_delay` is the wait the library chose
         before the next attempt (None when no attempt follows, or when the delay is measured instead). Ignored when
-        no attempt is running, so an adapter may report an end it is unsure was already reported."""
+        no attempt is running, so an adapter may report an end it is unsure was already reported. `end_ns` is when
+        the attempt really ended, for an adapter that learns the verdict later (the library decides after the
+        function returned); default: now."""
         if not self._in_attempt:
             return
         self._in_attempt = False
-        end_ns = time_ns()
+        if end_ns is None:
+            end_ns = time_ns()
         if error_type is None and error is not None:
             error_type = errors.error_type(error)
         self._last_error_type = error_type
@@ -203,18 +211,19 @@ class RetryOperation:
             if error_type is None:
                 return  # on_retry: a first attempt that succeeded gets no span
             span = self._new_attempt_span(self._attempt_start_ns, None, None)
-        if attributes:
-            span.set_attributes(attributes)
+        outcome: dict[str, Any] = dict(attributes) if attributes else {}
         if next_delay is not None:
-            span.set_attribute(semconv.RETRY_DELAY, next_delay)
+            outcome[semconv.RETRY_DELAY] = next_delay
         if error_type is not None:
-            span.set_attribute(semconv.ERROR_TYPE, error_type)
+            outcome[semconv.ERROR_TYPE] = error_type
             span.set_status(_ERROR)
             if error is not None:
                 stacktrace = self._telemetry.settings.stacktraces == "all"
                 span.add_event(
                     semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
                 )
+        if outcome:
+            span.set_attributes(outcome)  # one call: the SDK takes its span lock per call
         self._pending = span
         self._pending_end_ns = end_ns
         self._pending_needs_delay = self._measured_delays and next_delay is None
@@ -275,17 +284,17 @@ class RetryOperation:
                 last.end(self._pending_end_ns)
         else:
             self._finish_pending(None)
-            span.set_attributes(outcome)
-            span.set_attribute(semconv.RETRY_TOTAL_DELAY, self.total_delay)
+            outcome[semconv.RETRY_TOTAL_DELAY] = self.total_delay
             if result != semconv.RESULT_SUCCESS:
                 if error_type is not None:
-                    span.set_attribute(semconv.ERROR_TYPE, error_type)
+                    outcome[semconv.ERROR_TYPE] = error_type
                 span.set_status(_ERROR)
                 if error is not None:
                     stacktrace = self._telemetry.settings.stacktraces != "none"
                     span.add_event(
                         semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
                     )
+            span.set_attributes(outcome)
             span.end(end_ns)
 
         telemetry = self._telemetry
