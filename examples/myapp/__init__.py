@@ -1,0 +1,1 @@
+"""A stand-in application for the examples: its own retry and breaker helpers, with no OpenTelemetry code at all."""

@@ -1,0 +1,176 @@
+"""An app's own circuit breaker, traced without editing it: each call of its configured call method is one guarded
+call; its state is read from the configured attribute before and after the call.
+
+What is read and what is inferred (the helper tells us nothing, so these are documented heuristics):
+
+- **State**: the configured attribute (a dotted path, read with plain attribute access on the instance for a method,
+  the class for a classmethod, the owning class or module for a static method or function), mapped to the contract by
+  `normalise_state`. It must be cheap and side-effect free to read: it is read twice per call.
+- **Admitted state**: the state read before the call, except that a call that found the breaker ``open`` and still
+  ran the guarded function was admitted as a ``half_open`` probe (the classic breaker moves open → half_open inside
+  the call once its timeout has passed): the ``open → half_open`` transition goes on that call's span.
+- **Transitions**: the state after the call compared with the admitted one (the registry entry counts each change
+  once, where first seen). A change made by another thread in between is seen by whichever call reads it first.
+- **Result**: ``rejected`` when the call ended without running the guarded function (we pass a proxy of it for the
+  call's duration and note whether it was called), ``failure`` when it ran and the call raised, else ``success``.
+  ``ignored`` is never reported: which exceptions the breaker excludes is not readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Callable
+from typing import Any
+
+import wrapt
+
+from otel_resilience import semconv
+from otel_resilience.core import REGISTRY, BreakerCall, Telemetry, never_raises, normalise_state
+from otel_resilience.core.breaker import run_call, run_coroutine
+from otel_resilience.core.naming import callable_names
+from otel_resilience.instrumentation._base import Wrapper
+from otel_resilience.targets.spec import Resolved
+
+_logger = logging.getLogger("otel_resilience")
+
+
+class GuardProxy(wrapt.FunctionWrapper):  # type: ignore[misc]
+    """The guarded function as the breaker receives it for one call: notes that it was called."""
+
+
+class StateReader:
+    """Reads a breaker's state from the configured attribute and maps it to the contract; warns once per target when
+    the attribute is missing or holds a value no common spelling matches."""
+
+    __slots__ = ("_path", "_text", "_warned")
+
+    def __init__(self, text: str, path: str) -> None:
+        self._text = text
+        self._path = path.split(".")
+        self._warned = False
+
+    def __call__(self, holder: Any) -> str | None:
+        value = holder
+        try:
+            for part in self._path:
+                value = getattr(value, part)
+        except Exception as exc:  # an attribute error, or whatever a property raised: never into the app
+            self._warn("cannot read the state attribute: %s", exc)
+            return None
+        state = normalise_state(value)
+        if state is None:
+            self._warn("its state %r is not a spelling of closed, open or half_open", value)
+        return state
+
+    def _warn(self, message: str, detail: Any) -> None:
+        if not self._warned:
+            self._warned = True
+            _logger.warning("otel_resilience: breaker target %r: " + message + " (state not recorded)", self._text, detail)
+
+
+def _breaker_name(holder: Any, guarded: Any) -> str:
+    """The breaker's own ``name`` when it has one; else the first guarded function's ``module.qualname`` (DESIGN's
+    naming: kept for the breaker's lifetime); else, with no callable in the call, the breaker's class."""
+    own = getattr(holder, "name", None)
+    if isinstance(own, str) and own:
+        return own
+    if guarded is not None:
+        return callable_names(guarded)[0]
+    if isinstance(holder, types.ModuleType):
+        return holder.__name__
+    cls = holder if isinstance(holder, type) else type(holder)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _GuardedCall:
+    """One call through the breaker, while it runs."""
+
+    __slots__ = ("_target", "_holder", "_guarded", "ran", "_before")
+
+    def __init__(self, target: _BreakerTarget, holder: Any, guarded: Any) -> None:
+        self._target = target
+        self._holder = holder
+        self._guarded = guarded
+        self.ran: bool | None = None if guarded is None else False
+        """Whether the guarded function was called (None: the call had no callable argument to watch)."""
+        self._before: str | None = None
+
+    def guarded_called(self, wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The `GuardProxy` wrapper."""
+        self.ran = True
+        return wrapped(*args, **kwargs)
+
+    @never_raises
+    def start(self) -> BreakerCall | None:
+        target = self._target
+        holder, guarded = self._holder, self._guarded
+        self._before = target.read_state(holder)
+        entry = REGISTRY.entry(
+            holder,
+            target.telemetry.library,
+            lambda: _breaker_name(holder, guarded),
+            key=target.key,
+            read_state=target.read_state,
+        )
+        return target.telemetry.start_breaker_call(entry, self._before, holder)
+
+    @never_raises
+    def settle(self, call: BreakerCall, error: BaseException | None) -> None:
+        """Read the state after the call, put the transitions on its span, and end it with the result the heuristics
+        give (see the module docstring)."""
+        telemetry = self._target.telemetry
+        after = self._target.read_state(self._holder)
+        if self.ran is False:
+            call.refused_in(self._before)  # type: ignore[arg-type]  # None: unreadable, the span gets no state
+        elif error is not None:
+            call.mark_failure()
+        if self.ran and self._before == semconv.STATE_OPEN:
+            call.entry.observe(telemetry, semconv.STATE_HALF_OPEN, call)  # the probe: admitted half_open
+        call.entry.observe(telemetry, after, call)
+        call.finish(error)
+
+
+class _BreakerTarget:
+    __slots__ = ("telemetry", "key", "owner", "locator", "read_state")
+
+    def __init__(self, telemetry: Telemetry, target: Resolved) -> None:
+        assert target.spec.state_attr is not None
+        self.telemetry = telemetry
+        self.key = target.spec.key
+        self.owner = target.owner
+        self.locator = target.locator
+        self.read_state = StateReader(target.spec.text, target.spec.state_attr)
+
+    @never_raises
+    def plan(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+        """(the call, args, kwargs with the guarded function's proxy in its place), or None to stay out of the way."""
+        holder = self.owner if instance is None else instance
+        found = self.locator.find(args, kwargs)
+        if found is None:
+            return _GuardedCall(self, holder, None), args, kwargs
+        if isinstance(found.value, GuardProxy):
+            return None  # an outer configured method of this breaker already traces this call
+        run = _GuardedCall(self, holder, found.value)
+        return (run, *found.replace(args, kwargs, GuardProxy(found.value, run.guarded_called)))
+
+
+def breaker_wrapper(telemetry: Telemetry, target: Resolved) -> Wrapper:
+    """The wrapper that makes each call of a resolved breaker target one guarded call (patched with
+    ``enabled=telemetry.recording``: with nothing recording it is not even called)."""
+    breaker = _BreakerTarget(telemetry, target)
+    is_async = target.is_async
+
+    def call(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        planned = breaker.plan(instance, args, kwargs)
+        if planned is None:
+            return wrapped(*args, **kwargs)
+        run, args, kwargs = planned
+        if is_async:
+            return run_coroutine(run.start, wrapped, args, kwargs, run.settle)
+        breaker_call = run.start()
+        if breaker_call is None:
+            return wrapped(*args, **kwargs)
+        return run_call(breaker_call, wrapped, args, kwargs, run.settle)
+
+    return call

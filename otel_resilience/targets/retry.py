@@ -1,0 +1,294 @@
+"""An app's own retry helper, traced without editing it: each call of the helper is a retry operation, each call of the
+callable it received is an attempt.
+
+Two styles, as configured:
+
+- ``call``: the helper is called with the callable (``Retrier.execute(fn, *args)``) and calls it until it gives up.
+  For that one call the helper receives an `AttemptProxy` of the callable instead of the callable itself.
+- ``decorator``: the helper is a decorator or decorator factory (``@retry``, ``@retry(times=3)``) whose wrapper calls
+  the decorated function until it gives up. At decoration the decorator receives an `AttemptProxy` of the function,
+  and what it returns is wrapped so that each call of it is an operation. The proxy finds the operation of the call
+  it belongs to through a context variable (several threads or tasks may call one decorated function at once).
+
+Nothing here knows the helper's policy, so: ``retry.delay`` is measured (the gap between one attempt's end and the
+next one's start, via ``measured_delays=True``), ``retry.max_attempts`` is never set, and the result is ``success``
+when the last attempt returned, ``exhausted`` when it failed or something escaped, ``aborted`` for a BaseException.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from typing import Any, Final, Protocol
+
+import wrapt
+
+from otel_resilience.core import RetryOperation, Telemetry, never_raises
+from otel_resilience.core.naming import callable_names
+from otel_resilience.instrumentation._base import Wrapper
+from otel_resilience.targets._arguments import ArgumentLocator, Found
+from otel_resilience.targets.spec import Resolved
+
+
+class AttemptProxy(wrapt.FunctionWrapper):  # type: ignore[misc]
+    """The user's callable as the helper receives it: looks and introspects like it (name, signature, coroutine
+    function or not); each call is an attempt of the operation its slot holds, if any."""
+
+
+class OperationWrapper(wrapt.FunctionWrapper):  # type: ignore[misc]
+    """What a decorator-style helper returned for one function: each call is one retry operation."""
+
+
+class _Slot(Protocol):
+    """Where an operation's attempts find it."""
+
+    def current(self) -> RetryOperation | None: ...
+
+    def enter(self, op: RetryOperation) -> object: ...
+
+    def exit(self, token: object) -> None: ...
+
+
+class _CallSlot:
+    """One call of a ``call``-style helper: the proxy was made for this call alone, so it simply holds the operation
+    (which also reaches attempts the helper runs in other threads)."""
+
+    __slots__ = ("op",)
+
+    def __init__(self) -> None:
+        self.op: RetryOperation | None = None
+
+    def current(self) -> RetryOperation | None:
+        return self.op
+
+    def enter(self, op: RetryOperation) -> object:
+        self.op = op
+        return None
+
+    def exit(self, token: object) -> None:
+        """The operation ended: later calls of the proxy (a helper that kept it) pass straight through."""
+        self.op = None
+
+
+_ACTIVE: Final[ContextVar[tuple[tuple[_ContextSlot, RetryOperation], ...]]] = ContextVar(
+    "otel_resilience.targets.active_operations", default=()
+)
+
+
+class _ContextSlot:
+    """One decorated function: its proxy is shared by every call, so each call's operation is published in the
+    context those calls run in (innermost last, for a function that recurses)."""
+
+    __slots__ = ()
+
+    def current(self) -> RetryOperation | None:
+        for slot, op in reversed(_ACTIVE.get()):
+            if slot is self:
+                return op
+        return None
+
+    def enter(self, op: RetryOperation) -> Token[tuple[tuple[_ContextSlot, RetryOperation], ...]]:
+        return _ACTIVE.set((*_ACTIVE.get(), (self, op)))
+
+    def exit(self, token: object) -> None:
+        _ACTIVE.reset(token)  # type: ignore[arg-type]
+
+
+# --- attempts ------------------------------------------------------------------------------------------------------
+
+
+class _AttemptScope:
+    """The attempt span current while the attempt's code runs; the attempt ends with the scope (with the exception
+    that left it, if any), unless `keep_open` says it goes on in a coroutine."""
+
+    __slots__ = ("op", "token", "keep_open")
+
+    def __init__(self, op: RetryOperation) -> None:
+        self.op = op
+        self.keep_open = False
+
+    def __enter__(self) -> _AttemptScope:
+        self.token = self.op.activate()
+        return self
+
+    def __exit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+        self.op.deactivate(self.token)
+        if error is not None or not self.keep_open:
+            self.op.attempt_ended(error)
+
+
+def _attempt_wrapper(slot: _Slot) -> Wrapper:
+    def attempt(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        op = slot.current()
+        if op is None or op.is_ended:
+            return wrapped(*args, **kwargs)
+        op.attempt_started()
+        with _AttemptScope(op) as scope:
+            result = wrapped(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                scope.keep_open = True
+                return _awaited_attempt(op, result)  # the attempt lasts until the coroutine is done
+        return result
+
+    return attempt
+
+
+async def _awaited_attempt(op: RetryOperation, coroutine: Awaitable[Any]) -> Any:
+    with _AttemptScope(op):
+        return await coroutine
+
+
+# --- operations ----------------------------------------------------------------------------------------------------
+
+
+class _OperationScope:
+    """One retry operation, published in its slot while the helper runs; it ends with the scope, with the exception
+    that escaped to the caller, if any. With nothing recording (or an internal error) it does nothing."""
+
+    __slots__ = ("op", "slot", "token")
+
+    def __init__(self, telemetry: Telemetry, names: tuple[str, str], slot: _Slot) -> None:
+        self.op = _start(telemetry, names)
+        self.slot = slot
+
+    def __enter__(self) -> None:
+        if self.op is not None:
+            self.token = self.slot.enter(self.op)
+
+    def __exit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+        if self.op is not None:
+            self.slot.exit(self.token)
+            self.op.ended(error=error)
+
+
+@never_raises
+def _start(telemetry: Telemetry, names: tuple[str, str]) -> RetryOperation | None:
+    return telemetry.start_retry(names[0], span_name=names[1], measured_delays=True)
+
+
+def _run(
+    telemetry: Telemetry,
+    names: tuple[str, str],
+    slot: _Slot,
+    call: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    with _OperationScope(telemetry, names, slot):
+        return call(*args, **kwargs)
+
+
+async def _run_async(telemetry: Telemetry, names: tuple[str, str], slot: _Slot, coroutine: Awaitable[Any]) -> Any:
+    """The operation of an async helper: from when its coroutine starts running until it is done."""
+    with _OperationScope(telemetry, names, slot):
+        return await coroutine
+
+
+def _proxied(found: Found, args: tuple[Any, ...], kwargs: dict[str, Any], slot: _Slot) -> tuple[Any, ...]:
+    """(names of the user's callable, args, kwargs with its proxy in its place)."""
+    proxy = AttemptProxy(found.value, _attempt_wrapper(slot))
+    return (callable_names(found.value), *found.replace(args, kwargs, proxy))
+
+
+# --- the call style --------------------------------------------------------------------------------------------------
+
+
+def call_style_wrapper(telemetry: Telemetry, target: Resolved) -> Wrapper:
+    """The wrapper of a ``call``-style helper (patched with ``enabled=telemetry.recording``: with nothing recording
+    it is not even called, and the helper receives the app's callable itself)."""
+    locator = target.locator
+    is_async = target.is_async
+
+    @never_raises
+    def plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+        found = locator.find(args, kwargs)
+        if found is None or isinstance(found.value, AttemptProxy):
+            return None  # no callable, or one an outer helper of ours already traces
+        slot = _CallSlot()
+        return (slot, *_proxied(found, args, kwargs, slot))
+
+    def operation(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        planned = plan(args, kwargs)
+        if planned is None:
+            return wrapped(*args, **kwargs)
+        slot, names, args, kwargs = planned
+        if is_async:
+            return _run_async(telemetry, names, slot, wrapped(*args, **kwargs))
+        return _run(telemetry, names, slot, wrapped, args, kwargs)
+
+    return operation
+
+
+# --- the decorator style -------------------------------------------------------------------------------------------
+
+
+def _decorated_function(wrapped: Any, argname: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Found | None:
+    """The function being decorated, when this call is a decoration: the parameter `argname` when configured, else
+    the sole positional argument when it is a callable that is not a class (``@retry`` and ``retry(fn, times=3)``;
+    ``retry(times=3)`` and ``retry(ValueError)`` are factory calls)."""
+    if argname is None:
+        if len(args) == 1 and callable(args[0]) and not isinstance(args[0], type):
+            return Found(args[0], 0, None)
+        return None
+    try:
+        parameters = list(inspect.signature(wrapped).parameters.values())
+        found = ArgumentLocator.for_parameters(parameters, argname).find(args, kwargs)
+    except (TypeError, ValueError):
+        return None
+    return found if found is not None and not isinstance(found.value, type) else None
+
+
+def decorator_style_wrapper(telemetry: Telemetry, target: Resolved) -> Wrapper:
+    """The wrapper of a ``decorator``-style helper. A call that decorates a function gets an `AttemptProxy` of it and
+    returns an `OperationWrapper`; any other call is a factory call, whose result (the decorator) is watched the same
+    way, one level deep. Decorations are watched whether or not anything records yet (they happen at import, often
+    before the app configures its SDK); each call then checks."""
+    argname = target.spec.argname
+
+    @never_raises
+    def plan(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+        if telemetry.disabled:
+            return None
+        found = _decorated_function(wrapped, argname, args, kwargs)
+        if found is None or isinstance(found.value, AttemptProxy):
+            return None
+        slot = _ContextSlot()
+        return (slot, *_proxied(found, args, kwargs, slot))
+
+    @never_raises
+    def watched_factory_result(result: Any) -> Any:
+        if not callable(result) or isinstance(result, (type, AttemptProxy, OperationWrapper)) or telemetry.disabled:
+            return result
+        return wrapt.FunctionWrapper(result, decoration(watch_result=False))
+
+    @never_raises
+    def operation_wrapper(decorated: Any, slot: _Slot, names: tuple[str, str]) -> Any:
+        if not callable(decorated) or isinstance(decorated, (type, OperationWrapper)):
+            return decorated
+        is_async = inspect.iscoroutinefunction(decorated)
+
+        def operation(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if not telemetry.recording():
+                return wrapped(*args, **kwargs)
+            if is_async:
+                return _run_async(telemetry, names, slot, wrapped(*args, **kwargs))
+            return _run(telemetry, names, slot, wrapped, args, kwargs)
+
+        return OperationWrapper(decorated, operation)
+
+    def decoration(*, watch_result: bool) -> Wrapper:
+        def decorate(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            planned = plan(wrapped, args, kwargs)
+            if planned is None:
+                result = wrapped(*args, **kwargs)
+                watched = watched_factory_result(result) if watch_result else None
+                return result if watched is None else watched
+            slot, names, args, kwargs = planned
+            decorated = wrapped(*args, **kwargs)
+            traced = operation_wrapper(decorated, slot, names)
+            return decorated if traced is None else traced
+
+        return decorate
+
+    return decoration(watch_result=True)

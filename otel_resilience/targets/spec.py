@@ -1,0 +1,255 @@
+"""Configured targets: their syntax, its checks, and finding the callable a target names.
+
+    retry target    module:Qual.name[:argname][[style]]      style: call (the default) or decorator
+    breaker target  module:Qual.name[:argname]@state_attr    state_attr may be dotted: @_impl.state
+
+`:argname` names the parameter that receives the user's callable (the attempted one, or the guarded one); without it,
+the first callable argument is taken. Everything here only reads: nothing is patched, and a module that is not imported
+yet is looked for on the import path without importing it (the launcher must not import the app early).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import inspect
+import sys
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import wrapt.importer
+
+from otel_resilience.targets._arguments import ArgumentLocator
+
+Kind = Literal["retry", "breaker"]
+RETRY: Final = "retry"
+BREAKER: Final = "breaker"
+
+STYLE_CALL: Final = "call"
+"""The target is called with the callable to attempt, and calls it until it gives up (``Retrier.execute(fn)``)."""
+STYLE_DECORATOR: Final = "decorator"
+"""The target is a decorator (``@retry``) or decorator factory (``@retry(times=3)``) whose wrapper calls the decorated
+function until it gives up."""
+STYLES: Final = (STYLE_CALL, STYLE_DECORATOR)
+
+RETRY_FORMAT: Final = (
+    "module:Qual.name or module:Qual.name:argname, optionally followed by a style in brackets, [call] (the default) "
+    "or [decorator]; e.g. myapp.net:Retrier.execute, myapp.net:Retrier.execute:fn, myapp.util:with_retries[decorator]"
+)
+BREAKER_FORMAT: Final = (
+    "module:Qual.name@state_attr or module:Qual.name:argname@state_attr; e.g. myapp.cb:Breaker.call@state"
+)
+_FORMATS: Final = {RETRY: RETRY_FORMAT, BREAKER: BREAKER_FORMAT}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One configured target, syntax checked."""
+
+    kind: Kind
+    text: str
+    module: str
+    qualname: str
+    argname: str | None = None
+    style: str = STYLE_CALL
+    state_attr: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What is patched: one target per ``module:Qual.name``."""
+        return f"{self.module}:{self.qualname}"
+
+
+def split_targets(value: str) -> list[str]:
+    """A comma-separated list (the environment variables' form), blanks ignored."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _is_dotted_name(text: str) -> bool:
+    return bool(text) and all(part.isidentifier() for part in text.split("."))
+
+
+def parse_target(kind: Kind, text: Any) -> TargetSpec:
+    """Check one target's syntax; raise a `ValueError` that says what was wrong and the expected format."""
+    if not isinstance(text, str):
+        raise ValueError(f"{kind} target {text!r} is a {type(text).__name__}, not a string; expected {_FORMATS[kind]}")
+    rest = text.strip()
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{kind} target {text!r}: {why}; expected {_FORMATS[kind]}")
+
+    style = STYLE_CALL
+    if rest.endswith("]"):
+        opening = rest.rfind("[")
+        if opening < 0:
+            raise bad("']' without '['")
+        if kind == BREAKER:
+            raise bad("breaker targets take no [style]")
+        style = rest[opening + 1 : -1].strip()
+        rest = rest[:opening].rstrip()
+        if style not in STYLES:
+            raise bad(f"unknown style {style!r} (the styles are: {', '.join(STYLES)})")
+    elif "[" in rest:
+        raise bad("'[' without ']'")
+
+    state_attr: str | None = None
+    if "@" in rest:
+        if kind == RETRY:
+            raise bad("'@state_attr' is for breaker targets")
+        rest, _, state_attr = rest.rpartition("@")
+        if not _is_dotted_name(state_attr):
+            raise bad(f"the state attribute {state_attr!r} is not a (dotted) Python name")
+    elif kind == BREAKER:
+        raise bad("the state attribute is missing (add '@' and the attribute that holds the breaker's state)")
+
+    parts = rest.split(":")
+    if len(parts) < 2:
+        raise bad("no ':' between the module and the qualified name")
+    if len(parts) > 3:
+        raise bad("too many ':'")
+    module, qualname = parts[0], parts[1]
+    argname = parts[2] if len(parts) == 3 else None
+    if not _is_dotted_name(module):
+        raise bad(f"the module {module!r} is not a dotted Python name")
+    if not _is_dotted_name(qualname):
+        raise bad(f"the qualified name {qualname!r} is not a dotted Python name")
+    if argname is not None and not argname.isidentifier():
+        raise bad(f"the argument name {argname!r} is not a Python identifier")
+    return TargetSpec(kind, text.strip(), module, qualname, argname, style, state_attr)
+
+
+def parse_targets(kind: Kind, texts: Iterable[Any] | str) -> tuple[list[TargetSpec], list[str]]:
+    """Parse every target of one kind (a string is read as a comma-separated list): the good ones, and a message per
+    bad one."""
+    if isinstance(texts, str):
+        texts = split_targets(texts)
+    specs: list[TargetSpec] = []
+    problems: list[str] = []
+    for text in texts:
+        try:
+            specs.append(parse_target(kind, text))
+        except ValueError as exc:
+            problems.append(str(exc))
+    return specs, problems
+
+
+# --- finding a module without importing it ----------------------------------------------------------------------
+
+
+def _find_spec_without_import(name: str, path: Any) -> importlib.machinery.ModuleSpec | None:
+    """What `importlib` would find for `name` in the parent's `path`, asking the meta path finders directly, so that
+    no parent package is imported (``importlib.util.find_spec`` imports parents). wrapt's post-import finder is
+    skipped: it delegates to ``find_spec``, which would import."""
+    for finder in sys.meta_path:
+        if isinstance(finder, wrapt.importer.ImportHookFinder):
+            continue
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:
+            continue
+        try:
+            spec = find_spec(name, path)
+        except (ImportError, AttributeError, ValueError):
+            continue
+        if spec is not None:
+            return spec  # type: ignore[no-any-return]
+    return None
+
+
+def module_findable(name: str) -> bool:
+    """Whether module `name` can be found on the import path, without importing it or its parents (no app code
+    runs). Packages that extend their ``__path__`` only when imported are not seen through: name their modules after
+    importing them."""
+    path: Any = None
+    parts = name.split(".")
+    for depth in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:depth])
+        module = sys.modules.get(prefix)
+        if module is not None:
+            path = getattr(module, "__path__", None)
+            continue
+        if depth > 1 and path is None:
+            return False  # a plain module has no submodules
+        spec = _find_spec_without_import(prefix, path)
+        if spec is None:
+            return False
+        path = spec.submodule_search_locations
+    return True
+
+
+# --- resolving a target in its imported module --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A target found in its module: where to patch it and how it is called."""
+
+    spec: TargetSpec
+    owner: Any
+    """The module or class whose attribute is patched."""
+    attr: str
+    function: Any
+    """``getattr(owner, attr)``: a function, or a method as the class gives it."""
+    locator: ArgumentLocator
+    is_async: bool
+
+
+def _defining_class(cls: type, attr: str) -> type | None:
+    return next((base for base in cls.__mro__ if attr in vars(base)), None)
+
+
+def resolve(spec: TargetSpec, module: types.ModuleType) -> Resolved:
+    """Find the target in its (imported) module; raise a `ValueError` when it is not there or cannot be patched."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{spec.kind} target {spec.text!r}: {why}")
+
+    owner: Any = module
+    where = spec.module
+    *path, attr = spec.qualname.split(".")
+    for part in path:
+        try:
+            owner = getattr(owner, part)
+        except AttributeError:
+            raise bad(f"{where} has no attribute {part!r}") from None
+        where = f"{where}.{part}"
+    if not isinstance(owner, (types.ModuleType, type)):
+        raise bad(f"{where} is a {type(owner).__name__} object, not a class or module: name the class (module:Class.method)")
+    if attr not in vars(owner):
+        defining = _defining_class(owner, attr) if isinstance(owner, type) else None
+        if defining is None:
+            raise bad(f"{where} has no attribute {attr!r}")
+        raise bad(
+            f"{where}.{attr} is inherited from {defining.__module__}.{defining.__qualname__}: name that class "
+            f"({defining.__module__}:{defining.__qualname__}.{attr}), which traces every class that inherits it"
+        )
+    raw = vars(owner)[attr]
+    if isinstance(owner, type) and not isinstance(raw, (types.FunctionType, staticmethod, classmethod)):
+        raise bad(
+            f"{where}.{attr} is a {type(raw).__name__}: only functions, methods, static methods and class methods "
+            "of a class can be patched"
+        )
+    function = getattr(owner, attr)
+    if isinstance(function, type):
+        raise bad(f"{where}.{attr} is a class: name the function or method that does the work (module:Class.method)")
+    if not callable(function):
+        raise bad(f"{where}.{attr} is not callable (it is a {type(function).__name__})")
+    return Resolved(spec, owner, attr, function, _locator(spec, owner, attr, function, bad), inspect.iscoroutinefunction(function))
+
+
+def _locator(spec: TargetSpec, owner: Any, attr: str, function: Any, bad: Any) -> ArgumentLocator:
+    """How to find the user's callable among the target's arguments, checked against its signature now."""
+    if spec.argname is None or spec.style == STYLE_DECORATOR:
+        # A decorator factory's own signature need not have the parameter: the decorator it returns may.
+        return ArgumentLocator(spec.argname)
+    where = f"{spec.module}.{spec.qualname}"
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        raise bad(f"the signature of {where} cannot be read, so the argument {spec.argname!r} cannot be found") from None
+    if isinstance(owner, type) and isinstance(vars(owner)[attr], types.FunctionType):
+        parameters = parameters[1:]  # self: wrapt hands the wrapper the arguments after it
+    try:
+        return ArgumentLocator.for_parameters(parameters, spec.argname)
+    except ValueError as exc:
+        raise bad(f"{where}: {exc}") from None
