@@ -1,0 +1,15 @@
+"""otel_resilience: retries and circuit breakers, visible in OpenTelemetry traces.
+
+    import otel_resilience
+
+    handle = otel_resilience.setup()     # export as configured by OTEL_* (default OTLP), instrument what is installed
+    ...
+    handle.shutdown()                    # bounded; also done at interpreter exit
+
+or, with no code change: ``opentelemetry-instrument python app.py``. See the README for the three ways in.
+"""
+
+from otel_resilience._setup import Handle, setup
+from otel_resilience.version import __version__
+
+__all__ = ["Handle", "__version__", "setup"]
