@@ -103,11 +103,25 @@ def current_call(subject: object) -> BreakerCall | None:
     return None
 
 
+def failure_hook(subject_of: Callable[[Any, tuple[Any, ...]], object]) -> Callable[..., Any]:
+    """A patch (``wrapper(wrapped, instance, args, kwargs)``) for the library method that counts a failure: it marks
+    the active call through ``subject_of(instance, args)`` as failed, then lets the library count."""
+
+    def counted(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = current_call(subject_of(instance, args))
+        if call is not None:
+            call.mark_failure()
+        return wrapped(*args, **kwargs)
+
+    return counted
+
+
 class BreakerCall:
     """One call through a breaker. Created by `Telemetry.start_breaker_call`."""
 
     __slots__ = (
-        "_telemetry", "entry", "state", "subject", "admitted", "failed", "refused", "_outer", "_span", "_ended",
+        "_telemetry", "entry", "state", "subject", "admitted", "failed", "refused", "_outer", "_token", "_span",
+        "_ended",
     )
 
     @classmethod
@@ -123,6 +137,7 @@ class BreakerCall:
         self.failed = False
         self.refused = False
         self._outer: BreakerCall | None = None
+        self._token: object | None = None
         self._ended = False
         self._span: Span = telemetry.tracer.start_span(
             f"{semconv.BREAKER_SPAN_PREFIX} {entry.name}",
@@ -149,6 +164,16 @@ class BreakerCall:
         except (ValueError, RuntimeError):  # reset from another context (a generator resumed by another task)
             _CURRENT.set(None)
         context.detach(otel_token)
+
+    def enter(self) -> None:
+        """`activate` for a with-block whose end is another hook (``__enter__`` … ``__exit__``): the call keeps the
+        token until `leave`. Blocks nest in order within a thread or task, so the innermost is left first."""
+        self._token = self.activate()
+
+    def leave(self) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            self.deactivate(token)
 
     def admitted_in(self, state: str) -> None:
         """Correct the state the call was admitted in (e.g. a call that found an open breaker past its timeout is
@@ -217,8 +242,10 @@ class BreakerCall:
             attributes[semconv.BREAKER_FAILURE_COUNT] = failure_count
         if result in _ERROR_RESULTS:
             if error is not None:
-                attributes[semconv.ERROR_TYPE] = errors.error_type(error)
+                attributes[semconv.ERROR_TYPE] = error_type or errors.error_type(error)
                 span.add_event(semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=False))
+            elif error_type is not None:
+                attributes[semconv.ERROR_TYPE] = error_type
             span.set_status(_ERROR)
         span.set_attributes(attributes)  # one call: the SDK takes its span lock per call
         span.end(time_ns())

@@ -29,3 +29,13 @@ def caller_names(*skip_modules: str) -> tuple[str, str]:
     qualname = getattr(code, "co_qualname", code.co_name)  # co_qualname is Python >= 3.11
     module = frame.f_globals.get("__name__", "")
     return (f"{module}.{qualname}" if module else qualname), qualname
+
+
+def breaker_name(own: object, guarded: Any, breaker: Any) -> str:
+    """`circuitbreaker.name`: the breaker's own name; else the first guarded function's ``module.qualname`` (taken
+    once, for the breaker's lifetime); else, for a breaker seen before any guarded call (moved by hand), its class's."""
+    if own:
+        return str(own)
+    if guarded is not None:
+        return callable_names(guarded)[0]
+    return callable_names(type(breaker))[0]

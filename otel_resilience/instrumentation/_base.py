@@ -81,6 +81,12 @@ class Patches:
             replacement = classmethod(_patched_function(original.__func__, wrapper, enabled, bind=True))
         else:
             replacement = _patched_function(original, wrapper, enabled, bind=inspect.isclass(owner))
+        self.replace(owner, name, replacement)
+
+    def replace(self, owner: Any, name: str, replacement: Any) -> None:
+        """Put `replacement` in place of ``owner.name``, undone exactly by `restore()`: for what `wrap` cannot wrap,
+        such as a property whose getter is the hook point."""
+        original = vars(owner)[name]
         setattr(owner, name, replacement)
         self._applied.append((owner, name, original, replacement))
 

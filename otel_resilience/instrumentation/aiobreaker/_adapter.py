@@ -1,0 +1,142 @@
+"""Translate aiobreaker's calls and state changes into core breaker events.
+
+aiobreaker is pybreaker made for asyncio, with the same shape: a state object decides each call, and every transition
+passes through one method. Hook points, and why:
+
+- ``CircuitBreaker.call`` / ``call_async``: every guarded call (``breaker.call(f)``, ``await breaker.call_async(f)``,
+  and the ``@breaker`` decorator, which calls them at call time, so functions decorated before instrumentation are
+  traced). aiobreaker re-enters them: an open breaker past its timeout calls again once half-open, and a decorated
+  function passed to ``call`` goes through ``call`` twice (``_ignore_on_call``). A re-entry before the call was
+  admitted is the same user call and passes straight through; a call the guarded function makes is a new one.
+- ``CircuitBreakerBaseState.before_call`` (closed and half-open states): the call is admitted, in that state.
+- ``CircuitOpenState.before_call``: the open check; when it raises, the call is refused.
+- ``CircuitBreaker._inc_counter``: a failure counted. An excluded exception counts as a success: ``ignored``.
+- ``CircuitBreaker._create_new_state(..., notify=True)``: every transition (trip, timeout, probe result, ``open()`` or
+  ``close()`` by hand, a state refreshed from shared storage), where aiobreaker tells its listeners. We add no
+  listener of our own: the app would see it in ``breaker.listeners``.
+
+State is read from the state object aiobreaker already resolved (``breaker._state``), never through ``breaker.state``
+or ``current_state``, which read the storage (possibly Redis) and may notify listeners. The failure count is read
+only from the in-memory storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from aiobreaker import CircuitBreaker, CircuitBreakerError
+from aiobreaker.state import CircuitBreakerBaseState, CircuitOpenState
+from aiobreaker.storage.memory import CircuitMemoryStorage
+
+from otel_resilience import semconv
+from otel_resilience.core import REGISTRY, BreakerEntry, Telemetry, never_raises
+from otel_resilience.core.breaker import (
+    BreakerCall,
+    any_active_call,
+    current_call,
+    failure_hook,
+    normalise_state,
+    run_call,
+    run_coroutine,
+)
+from otel_resilience.core.naming import breaker_name
+from otel_resilience.instrumentation._base import Patches
+
+_FAILURE_COUNTED: Final = failure_hook(lambda breaker, _args: breaker)
+
+
+def _read_state(breaker: CircuitBreaker) -> str | None:
+    return normalise_state(breaker._state.state)
+
+
+def _failure_count(breaker: CircuitBreaker) -> int | None:
+    """The failure count, only where reading it costs no storage round trip (the in-memory storage)."""
+    storage = breaker._state_storage
+    return storage._fail_counter if type(storage) is CircuitMemoryStorage else None
+
+
+class AioBreakerAdapter:
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def patch(self, patches: Patches) -> None:
+        """The call entry points now; admission, refusal, failure and transition hooks once something records."""
+        recording = self.telemetry.recording
+        patches.wrap(CircuitBreaker, "call", self._call, enabled=recording)
+        patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=recording)
+        self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
+
+    def _patch_inner_hooks(self, patches: Patches) -> None:
+        patches.wrap(CircuitBreakerBaseState, "before_call", self._admission, enabled=any_active_call)
+        patches.wrap(CircuitOpenState, "before_call", self._open_check, enabled=any_active_call)
+        patches.wrap(CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call)
+        patches.wrap(CircuitBreaker, "_create_new_state", self._new_state)
+
+    def _entry(self, breaker: CircuitBreaker, guarded: Any) -> BreakerEntry:
+        return REGISTRY.entry(
+            breaker,
+            self.telemetry.library,
+            lambda: breaker_name(breaker.name, guarded, breaker),
+            read_state=_read_state,
+        )
+
+    # --- calls -------------------------------------------------------------------------------------------------
+
+    @never_raises
+    def _begin(self, breaker: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BreakerCall | None:
+        active = current_call(breaker)
+        if active is not None and not active.admitted:
+            return None  # aiobreaker re-entering `call` for the same user call
+        entry = self._entry(breaker, args[0] if args else kwargs.get("func"))
+        return self.telemetry.start_breaker_call(entry, _read_state(breaker), breaker)
+
+    @never_raises
+    def _settle(self, call: BreakerCall, error: BaseException | None) -> None:
+        call.finish(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
+
+    def _call(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = self._begin(instance, args, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        # A guarded generator is judged by aiobreaker as it is consumed: the span covers the consumption.
+        return run_call(call, wrapped, args, kwargs, self._settle, follow_generators=True)
+
+    def _call_async(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return run_coroutine(lambda: self._begin(instance, args, kwargs), wrapped, args, kwargs, self._settle)
+
+    # --- inside a call -----------------------------------------------------------------------------------------
+
+    def _admission(self, wrapped: Callable[..., Any], instance: CircuitBreakerBaseState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = current_call(instance._breaker)
+        if call is not None and not call.admitted:
+            call.admitted_in(normalise_state(instance.state) or semconv.STATE_CLOSED)
+        return wrapped(*args, **kwargs)
+
+    def _open_check(self, wrapped: Callable[..., Any], instance: CircuitOpenState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return wrapped(*args, **kwargs)
+        except CircuitBreakerError:
+            call = current_call(instance._breaker)
+            if call is not None:
+                call.refused_in(semconv.STATE_OPEN)
+            raise
+
+    def _new_state(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        new_state = wrapped(*args, **kwargs)
+        notify = kwargs["notify"] if "notify" in kwargs else len(args) > 2 and args[2]
+        if notify:
+            self._transition(instance, kwargs["prev_state"] if "prev_state" in kwargs else args[1], new_state)
+        return new_state
+
+    @never_raises
+    def _transition(self, breaker: CircuitBreaker, prev_state: CircuitBreakerBaseState | None, new_state: CircuitBreakerBaseState) -> None:
+        if prev_state is None or not self.telemetry.recording():
+            return
+        previous, state = normalise_state(prev_state.state), normalise_state(new_state.state)
+        if previous is None or state is None:
+            return
+        call = current_call(breaker)
+        # No call of ours running (`breaker.open()` by hand, a state refreshed from storage): counted all the same.
+        entry = call.entry if call is not None else self._entry(breaker, None)
+        entry.transition(self.telemetry, previous, state, call)

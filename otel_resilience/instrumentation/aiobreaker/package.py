@@ -1,0 +1,1 @@
+_instruments = ("aiobreaker >= 1.2, < 2",)

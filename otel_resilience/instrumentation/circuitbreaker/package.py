@@ -1,0 +1,1 @@
+_instruments = ("circuitbreaker >= 2.0, < 3",)

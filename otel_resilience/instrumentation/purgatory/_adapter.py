@@ -1,0 +1,179 @@
+"""Translate purgatory's guarded blocks and state changes into core breaker events.
+
+purgatory makes its breakers on demand: each ``factory.get_breaker(name)`` returns a new ``SyncCircuitBreaker`` (or
+``AsyncCircuitBreaker``) around the circuit's ``Context`` (its state object and counters), the factory's unit of work
+(where circuits are stored) and its message bus. The factories' decorators call ``get_breaker`` and enter the breaker
+at call time, so functions decorated before instrumentation are traced. Hook points, and why:
+
+- ``SyncCircuitBreaker.__enter__``/``__exit__`` and ``AsyncCircuitBreaker.__aenter__``/``__aexit__``: a guarded block
+  (``with breaker:``, ``async with breaker:``, the decorators). The span covers the block. ``__enter__`` raising the
+  open state (purgatory's ``OpenedState`` is itself the exception it raises) is a refusal.
+- ``Context.set_state``: every transition, while the call that caused it is active.
+- ``ClosedState.handle_exception`` and ``HalfOpenedState.handle_exception``: a failure counted. An excluded exception
+  ends the request as a success would: ``ignored``.
+
+A breaker is known by its unit of work and circuit name: the wrapper objects, and with Redis the ``Context`` objects
+too, are new every time, so the registry entry is keyed on both (two factories sharing a unit of work share their
+circuits). The gauge reads a state only from the in-memory repository, never from Redis. purgatory raises the same
+open-state object every time, its traceback growing with each raise: we record its type and message only, and keep
+no reference to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from purgatory.domain.model import ClosedState, Context, HalfOpenedState, OpenedState
+from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
+from purgatory.service._async.repository import AsyncInMemoryRepository
+from purgatory.service._sync.circuitbreaker import SyncCircuitBreaker
+from purgatory.service._sync.repository import SyncInMemoryRepository
+
+from otel_resilience import semconv
+from otel_resilience.core import REGISTRY, Telemetry, never_raises
+from otel_resilience.core.breaker import BreakerCall, any_active_call, current_call, failure_hook, normalise_state
+from otel_resilience.core.registry import StateReader
+from otel_resilience.instrumentation._base import Patches
+
+Breaker = SyncCircuitBreaker | AsyncCircuitBreaker
+
+_IN_MEMORY: Final = (SyncInMemoryRepository, AsyncInMemoryRepository)
+_FAILURE_COUNTED: Final = failure_hook(lambda _state, args: args[0])  # State.handle_exception(self, context, exc)
+
+
+def _state_reader(circuit: str) -> StateReader:
+    """The gauge's reading of one circuit of a unit of work: from the in-memory repository only."""
+
+    def read(uow: Any) -> str | None:
+        repository = uow.contexts
+        if type(repository) not in _IN_MEMORY:
+            return None  # Redis: no reads of ours; the gauge shows the state last seen
+        context = repository.breakers.get(circuit)
+        return normalise_state(context.state) if context is not None else None
+
+    return read
+
+
+class PurgatoryAdapter:
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def patch(self, patches: Patches) -> None:
+        """The block entry points now (their exits only act inside a call); state hooks once something records."""
+        recording = self.telemetry.recording
+        patches.wrap(SyncCircuitBreaker, "__enter__", self._enter, enabled=recording)
+        patches.wrap(SyncCircuitBreaker, "__exit__", self._exit, enabled=any_active_call)
+        patches.wrap(AsyncCircuitBreaker, "__aenter__", self._aenter, enabled=recording)
+        patches.wrap(AsyncCircuitBreaker, "__aexit__", self._aexit, enabled=any_active_call)
+        self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
+
+    def _patch_inner_hooks(self, patches: Patches) -> None:
+        patches.wrap(Context, "set_state", self._set_state, enabled=any_active_call)
+        patches.wrap(ClosedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call)
+        patches.wrap(HalfOpenedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call)
+
+    # --- entering a block ----------------------------------------------------------------------------------------
+
+    @never_raises
+    def _entering(self, breaker: Breaker) -> BreakerCall | None:
+        context = breaker.context
+        circuit = context.name
+        entry = REGISTRY.entry(
+            breaker.uow, self.telemetry.library, lambda: circuit, key=circuit, read_state=_state_reader(circuit)
+        )
+        call = self.telemetry.start_breaker_call(entry, normalise_state(context.state), context)
+        if call is not None:
+            call.enter()  # current through the block, until __exit__
+        return call
+
+    @never_raises
+    def _entered(self, call: BreakerCall) -> None:
+        context: Context = call.subject  # type: ignore[assignment]
+        call.admitted_in(normalise_state(context.state) or semconv.STATE_CLOSED)  # half_open once the ttl passed
+
+    @never_raises
+    def _not_entered(self, call: BreakerCall, error: BaseException) -> None:
+        call.leave()
+        if isinstance(error, OpenedState):
+            call.refused_in(semconv.STATE_OPEN)
+        self._settle(call, error)
+
+    def _enter(self, wrapped: Callable[..., Any], instance: SyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = self._entering(instance)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self._not_entered(call, exc)
+            raise
+        self._entered(call)
+        return result
+
+    async def _aenter(self, wrapped: Callable[..., Any], instance: AsyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = self._entering(instance)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self._not_entered(call, exc)
+            raise
+        self._entered(call)
+        return result
+
+    # --- leaving it ----------------------------------------------------------------------------------------------
+
+    @never_raises
+    def _settle(self, call: BreakerCall, error: BaseException | None) -> None:
+        context: Context = call.subject  # type: ignore[assignment]
+        call.finish(error, failure_count=context.failure_count)
+
+    @never_raises
+    def _left(self, call: BreakerCall, error: BaseException | None) -> None:
+        call.leave()
+        self._settle(call, error)
+
+    def _exit(self, wrapped: Callable[..., Any], instance: SyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = current_call(instance.context)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        error = args[1] if len(args) > 1 else kwargs.get("exc")
+        try:
+            return wrapped(*args, **kwargs)  # purgatory judges the block and changes state with the call current
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._left(call, error)
+
+    async def _aexit(self, wrapped: Callable[..., Any], instance: AsyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = current_call(instance.context)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        error = args[1] if len(args) > 1 else kwargs.get("exc")
+        try:
+            return await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._left(call, error)
+
+    # --- transitions ---------------------------------------------------------------------------------------------
+
+    def _set_state(self, wrapped: Callable[..., Any], instance: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        previous = instance.state
+        result = wrapped(*args, **kwargs)
+        self._transition(instance, previous)
+        return result
+
+    @never_raises
+    def _transition(self, context: Context, previous_name: str) -> None:
+        call = current_call(context)
+        if call is None:
+            return  # not inside a call of ours: seen at the next call, against the state last seen
+        previous, state = normalise_state(previous_name), normalise_state(context.state)
+        if previous is not None and state is not None:
+            call.entry.transition(self.telemetry, previous, state, call)

@@ -1,0 +1,1 @@
+_instruments = ("purgatory >= 3.0, < 4",)
