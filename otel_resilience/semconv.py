@@ -74,6 +74,11 @@ BREAKER_RESULTS: Final = (CALL_SUCCESS, CALL_FAILURE, CALL_REJECTED, CALL_IGNORE
 # --- HTTP (stable semantic conventions) ------------------------------------------------------------------------
 
 HTTP_REQUEST_METHOD: Final = "http.request.method"
+HTTP_REQUEST_METHOD_ORIGINAL: Final = "http.request.method_original"
+HTTP_METHOD_OTHER: Final = "_OTHER"
+"""`http.request.method` of a method the conventions do not know (the original goes in ``method_original``)."""
+HTTP_SPAN_NAME_OTHER: Final = "HTTP"
+"""Span name of an HTTP attempt whose method is ``_OTHER``."""
 HTTP_REQUEST_RESEND_COUNT: Final = "http.request.resend_count"
 HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
 URL_FULL: Final = "url.full"

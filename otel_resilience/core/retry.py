@@ -120,11 +120,18 @@ class RetryOperation:
 
     @never_raises
     def attempt_started(
-        self, *, span_name: str | None = None, attributes: dict[str, Any] | None = None, start_ns: int | None = None
+        self,
+        *,
+        span_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        start_ns: int | None = None,
+        span: bool = True,
     ) -> None:
         """An attempt begins now. `span_name` and `attributes` let an HTTP attempt be a ``GET`` CLIENT span.
         `start_ns` is for an adapter that learns of an attempt only after it began (backoff decorations made before
-        instrumentation report each attempt when it ended): the attempt's real start time."""
+        instrumentation report each attempt when it ended): the attempt's real start time. `span=False`: the attempt
+        is counted (attempt numbers, metrics) but shown elsewhere, e.g. on the CLIENT span contrib's HTTP
+        instrumentation already made for it (see `core.http`)."""
         now = time_ns() if start_ns is None else start_ns
         if self._in_attempt:  # the previous attempt was never reported as ended: close it as it stands
             self.attempt_ended()
@@ -139,7 +146,7 @@ class RetryOperation:
         if mode == "on_retry" and self.attempts == 1 and self._span is not None:
             self._attempt_span = None  # created only if this first attempt fails, with its real times
             return
-        self._attempt_span = self._new_attempt_span(now, span_name, attributes)
+        self._attempt_span = self._new_attempt_span(now, span_name, attributes) if span else None
 
     def _new_attempt_span(self, start_ns: int, span_name: str | None, attributes: dict[str, Any] | None) -> Span:
         span_attributes: dict[str, Any] = {semconv.RETRY_NAME: self.name, semconv.RETRY_ATTEMPT: self.attempts}
@@ -256,12 +263,15 @@ class RetryOperation:
     # --- the end -------------------------------------------------------------------------------------------------
 
     @never_raises
-    def ended(self, result: str | None = None, error: BaseException | None = None, *, error_type: str | None = None) -> None:
+    def ended(
+        self, result: str | None = None, error: BaseException | None = None, *, error_type: str | None = None
+    ) -> str | None:
         """The operation is over. `result` is one of ``semconv.RETRY_RESULTS`` (inferred when None: success unless
         the last attempt failed or `error` escaped); a `BaseException` that is not an `Exception` makes it
-        ``aborted`` whatever else was said. `error` is the exception that escaped to the caller, if any."""
+        ``aborted`` whatever else was said. `error` is the exception that escaped to the caller, if any. Returns the
+        result recorded (None if the operation had already ended), for an adapter that shows it elsewhere too."""
         if self._ended:
-            return
+            return None
         self._ended = True
         end_ns = time_ns()
         if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): close the attempt as it stands
@@ -304,6 +314,7 @@ class RetryOperation:
         telemetry.retry_duration.record(
             (end_ns - self._start_ns) / _NS, {semconv.RETRY_NAME: self.name, semconv.RETRY_RESULT: result}
         )
+        return result
 
     @property
     def is_ended(self) -> bool:
