@@ -1,0 +1,161 @@
+"""pytest plugin used by ``scripts/library-suites`` to run a library's own test suite bare or instrumented, unedited.
+
+Loaded with ``-p library_suites_plugin`` (the script puts ``scripts/`` on ``PYTHONPATH``). Environment:
+
+- ``LIBRARY_SUITES_IMPORT``: comma-separated modules imported at ``pytest_configure`` in both modes, so the bare and
+  the instrumented run import the library from the same place (the installed copy, not a source copy in the sdist).
+- ``LIBRARY_SUITES_INSTRUMENT``: comma-separated entry-point names from
+  ``otel_resilience.instrumentation.INSTRUMENTORS``. When set, a real SDK ``TracerProvider`` (spans go through a
+  ``SimpleSpanProcessor``, so every span start and end path of ours runs synchronously) and a ``MeterProvider`` with a
+  reader are made, and each instrumentor's ``instrument(tracer_provider=..., meter_provider=...)`` is called before
+  any test module is imported. Unset: the bare baseline; nothing of OpenTelemetry is imported.
+- ``LIBRARY_SUITES_REPORT``: a JSON file written at session end: every test's outcome and, when instrumented, the
+  spans and metric points our instrumentation produced. Zero spans means the instrumentation was not really active,
+  which the script treats as a failed check.
+
+Outcomes are recorded per test node id: ``passed``, ``failed``, ``error`` (setup or teardown failed, or the module
+did not collect), ``skipped``, ``xfailed``, ``xpassed``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+_outcomes: dict[str, str] = {}
+_imported: dict[str, str] = {}
+_telemetry: dict[str, Any] = {}
+
+
+def _names(variable: str) -> list[str]:
+    return [name.strip() for name in os.environ.get(variable, "").split(",") if name.strip()]
+
+
+class _CountingExporter:
+    """A span exporter that counts finished spans by instrumentation scope and name and keeps none of them (a long
+    suite must not hold every span in memory)."""
+
+    def __init__(self) -> None:
+        self.by_scope: Counter[str] = Counter()
+        self.by_name: Counter[str] = Counter()
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        for span in spans:
+            scope = span.instrumentation_scope.name if span.instrumentation_scope else "?"
+            self.by_scope[scope] += 1
+            self.by_name[f"{scope}: {span.name}"] += 1
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _instrument(names: list[str]) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from otel_resilience.instrumentation import INSTRUMENTORS
+
+    exporter = _CountingExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[arg-type]
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    active: list[str] = []
+    for name in names:
+        module_name, _, class_name = INSTRUMENTORS[name].partition(":")
+        instrumentor = getattr(importlib.import_module(module_name), class_name)()
+        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        # _instrument returns quietly (telemetry None) when the installed version is outside the supported range.
+        if getattr(instrumentor, "telemetry", None) is not None:
+            active.append(name)
+    _telemetry.update(exporter=exporter, reader=reader, requested=names, active=active)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in _names("LIBRARY_SUITES_IMPORT"):
+        _imported[name] = str(getattr(importlib.import_module(name), "__file__", None))
+    names = _names("LIBRARY_SUITES_INSTRUMENT")
+    if names:
+        _instrument(names)
+
+
+def _record(nodeid: str, outcome: str) -> None:
+    # A teardown error after a pass or a failure is still reported once per test, as the worse of the two.
+    if outcome == "error" or nodeid not in _outcomes:
+        _outcomes[nodeid] = outcome
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    xfail = hasattr(report, "wasxfail")
+    if report.when == "setup":
+        if report.failed:
+            _record(report.nodeid, "error")
+        elif report.skipped:
+            _record(report.nodeid, "xfailed" if xfail else "skipped")
+    elif report.when == "call":
+        if report.passed:
+            _record(report.nodeid, "xpassed" if xfail else "passed")
+        elif report.failed:
+            _record(report.nodeid, "failed")
+        else:
+            _record(report.nodeid, "xfailed" if xfail else "skipped")
+    elif report.failed:
+        _record(report.nodeid, "error")
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.failed:
+        _record(report.nodeid or "<collection>", "error")
+
+
+def _metric_points() -> dict[str, int]:
+    points: Counter[str] = Counter()
+    data = _telemetry["reader"].get_metrics_data()
+    for resource_metrics in data.resource_metrics if data else ():
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                points[metric.name] += len(metric.data.data_points)
+    return dict(points)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    report: dict[str, Any] = {"outcomes": _outcomes, "imported": _imported}
+    if _telemetry:
+        exporter: _CountingExporter = _telemetry["exporter"]
+        report.update(
+            instrumentors=_telemetry["requested"],
+            active=_telemetry["active"],
+            spans=sum(exporter.by_scope.values()),
+            spans_by_scope=dict(exporter.by_scope),
+            top_span_names=dict(exporter.by_name.most_common(10)),
+            metric_points=_metric_points(),
+        )
+    path = os.environ.get("LIBRARY_SUITES_REPORT")
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1, sort_keys=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _telemetry:
+        return
+    exporter: _CountingExporter = _telemetry["exporter"]
+    terminalreporter.write_sep("=", "otel_resilience instrumentation")
+    terminalreporter.write_line(f"instrumentors requested: {', '.join(_telemetry['requested'])}")
+    terminalreporter.write_line(f"instrumentors active:    {', '.join(_telemetry['active']) or 'NONE'}")
+    terminalreporter.write_line(f"spans produced: {sum(exporter.by_scope.values())} {dict(exporter.by_scope)}")
+    terminalreporter.write_line(f"metric points: {_metric_points()}")
