@@ -24,7 +24,7 @@ from opentelemetry import metrics, trace
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from otel_resilience._setup import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, _env, _global_meter_provider
+from otel_resilience._setup import _disabled_names, _global_meter_provider
 from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation import INSTRUMENTORS
 from otel_resilience.version import __version__
@@ -88,10 +88,6 @@ def _is_instrumented(entry_point: str) -> bool:
     cls = getattr(module, attribute, None) if module is not None else None
     instance = getattr(cls, "_instance", None) if cls is not None else None
     return bool(getattr(instance, "_is_instrumented_by_opentelemetry", False))
-
-
-def _disabled_names() -> set[str]:
-    return {n.strip() for n in (_env(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS) or "").split(",") if n.strip()}
 
 
 def diagnose() -> list[LibraryStatus]:

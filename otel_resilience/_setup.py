@@ -61,9 +61,6 @@ OTEL_METRICS_EXPORTER: Final = "OTEL_METRICS_EXPORTER"
 OTEL_EXPORTER_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
 OTEL_EXPORTER_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 OTEL_PYTHON_DISABLED_INSTRUMENTATIONS: Final = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
-# Ours (read by the drop-in targets module as well).
-RETRY_TARGETS_ENV: Final = "OTEL_PYTHON_RESILIENCE_RETRY_TARGETS"
-BREAKER_TARGETS_ENV: Final = "OTEL_PYTHON_RESILIENCE_BREAKER_TARGETS"
 
 _SIGNALS: Final = {
     # signal: (exporter variable, entry-point group, OTLP path)
@@ -179,6 +176,11 @@ def _exports_for(signal: str, exporter: str | None, protocol: str | None) -> tup
     return tuple(exports)
 
 
+def _disabled_names() -> set[str]:
+    """The entry-point names ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` lists (``*`` stands for all)."""
+    return {n.strip() for n in (_env(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS) or "").split(",") if n.strip()}
+
+
 def _checked_libraries(libraries: Iterable[str] | None) -> tuple[str, ...]:
     """Entry-point names to instrument: all of ours, or those named (bare or as entry-point names), minus those
     ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` switches off (``*`` switches off all, as for the launcher)."""
@@ -196,7 +198,7 @@ def _checked_libraries(libraries: Iterable[str] | None) -> tuple[str, ...]:
                                  f"{_accepted(LIBRARIES)}")
             if key not in chosen:
                 chosen.append(key)
-    disabled = {n.strip() for n in (_env(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS) or "").split(",") if n.strip()}
+    disabled = _disabled_names()
     if "*" in disabled:
         return ()
     return tuple(name for name in chosen if name not in disabled)
@@ -211,13 +213,19 @@ def _checked_setting(what: str, variable: str, value: object, accepted: tuple[st
     return checked_choice(what, value, accepted)
 
 
-def _checked_targets(what: str, variable: str, value: object) -> tuple[str, ...]:
-    """Targets as a tuple of ``module:Qual.name[:argname]`` strings (their syntax is the targets module's to check):
-    a list, or one comma-separated string; None means the environment variable."""
+def _checked_targets(what: str, value: object, *, environment: str) -> tuple[str, ...]:
+    """Targets as a tuple of strings (their syntax is the targets module's to check): a list, or one comma-separated
+    string. None means the `environment` variable, unless ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` lists the
+    targets' entry point (as it does for the launcher)."""
+    from otel_resilience import targets
+
     if value is None:
-        value = _env(variable) or ""
+        disabled = _disabled_names()
+        if "*" in disabled or targets.ENTRY_POINT_NAME in disabled:
+            return ()
+        value = _env(getattr(targets, environment)) or ""
     if isinstance(value, str):
-        return tuple(t.strip() for t in value.split(",") if t.strip())
+        return tuple(targets.spec.split_targets(value))
     if isinstance(value, Iterable) and all(isinstance(t, str) for t in value):
         return tuple(t.strip() for t in value if t.strip())
     raise ValueError(f"{what}: {value!r} is not accepted; give a list of 'module:Qual.name[:argname]' strings "
@@ -263,8 +271,8 @@ def _plan(
         libraries=_checked_libraries(libraries),
         attempt_spans=_checked_setting("attempt_spans", ATTEMPT_SPANS_ENV, attempt_spans, ATTEMPT_SPANS_CHOICES),
         stacktraces=_checked_setting("stacktraces", STACKTRACES_ENV, stacktraces, STACKTRACES_CHOICES),
-        retry_targets=_checked_targets("retry_targets", RETRY_TARGETS_ENV, retry_targets),
-        breaker_targets=_checked_targets("breaker_targets", BREAKER_TARGETS_ENV, breaker_targets),
+        retry_targets=_checked_targets("retry_targets", retry_targets, environment="RETRY_TARGETS_ENV"),
+        breaker_targets=_checked_targets("breaker_targets", breaker_targets, environment="BREAKER_TARGETS_ENV"),
     )
 
 
@@ -409,7 +417,7 @@ class Handle:
     instrumented: tuple[str, ...] = ()
     """Entry-point names of the instrumentors this call switched on (not those the launcher had already)."""
     _instrumentors: list[BaseInstrumentor] = field(default_factory=list, repr=False)
-    _targets: object = field(default=None, repr=False)
+    _targets: bool = field(default=False, repr=False)
     _shut_down: bool = field(default=False, repr=False)
 
     def force_flush(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
@@ -448,10 +456,11 @@ class Handle:
         for instrumentor in reversed(self._instrumentors):
             instrumentor.uninstrument()
         self._instrumentors.clear()
-        undo = getattr(self._targets, "uninstrument", None)
-        if callable(undo):
-            undo()
-        self._targets = None
+        if self._targets:
+            from otel_resilience.targets import uninstrument_targets
+
+            uninstrument_targets()
+        self._targets = False
         self.instrumented = ()
         with _LOCK:
             if _HANDLE is self:
@@ -518,19 +527,41 @@ def _instrument(names: Sequence[str], kwargs: dict[str, Any]) -> list[tuple[str,
     return done
 
 
-def _instrument_targets(plan: _Plan, kwargs: dict[str, Any]) -> object:
-    """Patch the app's own helpers named in `retry_targets`/`breaker_targets` (or the environment)."""
+def _instrument_targets(plan: _Plan, kwargs: dict[str, Any]) -> bool:
+    """Patch the app's own helpers named in `retry_targets`/`breaker_targets` (or the environment): True when there
+    were any. Raises `ValueError`, patching nothing, for a target that is malformed or cannot be found."""
     if not plan.retry_targets and not plan.breaker_targets:
-        return None
-    try:
-        from otel_resilience.targets import instrument_targets
-    except ModuleNotFoundError as exc:
-        if exc.name != "otel_resilience.targets":
-            raise
-        _logger.warning("otel_resilience: this installation has no drop-in targets; ignoring %s", plan.retry_targets
-                        + plan.breaker_targets)
-        return None
-    return instrument_targets(list(plan.retry_targets), list(plan.breaker_targets), **kwargs)
+        return False
+    from otel_resilience.targets import instrument_targets
+
+    instrument_targets(plan.retry_targets, plan.breaker_targets, **kwargs)
+    return True
+
+
+def _new_providers(plan: _Plan, *, need_tracer: bool, need_meter: bool) -> tuple[Any, Any]:
+    """SDK providers for the signals that have none yet and an exporter to feed (not made global here). Every
+    exporter is built first: one that cannot be imported raises before any provider exists."""
+    need_tracer = need_tracer and bool(plan.traces)
+    need_meter = need_meter and bool(plan.metrics)
+    if not need_tracer and not need_meter:
+        return None, None
+    _import_sdk()
+    processors = _span_processors(plan) if need_tracer else []
+    readers = _metric_readers(plan) if need_meter else []
+    resource = _resource(plan)
+    tracer_provider = meter_provider = None
+    if need_tracer:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        # shutdown_on_exit=False: our own at-exit hook shuts down within a bound, the SDK's would wait for exports.
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        for processor in processors:
+            tracer_provider.add_span_processor(processor)
+    if need_meter:
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    return tracer_provider, meter_provider
 
 
 def _apply_settings(plan: _Plan) -> None:
@@ -587,48 +618,36 @@ def setup(
         if _HANDLE is not None:
             _logger.debug("otel_resilience: setup() was called already; returning the same handle")
             return _HANDLE
-        owns_tracer = owns_meter = False
         tracer_provider = tracer_provider or _global_tracer_provider()
         meter_provider = meter_provider or _global_meter_provider()
-        need_tracer = tracer_provider is None and bool(plan.traces)
-        need_meter = meter_provider is None and bool(plan.metrics)
-        if need_tracer or need_meter:
-            _import_sdk()
-            resource = _resource(plan)
-            # Build everything first (an exporter that cannot be imported raises before any global is set).
-            processors = _span_processors(plan) if need_tracer else []
-            readers = _metric_readers(plan) if need_meter else []
-            if need_tracer:
-                from opentelemetry.sdk.trace import TracerProvider
-
-                sdk_tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-                for processor in processors:
-                    sdk_tracer_provider.add_span_processor(processor)
-                trace.set_tracer_provider(sdk_tracer_provider)
-                tracer_provider, owns_tracer = sdk_tracer_provider, True
-            if need_meter:
-                from opentelemetry.sdk.metrics import MeterProvider
-
-                meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
-                metrics.set_meter_provider(meter_provider)
-                owns_meter = True
+        new_tracer_provider, new_meter_provider = _new_providers(
+            plan, need_tracer=tracer_provider is None, need_meter=meter_provider is None
+        )
+        kwargs: dict[str, Any] = {
+            "tracer_provider": tracer_provider or new_tracer_provider,
+            "meter_provider": meter_provider or new_meter_provider,
+        }
+        try:
+            targets = _instrument_targets(plan, kwargs)  # the last check that can raise ValueError: the app's modules
+        except BaseException:
+            _bounded(lambda: [_close(p, True, 1000) for p in (new_tracer_provider, new_meter_provider) if p], 1.0)
+            raise
+        if new_tracer_provider is not None:
+            trace.set_tracer_provider(new_tracer_provider)
+        if new_meter_provider is not None:
+            metrics.set_meter_provider(new_meter_provider)
         _apply_settings(plan)
-        kwargs: dict[str, Any] = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
         instrumentors = _instrument(plan.libraries, kwargs)
         handle = Handle(
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            owns_tracer_provider=owns_tracer,
-            owns_meter_provider=owns_meter,
+            tracer_provider=kwargs["tracer_provider"],
+            meter_provider=kwargs["meter_provider"],
+            owns_tracer_provider=new_tracer_provider is not None,
+            owns_meter_provider=new_meter_provider is not None,
             instrumented=tuple(name for name, _ in instrumentors),
             _instrumentors=[instrumentor for _, instrumentor in instrumentors],
+            _targets=targets,
         )
-        try:
-            handle._targets = _instrument_targets(plan, kwargs)
-        except BaseException:
-            handle.uninstrument()
-            raise
-        if owns_tracer or owns_meter:
+        if new_tracer_provider is not None or new_meter_provider is not None:
             atexit.register(handle._at_exit)
         _HANDLE = handle
         return handle

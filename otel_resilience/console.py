@@ -120,12 +120,12 @@ def format_duration(nanoseconds: int) -> str:
 
 
 def format_seconds(seconds: float) -> str:
-    """A delay in seconds for people: ``0 s``, ``731 µs``, ``1.01 ms``, ``0.3 s``."""
+    """A delay in seconds for people: ``0 s``, ``731 µs``, ``1.01 ms``, ``300 ms``, ``2.5 s``."""
     if seconds <= 0:
         return "0 s"
     if seconds < 0.001:
         return f"{seconds * 1e6:.0f} µs"
-    if seconds < 0.1:
+    if seconds < 1:
         return f"{seconds * 1e3:.3g} ms"
     return f"{seconds:.3g} s"
 
@@ -287,7 +287,9 @@ def _wants_colour(stream: TextIO) -> bool:
 
 
 def _can_encode(stream: TextIO, text: str) -> bool:
-    encoding = getattr(stream, "encoding", None) or "ascii"
+    encoding = getattr(stream, "encoding", None)
+    if not encoding:  # an in-memory text stream holds any text
+        return True
     try:
         text.encode(encoding)
     except (UnicodeEncodeError, LookupError):

@@ -41,7 +41,15 @@ import pytest
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ATTRIBUTE = re.compile(r"^ {5}-> (?P<key>[^:]+): (?P<type>Str|Int|Double|Bool|Slice|Map|Bytes|Empty)\((?P<rest>.*)$")
 _EVENT_ATTRIBUTE = re.compile(r"^ {10}-> (?P<key>[^:]+): (?P<type>Str|Int|Double|Bool|Slice|Map|Bytes|Empty)\((?P<rest>.*)$")
-_FIELD = re.compile(r"^\s*(?P<key>Trace ID|Parent ID|ID|Name|Kind|Status code|Status message)\s*: ?(?P<value>.*)$")
+_FIELD = re.compile(r"^\s*(?P<key>Trace ID|Parent ID|ID|Name|Kind|Start time|Status code|Status message)\s*: ?(?P<value>.*)$")
+_STRUCTURE = re.compile(
+    r"^(Resource(Spans|Metrics|Logs) #|Resource SchemaURL|Resource attributes:|Scope(Spans|Metrics|Logs) |"
+    r"InstrumentationScope |Span #|Start time:|End time:|Attributes:|Events:|SpanEvent #|Links:|SpanLink #|"
+    r"Metric #|Descriptor:|\w*DataPoints #|Data point attributes:|StartTimestamp:|Timestamp:|Value:|Count:|Sum:|"
+    r"Min:|Max:|ExplicitBounds #|Buckets #|\d{4}-\d\d-\d\dT| {4}(Trace ID|Parent ID|ID|Name|Kind|Status) | {5}-> "
+    r"| {10}-> )"
+)
+"""The lines rotel itself starts; any other line continues a multi-line string value."""
 _START_TIMEOUT = 30.0
 T = TypeVar("T")
 
@@ -62,6 +70,7 @@ class Span:
     name: str = ""
     kind: str = ""
     status: str = ""
+    start_ns: int = 0
     attributes: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
 
@@ -121,9 +130,8 @@ class _Parser:
 
     def _line(self, line: str) -> None:
         attribute = _ATTRIBUTE.match(line) or _EVENT_ATTRIBUTE.match(line)
-        starts_something = attribute is not None or bool(re.match(r"^(\S| {4}\S| {5}-> )", line))
         if self._open is not None:
-            if not starts_something:
+            if not _STRUCTURE.match(line):
                 self._open[3].append(line)
                 return
             self._close_value()
@@ -160,6 +168,9 @@ class _Parser:
 
     def _span_field(self, key: str, value: str) -> None:
         span = self.spans[-1]
+        if key == "Start time":
+            span.start_ns = int(value)
+            return
         name = {"Trace ID": "trace_id", "Parent ID": "parent_id", "ID": "span_id", "Name": "name", "Kind": "kind",
                 "Status code": "status"}.get(key)
         if name is not None:

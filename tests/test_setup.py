@@ -543,3 +543,73 @@ def test_a_collector_that_hangs_is_given_up_on_at_shutdown(protocol: str) -> Non
     assert first["outcomes"] == ["fetched", "CircuitBreakerError", "CircuitBreakerError"]
     assert first["flushed"] is False
     assert json.loads(lines[1]) == {"shutdown": False}
+
+
+# --- drop-in targets through setup() --------------------------------------------------------------------------------
+
+
+def _flaky_operation(failures: int) -> Any:
+    calls = {"n": 0}
+
+    def fetch_quote() -> str:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise ConnectionError("quote service down")
+        return "quote"
+
+    return fetch_quote
+
+
+def _target_operations(otel: Otel) -> list[Any]:
+    return [s for s in otel.spans() if s.instrumentation_scope.name == "otel_resilience.targets"
+            and s.name.startswith("retry ")]
+
+
+def test_retry_targets_are_traced_and_uninstrumented_with_the_handle(fresh: None, otel: Otel) -> None:
+    from tests import _setup_app
+
+    original = _setup_app.retry_call
+    handle = otel_resilience.setup(**otel.kwargs(), libraries=[], retry_targets=["tests._setup_app:retry_call"])
+    assert _setup_app.retry_call is not original
+    assert _setup_app.retry_call(_flaky_operation(1)) == "quote"
+    (operation,) = _target_operations(otel)
+    assert operation.attributes["retry.attempts"] == 2
+    assert operation.attributes["retry.result"] == "success"
+
+    handle.uninstrument()
+    assert _setup_app.retry_call is original
+
+
+def test_retry_targets_default_to_their_variable_unless_disabled(
+    fresh: None, otel: Otel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import _setup_app
+
+    monkeypatch.setenv("OTEL_PYTHON_RESILIENCE_RETRY_TARGETS", "tests._setup_app:retry_call")
+    monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "resilience_targets")
+    original = _setup_app.retry_call
+    handle = otel_resilience.setup(**otel.kwargs(), libraries=[])
+    assert _setup_app.retry_call is original
+    handle.uninstrument()
+
+    monkeypatch.delenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")
+    otel_resilience.setup(**otel.kwargs(), libraries=[])
+    assert _setup_app.retry_call(_flaky_operation(0)) == "quote"
+    assert [s.attributes["retry.attempts"] for s in _target_operations(otel)] == [1]
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (["tests._setup_app"], r"retry target 'tests._setup_app'"),
+        (["tests._no_such_module:retry_call"], r"tests._no_such_module"),
+        (["tests._setup_app:no_such_helper"], r"no_such_helper"),
+    ],
+)
+def test_bad_targets_raise_value_error_and_nothing_is_configured_or_patched(
+    fresh: None, targets: list[str], message: str
+) -> None:
+    global_provider = trace.get_tracer_provider()
+    with pytest.raises(ValueError, match=message):
+        otel_resilience.setup(exporter="otlp", endpoint="http://127.0.0.1:9", retry_targets=targets)
+    _assert_nothing_happened(global_provider)

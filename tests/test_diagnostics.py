@@ -1,0 +1,137 @@
+"""``python -m otel_resilience``: installed versions, supported ranges, in-range checks, instrumentation state."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, requires, version
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from otel_resilience import __main__ as diagnostics
+from otel_resilience.instrumentation import INSTRUMENTORS
+from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
+from otel_resilience.instrumentation.tenacity.package import _instruments as tenacity_instruments
+from tests.conftest import Otel
+from tests.processes import LAUNCHER, checked, clean_env, run
+
+
+@pytest.fixture(autouse=True)
+def _no_disabled_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", raising=False)
+
+
+@pytest.fixture
+def tenacity_on(otel: Otel) -> Iterator[None]:
+    TenacityInstrumentor().instrument(**otel.kwargs())
+    yield
+    TenacityInstrumentor().uninstrument()
+
+
+def _status(library: str) -> diagnostics.LibraryStatus:
+    (status,) = [s for s in diagnostics.diagnose() if s.library == library]
+    return status
+
+
+def test_every_supported_library_is_listed_in_order() -> None:
+    assert [s.entry_point for s in diagnostics.diagnose()] == list(INSTRUMENTORS)
+
+
+def test_tenacity_installed_version_range_and_state() -> None:
+    status = _status("tenacity")
+    assert status.distribution == "tenacity"
+    assert status.installed == version("tenacity")
+    assert status.supported == str(Requirement(tenacity_instruments[0]).specifier)
+    assert status.in_range is True
+    assert status.instrumented is False
+    assert status.disabled is False
+
+
+def test_instrumented_follows_the_instrumentor(tenacity_on: None) -> None:
+    assert _status("tenacity").instrumented is True
+    assert _status("pybreaker").instrumented is False
+    TenacityInstrumentor().uninstrument()
+    assert _status("tenacity").instrumented is False
+
+
+def test_without_its_package_module_the_range_comes_from_instruments_any(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "otel_resilience.instrumentation.tenacity.package", None)
+    declared = [Requirement(r) for r in requires("otel-resilience") or [] if "instruments-any" in r]
+    (tenacity,) = [r for r in declared if r.name == "tenacity"]
+    assert _status("tenacity").supported == str(tenacity.specifier)
+
+
+def test_a_version_outside_the_range_and_a_missing_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_version(name: str) -> str:
+        if name == "backoff":
+            raise PackageNotFoundError(name)
+        return "7.0.0" if name == "tenacity" else version(name)
+
+    monkeypatch.setattr(diagnostics, "version", fake_version)
+    assert (_status("tenacity").installed, _status("tenacity").in_range) == ("7.0.0", False)
+    assert (_status("backoff").installed, _status("backoff").in_range) == (None, None)
+
+    assert diagnostics.main([]) == 0
+
+
+def test_disabled_instrumentations_are_marked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "requests, resilience_pybreaker")
+    assert _status("pybreaker").disabled is True
+    assert _status("tenacity").disabled is False
+    monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "*")
+    assert all(s.disabled for s in diagnostics.diagnose())
+
+
+def test_the_report_for_people(capsys: pytest.CaptureFixture[str], tenacity_on: None) -> None:
+    assert diagnostics.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"otel-resilience {diagnostics.__version__} (Python ")
+    assert lines[2].split() == ["library", "installed", "supported", "in", "range", "instrumented"]
+    assert lines[3].split() == ["tenacity", version("tenacity"), str(Requirement(tenacity_instruments[0]).specifier),
+                                "yes", "yes"]
+    pybreaker_row = next(line for line in lines if line.startswith("pybreaker "))
+    assert pybreaker_row.split()[-2:] == ["yes", "no"]
+    assert "tracer provider: none configured" in lines
+    assert not any("nothing is instrumented" in line for line in lines)
+
+
+def test_the_report_says_what_to_do_when_nothing_is_instrumented(capsys: pytest.CaptureFixture[str]) -> None:
+    diagnostics.main([])
+    out = capsys.readouterr().out
+    assert "note: nothing is instrumented in this process: run your app under `opentelemetry-instrument`" in out
+
+
+def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert diagnostics.main(["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"] == diagnostics.__version__
+    assert [entry["library"] for entry in report["libraries"]] == [s.library for s in diagnostics.diagnose()]
+    assert report["libraries"][0] == {
+        "library": "tenacity",
+        "entry_point": "resilience_tenacity",
+        "distribution": "tenacity",
+        "supported": str(Requirement(tenacity_instruments[0]).specifier),
+        "installed": version("tenacity"),
+        "in_range": True,
+        "instrumented": False,
+        "disabled": False,
+    }
+    assert report["opentelemetry"]["opentelemetry-api"] == version("opentelemetry-api")
+
+
+def test_under_the_launcher_the_console_script_shows_what_it_switched_on() -> None:
+    script = Path(sys.executable).parent / "otel-resilience"
+    env = clean_env(
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="resilience_pybreaker",
+    )
+    report = json.loads(checked(run([str(LAUNCHER), str(script), "--json"], env)).stdout)
+    states = {entry["library"]: (entry["instrumented"], entry["disabled"]) for entry in report["libraries"]}
+    assert states["tenacity"] == (True, False)
+    assert states["pybreaker"] == (False, True)
+    assert report["tracer_provider"] == "opentelemetry.sdk.trace.TracerProvider"
