@@ -1,0 +1,1 @@
+_instruments = ("urllib3 >= 2.0, < 3",)
