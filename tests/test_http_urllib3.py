@@ -552,3 +552,16 @@ def test_uninstrument_restores_originals(otel: Otel, server: ScriptedServer) -> 
 def test_span_kinds(instrumented: Otel, server: ScriptedServer) -> None:
     session().get(server.url())
     assert [s.kind for s in instrumented.spans()] == [SpanKind.CLIENT]
+
+
+@pytest.mark.parametrize("client", ["urllib3", "requests"])
+def test_credentials_in_the_url_the_app_gave_are_shown_redacted(
+    instrumented: Otel, server: ScriptedServer, client: str
+) -> None:
+    url = f"http://user:secret@127.0.0.1:{server.port}/c?sig=z"
+    if client == "urllib3":
+        urllib3.PoolManager().request("GET", url)
+    else:
+        session().get(url)
+    (span,) = client_spans(instrumented.spans())
+    assert span.attributes[semconv.URL_FULL] == f"http://REDACTED:REDACTED@127.0.0.1:{server.port}/c?sig=REDACTED"

@@ -43,6 +43,7 @@ import contextvars
 from collections.abc import Awaitable, Callable
 from time import time_ns
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, get_current_span
@@ -88,10 +89,17 @@ def method_names(method: str) -> tuple[str, str, str | None]:
     return semconv.HTTP_SPAN_NAME_OTHER, semconv.HTTP_METHOD_OTHER, method
 
 
-def attempt_attributes(method: str, url: str, host: str, port: int | None) -> tuple[str, dict[str, Any]]:
+def attempt_attributes(
+    method: str, url: str, host: str, port: int | None, *, had_credentials: bool = False
+) -> tuple[str, dict[str, Any]]:
     """Span name and the stable HTTP client attributes of one attempt. `url` is redacted: no credentials, and the
-    sensitive query parameters the conventions name are ``REDACTED``."""
+    sensitive query parameters the conventions name are ``REDACTED``. `had_credentials`: the URL the app gave carried
+    ``user:password@``, which the client moved into a header before this layer; the conventions want it shown as
+    ``REDACTED:REDACTED@``."""
     span_name, method_attribute, original = method_names(method)
+    if had_credentials and "@" not in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        url = f"{scheme}://{errors.REDACTED}:{errors.REDACTED}@{rest}"
     attributes: dict[str, Any] = {
         semconv.HTTP_REQUEST_METHOD: method_attribute,
         semconv.URL_FULL: errors.redact(url),
@@ -107,6 +115,14 @@ def attempt_attributes(method: str, url: str, host: str, port: int | None) -> tu
 def status_error_type(status: int | None) -> str | None:
     """An HTTP client attempt failed when the status is 4xx or 5xx: `error.type` is the code as a string."""
     return str(status) if status is not None and status >= 400 else None
+
+
+def credentials_host(url: str | None) -> str | None:
+    """The host of a URL that carries ``user:password@`` (None for any other URL; cheap when there is no ``@``)."""
+    if not url or "@" not in url:
+        return None
+    parts = urlsplit(url)
+    return parts.hostname if parts.username is not None or parts.password is not None else None
 
 
 def current_client_span(ctx: Context | None = None) -> Span | None:
@@ -133,10 +149,20 @@ class _EndedAttempt:
 class HttpRequest:
     """One logical HTTP request and its attempts. Created by `start_request` or `request_in_scope`."""
 
-    __slots__ = ("_op", "_ended_attempt", "_delay", "_result", "_own_span", "_container", "_resend_event")
+    __slots__ = (
+        "_op",
+        "_ended_attempt",
+        "_delay",
+        "_result",
+        "_own_span",
+        "_container",
+        "_resend_event",
+        "credentials_host",
+    )
 
     def __init__(self, op: RetryOperation) -> None:
         self._op = op
+        self.credentials_host: str | None = None  # the app's URL named credentials for this host (see attributes)
         self._ended_attempt: _EndedAttempt | None = None
         self._delay: float | None = None
         self._result: str | None = None
@@ -163,7 +189,9 @@ class HttpRequest:
         op = self._op
         container = None if beside_contrib else current_client_span()
         if container is None and not beside_contrib:
-            span_name, attributes = attempt_attributes(method, url, host, port)
+            span_name, attributes = attempt_attributes(
+                method, url, host, port, had_credentials=host == self.credentials_host
+            )
             if op.attempts >= 1:
                 attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = op.attempts
             op.attempt_started(span_name=span_name, attributes=attributes)
@@ -285,11 +313,12 @@ class RequestScope:
     """One outer call of an HTTP library in progress in this thread or task (requests' ``Session.request``, a pool
     manager's ``urlopen``, httpx's ``Client.send``): every attempt made inside belongs to its one request."""
 
-    __slots__ = ("library", "request")
+    __slots__ = ("library", "request", "credentials_host")
 
-    def __init__(self, library: str) -> None:
+    def __init__(self, library: str, url: str | None) -> None:
         self.library = library
         self.request: HttpRequest | None = None
+        self.credentials_host = credentials_host(url)
 
     def close(self, error: BaseException | None, error_result: ErrorResult | None) -> None:
         request = self.request
@@ -308,15 +337,19 @@ def request_in_scope(telemetry: Telemetry, method: str, host: str) -> tuple[Http
         request = scope.request
         if request is None or request.is_ended:
             request = scope.request = start_request(telemetry, method, host)
+            if request is not None:
+                request.credentials_host = scope.credentials_host
         return request, True
     return start_request(telemetry, method, host), False
 
 
-def _enter(library: str, join: bool) -> tuple[RequestScope, contextvars.Token[RequestScope | None]] | None:
+def _enter(
+    library: str, join: bool, url: str | None
+) -> tuple[RequestScope, contextvars.Token[RequestScope | None]] | None:
     current = _SCOPE.get()
     if join and current is not None and current.library == library:
         return None
-    scope = RequestScope(library)
+    scope = RequestScope(library, url)
     return scope, _SCOPE.set(scope)
 
 
@@ -338,11 +371,13 @@ def call_in_scope(
     *,
     join: bool,
     error_result: ErrorResult | None = None,
+    url: str | None = None,
 ) -> Any:
     """Run the library's outer call as a scope. `join=True`: inside a scope of the same library already (a pool
     manager's redirect recursion, an adapter inside a session), just take part in it; `join=False`: always a new
-    request (a session request made by a hook while another is in progress is a request of its own)."""
-    entered = _enter(library, join)
+    request (a session request made by a hook while another is in progress is a request of its own). `url` is the
+    URL the app gave, if the call has one: credentials in it are shown as ``REDACTED:REDACTED@`` on the attempts."""
+    entered = _enter(library, join, url)
     if entered is None:
         return wrapped(*args, **kwargs)
     try:
@@ -362,9 +397,10 @@ async def acall_in_scope(
     *,
     join: bool,
     error_result: ErrorResult | None = None,
+    url: str | None = None,
 ) -> Any:
     """`call_in_scope` for a coroutine function (the scope lives in the task's context)."""
-    entered = _enter(library, join)
+    entered = _enter(library, join, url)
     if entered is None:
         return await wrapped(*args, **kwargs)
     try:

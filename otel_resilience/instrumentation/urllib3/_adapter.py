@@ -114,22 +114,30 @@ class Urllib3Adapter:
     # --- outer loops ---------------------------------------------------------------------------------------------
 
     def _session_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``Session.request``: a new request, also when a hook of another request makes it."""
-        return self._scope(wrapped, args, kwargs, join=False)
+        """``Session.request(method, url, ...)``: a new request, also when a hook of another request makes it."""
+        return self._scope(wrapped, args, kwargs, join=False, url=_arg(args, kwargs, 1, "url"))
 
     def _adapter_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``HTTPAdapter.send``: part of the session's request, or one of its own when called directly."""
-        return self._scope(wrapped, args, kwargs, join=True)
+        """``HTTPAdapter.send(request, ...)``: part of the session's request, or one of its own when called directly."""
+        return self._scope(wrapped, args, kwargs, join=True, url=getattr(_arg(args, kwargs, 0, "request"), "url", None))
 
     def _pool_manager_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``PoolManager.urlopen``: follows redirects across hosts by calling itself; one request throughout."""
-        return self._scope(wrapped, args, kwargs, join=True)
+        """``PoolManager.urlopen(method, url, ...)``: follows redirects across hosts by calling itself; one request."""
+        return self._scope(wrapped, args, kwargs, join=True, url=_arg(args, kwargs, 1, "url"))
 
     @staticmethod
-    def _scope(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, join: bool) -> Any:
+    def _scope(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, join: bool, url: Any) -> Any:
         token = _CHAIN.set(None)  # a loop of urllib3's inside this call starts afresh, in the scope's request
         try:
-            return http.call_in_scope(LIBRARY, wrapped, args, kwargs, join=join, error_result=_requests_error_result)
+            return http.call_in_scope(
+                LIBRARY,
+                wrapped,
+                args,
+                kwargs,
+                join=join,
+                error_result=_requests_error_result,
+                url=url if isinstance(url, str) else None,
+            )
         finally:
             _CHAIN.reset(token)
 
