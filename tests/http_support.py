@@ -36,7 +36,7 @@ class Received:
 
 
 class ScriptedServer:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.script: list[Reply] = []
         self.default = Reply()
         self.received: list[Received] = []
@@ -73,7 +73,7 @@ class ScriptedServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"

@@ -1,0 +1,286 @@
+"""Translate httpx's transport retries (httpcore's connection retries) and its redirect loop into HTTP attempts.
+
+``httpx.HTTPTransport(retries=N)`` / ``AsyncHTTPTransport(retries=N)`` hand `N` to httpcore's connection pool, which
+retries only failed connection attempts (``ConnectError``, ``ConnectTimeout``: refused, DNS, TLS) inside
+``HTTPConnection._connect``, after the waits ``exponential_backoff(0.5)`` yields: 0, 0.5, 1, 2 s... Hooks:
+
+- ``ConnectionPool.handle_request`` / ``AsyncConnectionPool.handle_async_request``: one request through the pool, the
+  attempt that sends it, and its response. Contrib's httpx instrumentation wraps httpx's transports, one level up:
+  never those.
+- When the pool retries (``retries > 0``): httpcore's ``trace`` request extension, its public hook for connection
+  events, tells when each connection attempt failed and when the wait after it ended (the next attempt begins). Ours is
+  set on a copy of the request's extensions and calls the app's own ``trace`` extension, if any, after ours.
+- ``exponential_backoff`` (a module function of ``httpcore._sync.connection`` and ``httpcore._async.connection``): the
+  waits httpcore sleeps, observed as it draws them, never recomputed.
+- ``httpx.Client.send`` / ``AsyncClient.send``: the redirect loop (``follow_redirects=True``) as a scope, so a redirect
+  is a resend of the same request.
+
+Only the connection attempt that succeeds sends the request: each new attempt re-injects the trace context into the
+request's (copied) headers, so the server's spans hang under the attempt that reached it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from time import time_ns
+from typing import Any, Final
+
+import httpcore
+import httpx
+from httpcore._async import connection as async_connection
+from httpcore._sync import connection as sync_connection
+from opentelemetry import propagate
+from opentelemetry.context import Context
+
+from otel_resilience import semconv
+from otel_resilience.core import Telemetry, errors, http, never_raises
+from otel_resilience.instrumentation._base import Patches
+
+LIBRARY: Final = "httpx"
+
+_CONNECT_FAILED: Final = frozenset(
+    ("connection.connect_tcp.failed", "connection.connect_unix_socket.failed", "connection.start_tls.failed")
+)
+_RETRY_STARTED: Final = "connection.retry.started"
+_RETRY_COMPLETE: Final = "connection.retry.complete"
+_RETRIED_ERRORS: Final = (httpcore.ConnectError, httpcore.ConnectTimeout)
+"""What httpcore retries: when one escapes the pool, its retry budget is spent."""
+
+
+def _with_trace_context(headers: list[tuple[bytes, bytes]], ctx: Context) -> list[tuple[bytes, bytes]]:
+    """A copy of httpcore's header list with the trace context of `ctx` in place of any earlier one."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=ctx)
+    names = {name.lower().encode("latin-1") for name in carrier}
+    copied = [(name, value) for name, value in headers if name.lower() not in names]
+    copied.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in carrier.items())
+    return copied
+
+
+class _PoolRequest:
+    """One request through an httpcore pool: its place in the logical request, and what httpcore told us so far."""
+
+    __slots__ = (
+        "request",
+        "scoped",
+        "core_request",
+        "method",
+        "url",
+        "host",
+        "port",
+        "headers",
+        "extensions",
+        "delay",
+        "connect_error",
+        "connect_end",
+    )
+
+    def __init__(self, request: http.HttpRequest, scoped: bool, core_request: Any) -> None:
+        self.request = request
+        self.scoped = scoped
+        self.core_request = core_request
+        url = core_request.url
+        scheme = url.scheme.decode("ascii")
+        self.method = core_request.method.decode("ascii")
+        self.host = url.host.decode("ascii")
+        self.port = url.port or http.default_port(scheme)
+        self.url = http.absolute_url(scheme, self.host, self.port, url.target.decode("ascii"))
+        self.headers = core_request.headers  # the request's own, restored after the call
+        self.extensions = core_request.extensions
+        self.delay: float | None = None
+        self.connect_error: BaseException | None = None
+        self.connect_end: int | None = None
+
+    def attempt(self) -> None:
+        """A connection attempt (or the first attempt) begins: the request's headers carry its trace context."""
+        ctx = self.request.attempt_started(self.method, self.url, self.host, self.port)
+        if ctx is not None:
+            self.core_request.headers = _with_trace_context(self.headers, ctx)
+
+    @never_raises
+    def on_trace(self, name: str, info: dict[str, Any]) -> None:
+        if name in _CONNECT_FAILED:
+            self.connect_error = info.get("exception")
+            self.connect_end = time_ns()
+        elif name == _RETRY_STARTED:  # the failed connection attempt is retried after the wait httpcore just drew
+            self.request.attempt_ended(error=self.connect_error, end_ns=self.connect_end)
+            self.request.retrying(self.delay)
+            self.delay = None
+        elif name == _RETRY_COMPLETE:
+            self.attempt()
+
+    def trace_extension(self, user: Callable[..., Any] | None, is_async: bool) -> Callable[..., Any]:
+        """Our ``trace`` extension, chained to the app's: ours never raises, theirs behaves as without us."""
+        observe = self.on_trace
+        if is_async:
+
+            async def async_trace(name: str, info: dict[str, Any]) -> None:
+                observe(name, info)
+                if user is not None:
+                    await user(name, info)
+
+            return async_trace
+
+        def trace(name: str, info: dict[str, Any]) -> Any:
+            observe(name, info)
+            return None if user is None else user(name, info)
+
+        return trace
+
+    def restore(self) -> None:
+        self.core_request.headers = self.headers
+        self.core_request.extensions = self.extensions
+
+    def responded(self, response: Any) -> None:
+        status = int(response.status)
+        self.request.attempt_ended(status=status)
+        failed = http.status_error_type(status) is not None
+        self.finish(semconv.RESULT_NOT_RETRIED if failed else semconv.RESULT_SUCCESS, None)
+
+    def failed(self, error: BaseException) -> None:
+        end_ns = self.connect_end if error is self.connect_error else None
+        self.request.attempt_ended(error=error, end_ns=end_ns)
+        if errors.is_abort(error):
+            result = semconv.RESULT_ABORTED
+        elif isinstance(error, _RETRIED_ERRORS):
+            result = semconv.RESULT_EXHAUSTED
+        else:
+            result = semconv.RESULT_NOT_RETRIED
+        self.finish(result, error)
+
+    def finish(self, result: str, error: BaseException | None) -> None:
+        if self.scoped:  # the client's redirect loop may go on: its scope ends the request
+            self.request.settle(result)
+        else:
+            self.request.ended(result, error)
+
+
+_CURRENT: contextvars.ContextVar[_PoolRequest | None] = contextvars.ContextVar(
+    "otel_resilience_httpx_pool_request", default=None
+)
+
+
+class _ObservedDelays:
+    """httpcore's iterator of waits, telling the pool request each wait as httpcore draws it."""
+
+    __slots__ = ("_delays", "_pool_request")
+
+    def __init__(self, delays: Iterator[float], pool_request: _PoolRequest) -> None:
+        self._delays = delays
+        self._pool_request = pool_request
+
+    def __iter__(self) -> _ObservedDelays:
+        return self
+
+    def __next__(self) -> float:
+        delay = next(self._delays)
+        self._pool_request.delay = delay
+        return delay
+
+
+def _httpx_error_result(error: BaseException) -> str | None:
+    """httpx raises ``TooManyRedirects`` when its redirect limit stops the loop: the policy gave up."""
+    return semconv.RESULT_EXHAUSTED if isinstance(error, httpx.TooManyRedirects) else None
+
+
+class HttpxAdapter:
+    """Holds the Telemetry for httpx and installs the hooks."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def patch(self, patches: Patches) -> None:
+        recording = self.telemetry.recording
+        patches.wrap(httpcore.ConnectionPool, "handle_request", self._pool_request, enabled=recording)
+        patches.wrap(httpcore.AsyncConnectionPool, "handle_async_request", self._async_pool_request, enabled=recording)
+        patches.wrap(httpx.Client, "send", self._client_send, enabled=recording)
+        patches.wrap(httpx.AsyncClient, "send", self._async_client_send, enabled=recording)
+        for module in (sync_connection, async_connection):
+            if "exponential_backoff" in vars(module):
+                patches.wrap(module, "exponential_backoff", self._observe_delays, enabled=_CURRENT.get)
+
+    # --- the redirect loop ---------------------------------------------------------------------------------------
+
+    def _client_send(self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return http.call_in_scope(
+            LIBRARY, wrapped, args, kwargs, join=False, error_result=_httpx_error_result, url=self._app_url(args, kwargs)
+        )
+
+    async def _async_client_send(
+        self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return await http.acall_in_scope(
+            LIBRARY, wrapped, args, kwargs, join=False, error_result=_httpx_error_result, url=self._app_url(args, kwargs)
+        )
+
+    @staticmethod
+    def _app_url(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        request = args[0] if args else kwargs.get("request")
+        url = getattr(request, "url", None)
+        return None if url is None else str(url)
+
+    # --- requests through the pool -------------------------------------------------------------------------------
+
+    def _pool_request(self, wrapped: Callable[..., Any], pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        state = self._start(pool, args, kwargs, is_async=False)
+        if state is None:
+            return wrapped(*args, **kwargs)
+        token = _CURRENT.set(state)
+        try:
+            response = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self._failed(state, exc)
+            raise
+        finally:
+            _CURRENT.reset(token)
+        self._responded(state, response)
+        return response
+
+    async def _async_pool_request(
+        self, wrapped: Callable[..., Any], pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        state = self._start(pool, args, kwargs, is_async=True)
+        if state is None:
+            return await wrapped(*args, **kwargs)
+        token = _CURRENT.set(state)
+        try:
+            response = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self._failed(state, exc)
+            raise
+        finally:
+            _CURRENT.reset(token)
+        self._responded(state, response)
+        return response
+
+    @never_raises
+    def _start(self, pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, is_async: bool) -> _PoolRequest | None:
+        core_request = args[0] if args else kwargs["request"]
+        request, scoped = http.request_in_scope(
+            self.telemetry, core_request.method.decode("ascii"), core_request.url.host.decode("ascii")
+        )
+        if request is None:
+            return None
+        state = _PoolRequest(request, scoped, core_request)
+        if getattr(pool, "_retries", 1):  # connection attempts are only told apart when the pool retries them
+            extensions = dict(state.extensions)
+            extensions["trace"] = state.trace_extension(extensions.get("trace"), is_async)
+            core_request.extensions = extensions
+        state.attempt()
+        return state
+
+    @never_raises
+    def _failed(self, state: _PoolRequest, error: BaseException) -> None:
+        state.restore()
+        state.failed(error)
+
+    @never_raises
+    def _responded(self, state: _PoolRequest, response: Any) -> None:
+        state.restore()
+        state.responded(response)
+
+    def _observe_delays(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        delays = wrapped(*args, **kwargs)
+        state = _CURRENT.get()
+        return delays if state is None else _ObservedDelays(delays, state)
