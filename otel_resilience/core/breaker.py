@@ -237,8 +237,8 @@ class BreakerCall:
         attributes: dict[str, AttributeValue] = {semconv.BREAKER_RESULT: result}
         if state is not None:
             attributes[semconv.BREAKER_STATE] = state
+        self.entry.failure_count = failure_count  # None: the library does not expose it (now): unknown, not stale
         if failure_count is not None:
-            self.entry.failure_count = failure_count
             attributes[semconv.BREAKER_FAILURE_COUNT] = failure_count
         if result in _ERROR_RESULTS:
             if error is not None:

@@ -91,8 +91,8 @@ class CircuitBreakerAdapter:
         def name() -> str:
             function = guarded()
             own = breaker.name
-            if function is not None and own in (getattr(function, "__qualname__", None), function.__name__):
-                own = None  # the bare name circuitbreaker gave itself from the function: ours is module.qualname
+            if function is not None and own == getattr(function, "__qualname__", function.__name__):
+                own = None  # the bare qualname circuitbreaker named itself after: ours is module.qualname
             return breaker_name(own, function, breaker)
 
         return REGISTRY.entry(breaker, self.telemetry.library, name, read_state=_read_state)
