@@ -19,7 +19,6 @@ What is read and what is inferred (the helper tells us nothing, so these are doc
 from __future__ import annotations
 
 import logging
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ import wrapt
 from otel_resilience import semconv
 from otel_resilience.core import REGISTRY, BreakerCall, Telemetry, never_raises, normalise_state
 from otel_resilience.core.breaker import run_call, run_coroutine
-from otel_resilience.core.naming import callable_names
+from otel_resilience.core.naming import breaker_name
 from otel_resilience.instrumentation._base import Wrapper
 from otel_resilience.targets.spec import Resolved
 
@@ -69,18 +68,10 @@ class StateReader:
             _logger.warning("otel_resilience: breaker target %r: " + message + " (state not recorded)", self._text, detail)
 
 
-def _breaker_name(holder: Any, guarded: Any) -> str:
-    """The breaker's own ``name`` when it has one; else the first guarded function's ``module.qualname`` (DESIGN's
-    naming: kept for the breaker's lifetime); else, with no callable in the call, the breaker's class."""
+def _own_name(holder: Any) -> str | None:
+    """The breaker's ``name`` attribute, when it is a non-empty string (DESIGN's naming takes it first)."""
     own = getattr(holder, "name", None)
-    if isinstance(own, str) and own:
-        return own
-    if guarded is not None:
-        return callable_names(guarded)[0]
-    if isinstance(holder, types.ModuleType):
-        return holder.__name__
-    cls = holder if isinstance(holder, type) else type(holder)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return own if isinstance(own, str) and own else None
 
 
 class _GuardedCall:
@@ -109,8 +100,8 @@ class _GuardedCall:
         entry = REGISTRY.entry(
             holder,
             target.telemetry.library,
-            lambda: _breaker_name(holder, guarded),
-            key=target.key,
+            lambda: breaker_name(_own_name(holder), guarded, holder),
+            key=target.state_attr,
             read_state=target.read_state,
         )
         return target.telemetry.start_breaker_call(entry, self._before, holder)
@@ -132,12 +123,14 @@ class _GuardedCall:
 
 
 class _BreakerTarget:
-    __slots__ = ("telemetry", "key", "owner", "locator", "read_state")
+    __slots__ = ("telemetry", "state_attr", "owner", "locator", "read_state")
 
     def __init__(self, telemetry: Telemetry, target: Resolved) -> None:
         assert target.spec.state_attr is not None
         self.telemetry = telemetry
-        self.key = target.spec.key
+        self.state_attr = target.spec.state_attr
+        """Keys the breaker's registry entry (with the object holding the state): two configured call methods of one
+        breaker share one entry, so each transition is counted once."""
         self.owner = target.owner
         self.locator = target.locator
         self.read_state = StateReader(target.spec.text, target.spec.state_attr)
