@@ -538,6 +538,23 @@ def _instrument_targets(plan: _Plan, kwargs: dict[str, Any]) -> bool:
     return True
 
 
+def settings_from_environment() -> None:
+    """The launcher's ``opentelemetry_pre_instrument`` hook: ``OTEL_PYTHON_RESILIENCE_ATTEMPT_SPANS`` and
+    ``OTEL_PYTHON_RESILIENCE_STACKTRACES`` into `SETTINGS`. It runs under the launcher, so it never raises: a wrong
+    value is logged as one clear error and the default is kept (`setup()` raises `ValueError` for the same value)."""
+    for name, variable, accepted in (
+        ("attempt_spans", ATTEMPT_SPANS_ENV, ATTEMPT_SPANS_CHOICES),
+        ("stacktraces", STACKTRACES_ENV, STACKTRACES_CHOICES),
+    ):
+        try:
+            value = _checked_setting(name, variable, None, accepted)
+        except ValueError as exc:
+            _logger.error("otel_resilience: %s; keeping %s=%s", exc, name, getattr(SETTINGS, name))
+            continue
+        if value is not None:
+            setattr(SETTINGS, name, value)
+
+
 def _new_providers(plan: _Plan, *, need_tracer: bool, need_meter: bool) -> tuple[Any, Any]:
     """SDK providers for the signals that have none yet and an exporter to feed (not made global here). Every
     exporter is built first: one that cannot be imported raises before any provider exists."""

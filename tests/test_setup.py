@@ -8,7 +8,10 @@ the rest runs here with the `otel` fixture's providers passed explicitly.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +27,7 @@ from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel
-from tests.processes import checked, clean_env, run_python
+from tests.processes import LAUNCHER, checked, clean_env, run, run_python
 
 PATCHED_CLASSES = (tenacity.BaseRetrying, tenacity.Retrying, tenacity.AsyncRetrying, pybreaker.CircuitBreaker)
 
@@ -32,7 +35,7 @@ PATCHED_CLASSES = (tenacity.BaseRetrying, tenacity.Retrying, tenacity.AsyncRetry
 @pytest.fixture
 def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No OTEL_* variable, no earlier setup(); afterwards undo what setup() patched and restore the settings."""
-    for variable in [v for v in __import__("os").environ if v.startswith("OTEL_")]:
+    for variable in [v for v in os.environ if v.startswith("OTEL_")]:
         monkeypatch.delenv(variable)
     assert _setup._HANDLE is None
     saved = (SETTINGS.attempt_spans, SETTINGS.stacktraces)
@@ -613,3 +616,31 @@ def test_bad_targets_raise_value_error_and_nothing_is_configured_or_patched(
     with pytest.raises(ValueError, match=message):
         otel_resilience.setup(exporter="otlp", endpoint="http://127.0.0.1:9", retry_targets=targets)
     _assert_nothing_happened(global_provider)
+
+
+# --- the launcher reads the settings variables too ----------------------------------------------------------------
+
+_PRINT_SETTINGS = [
+    "-c",
+    "from otel_resilience.core.config import SETTINGS; print(SETTINGS.attempt_spans, SETTINGS.stacktraces)",
+]
+
+
+def _under_launcher(**env: str) -> subprocess.CompletedProcess[str]:
+    variables = clean_env(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none", **env)
+    return checked(run([str(LAUNCHER), sys.executable, *_PRINT_SETTINGS], variables))
+
+
+def test_the_launcher_applies_the_settings_variables() -> None:
+    result = _under_launcher(OTEL_PYTHON_RESILIENCE_ATTEMPT_SPANS="On_Retry", OTEL_PYTHON_RESILIENCE_STACKTRACES="all")
+    assert result.stdout.split() == ["on_retry", "all"]
+
+
+def test_under_the_launcher_a_wrong_setting_is_one_error_and_the_app_runs() -> None:
+    result = _under_launcher(OTEL_PYTHON_RESILIENCE_ATTEMPT_SPANS="most", OTEL_PYTHON_RESILIENCE_STACKTRACES="none")
+    assert result.stdout.split() == ["all", "none"]
+    errors = [line for line in result.stderr.splitlines() if "OTEL_PYTHON_RESILIENCE_ATTEMPT_SPANS" in line]
+    assert errors == [
+        "otel_resilience: OTEL_PYTHON_RESILIENCE_ATTEMPT_SPANS: 'most' is not accepted; use one of: all, on_retry, "
+        "none; keeping attempt_spans=all"
+    ]
