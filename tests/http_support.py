@@ -140,3 +140,15 @@ def assert_no_client_in_client(spans: Sequence[ReadableSpan]) -> None:
         parent = by_id.get(span.parent.span_id) if span.parent is not None else None
         if span.kind is SpanKind.CLIENT and parent is not None:
             assert parent.kind is not SpanKind.CLIENT, f"CLIENT {span.name} inside CLIENT {parent.name}"
+
+
+def instrumented_fixture(instrumentor: type[Any]) -> Any:
+    """A fixture instrumenting with `instrumentor` against the test's SDK (`otel`), uninstrumented afterwards."""
+
+    @pytest.fixture
+    def instrumented(otel: Any) -> Iterator[Any]:
+        instrumentor().instrument(**otel.kwargs())
+        yield otel
+        instrumentor().uninstrument()
+
+    return instrumented

@@ -26,6 +26,7 @@ from tests.http_support import (
     client_spans,
     closed_port,
     events_named,
+    instrumented_fixture,
     server,
     traceparent_of,
 )
@@ -36,11 +37,7 @@ SCOPE = "otel_resilience.httpx"
 CONNECT_ERROR = "httpcore.ConnectError"
 
 
-@pytest.fixture
-def instrumented(otel: Otel) -> Iterator[Otel]:
-    HttpxRetryInstrumentor().instrument(**otel.kwargs())
-    yield otel
-    HttpxRetryInstrumentor().uninstrument()
+instrumented = instrumented_fixture(HttpxRetryInstrumentor)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from tests.http_support import (
     client_spans,
     closed_port,
     events_named,
+    instrumented_fixture,
     server,
     traceparent_of,
 )
@@ -40,11 +41,7 @@ SCOPE = "otel_resilience.urllib3"
 RETRY_503 = {"total": 3, "status_forcelist": [503], "backoff_factor": 0}
 
 
-@pytest.fixture
-def instrumented(otel: Otel) -> Iterator[Otel]:
-    Urllib3RetryInstrumentor().instrument(**otel.kwargs())
-    yield otel
-    Urllib3RetryInstrumentor().uninstrument()
+instrumented = instrumented_fixture(Urllib3RetryInstrumentor)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+_instruments = ("aiohttp-retry >= 2.8, < 3",)
