@@ -14,6 +14,8 @@ What is read and what is inferred (the helper tells us nothing, so these are doc
 - **Result**: ``rejected`` when the call ended without running the guarded function (we pass a proxy of it for the
   call's duration and note whether it was called), ``failure`` when it ran and the call raised, else ``success``.
   ``ignored`` is never reported: which exceptions the breaker excludes is not readable.
+- **Name**: the breaker's own ``name`` attribute when it is a non-empty string, else the first guarded function's
+  ``module.qualname``, kept for the breaker's lifetime (`core.naming.breaker_name`).
 """
 
 from __future__ import annotations

@@ -188,10 +188,10 @@ class Resolved:
     owner: Any
     """The module or class whose attribute is patched."""
     attr: str
-    function: Any
-    """``getattr(owner, attr)``: a function, or a method as the class gives it."""
     locator: ArgumentLocator
+    """Finds the app's callable among the target's arguments."""
     is_async: bool
+    """An ``async def`` target: its operation or call lasts until its coroutine is done."""
 
 
 def _defining_class(cls: type, attr: str) -> type | None:
@@ -234,7 +234,7 @@ def resolve(spec: TargetSpec, module: types.ModuleType) -> Resolved:
         raise bad(f"{where}.{attr} is a class: name the function or method that does the work (module:Class.method)")
     if not callable(function):
         raise bad(f"{where}.{attr} is not callable (it is a {type(function).__name__})")
-    return Resolved(spec, owner, attr, function, _locator(spec, owner, attr, function, bad), inspect.iscoroutinefunction(function))
+    return Resolved(spec, owner, attr, _locator(spec, owner, attr, function, bad), inspect.iscoroutinefunction(function))
 
 
 def _locator(spec: TargetSpec, owner: Any, attr: str, function: Any, bad: Any) -> ArgumentLocator:
