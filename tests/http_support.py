@@ -19,6 +19,8 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
+from otel_resilience import semconv
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -152,3 +154,18 @@ def instrumented_fixture(instrumentor: type[Any]) -> Any:
         instrumentor().uninstrument()
 
     return instrumented
+
+
+def loopback_attempt(port: int, number: int, path: str = "/", **extra: Any) -> dict[str, Any]:
+    """The attributes of our CLIENT span for attempt `number` of a GET to ``127.0.0.1:{port}{path}``, plus `extra`."""
+    attributes: dict[str, Any] = {
+        semconv.RETRY_NAME: "GET 127.0.0.1",
+        semconv.RETRY_ATTEMPT: number,
+        semconv.HTTP_REQUEST_METHOD: "GET",
+        semconv.URL_FULL: f"http://127.0.0.1:{port}{path}",
+        semconv.SERVER_ADDRESS: "127.0.0.1",
+        semconv.SERVER_PORT: port,
+    }
+    if number > 1:
+        attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
+    return {**attributes, **extra}

@@ -28,6 +28,7 @@ from tests.http_support import (
     closed_port,
     events_named,
     instrumented_fixture,
+    loopback_attempt,
     server,
     traceparent_of,
 )
@@ -63,17 +64,7 @@ async def get(url: Any, options: RetryOptionsBase, **kwargs: Any) -> Any:
 
 
 def expected(server: ScriptedServer, number: int, path: str = "/", **extra: Any) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        semconv.RETRY_NAME: "GET 127.0.0.1",
-        semconv.RETRY_ATTEMPT: number,
-        semconv.HTTP_REQUEST_METHOD: "GET",
-        semconv.URL_FULL: server.url(path),
-        semconv.SERVER_ADDRESS: "127.0.0.1",
-        semconv.SERVER_PORT: server.port,
-    }
-    if number > 1:
-        attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
-    return {**attributes, **extra}
+    return loopback_attempt(server.port, number, path, **extra)
 
 
 async def test_503_503_200(instrumented: Otel, server: ScriptedServer, sleeps: list[float]) -> None:

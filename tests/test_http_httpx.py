@@ -27,6 +27,7 @@ from tests.http_support import (
     closed_port,
     events_named,
     instrumented_fixture,
+    loopback_attempt,
     server,
     traceparent_of,
 )
@@ -71,19 +72,7 @@ async def _async_fetch(url: str, retries: int, follow: bool, request: dict[str, 
 
 
 def connect_failure(port: int, number: int, **extra: Any) -> dict[str, Any]:
-    expected: dict[str, Any] = {
-        semconv.RETRY_NAME: "GET 127.0.0.1",
-        semconv.RETRY_ATTEMPT: number,
-        semconv.HTTP_REQUEST_METHOD: "GET",
-        semconv.URL_FULL: f"http://127.0.0.1:{port}/down",
-        semconv.SERVER_ADDRESS: "127.0.0.1",
-        semconv.SERVER_PORT: port,
-        semconv.ERROR_TYPE: CONNECT_ERROR,
-    }
-    if number > 1:
-        expected[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
-    expected.update(extra)
-    return expected
+    return loopback_attempt(port, number, "/down", **{semconv.ERROR_TYPE: CONNECT_ERROR, **extra})
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -144,27 +133,15 @@ def test_redirects_count_as_resends(instrumented: Otel, server: ScriptedServer, 
     server.reply(Reply(302, {"Location": "/b"}))
     assert fetch(kind, server.url("/a"), follow=True) == 200
     first, second = client_spans(instrumented.spans())
-    base = {
-        semconv.RETRY_NAME: "GET 127.0.0.1",
-        semconv.HTTP_REQUEST_METHOD: "GET",
-        semconv.SERVER_ADDRESS: "127.0.0.1",
-        semconv.SERVER_PORT: server.port,
-    }
-    assert_attributes(
-        first,
-        {**base, semconv.RETRY_ATTEMPT: 1, semconv.URL_FULL: server.url("/a"), semconv.HTTP_RESPONSE_STATUS_CODE: 302, semconv.RETRY_DELAY: 0.0},
-    )
+    assert_attributes(first, loopback_attempt(server.port, 1, "/a", **{semconv.HTTP_RESPONSE_STATUS_CODE: 302, semconv.RETRY_DELAY: 0.0}))
     assert_attributes(
         second,
-        {
-            **base,
-            semconv.RETRY_ATTEMPT: 2,
-            semconv.HTTP_REQUEST_RESEND_COUNT: 1,
-            semconv.URL_FULL: server.url("/b"),
-            semconv.HTTP_RESPONSE_STATUS_CODE: 200,
-            semconv.RETRY_ATTEMPTS: 2,
-            semconv.RETRY_RESULT: "success",
-        },
+        loopback_attempt(
+            server.port,
+            2,
+            "/b",
+            **{semconv.HTTP_RESPONSE_STATUS_CODE: 200, semconv.RETRY_ATTEMPTS: 2, semconv.RETRY_RESULT: "success"},
+        ),
     )
     assert server.traceparents() == [traceparent_of(first), traceparent_of(second)]
 

@@ -31,6 +31,7 @@ from tests.http_support import (
     closed_port,
     events_named,
     instrumented_fixture,
+    loopback_attempt,
     server,
     traceparent_of,
 )
@@ -59,19 +60,7 @@ def session(**retry: Any) -> requests.Session:
 
 
 def attempt(server: ScriptedServer, number: int, path: str = "/", **extra: Any) -> dict[str, Any]:
-    """The attributes every alone attempt span has, plus `extra`."""
-    expected: dict[str, Any] = {
-        semconv.RETRY_NAME: "GET 127.0.0.1",
-        semconv.RETRY_ATTEMPT: number,
-        semconv.HTTP_REQUEST_METHOD: "GET",
-        semconv.URL_FULL: server.url(path),
-        semconv.SERVER_ADDRESS: "127.0.0.1",
-        semconv.SERVER_PORT: server.port,
-    }
-    if number > 1:
-        expected[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
-    expected.update(extra)
-    return expected
+    return loopback_attempt(server.port, number, path, **extra)
 
 
 def failed(status: int, delay: float | None = 0.0) -> dict[str, Any]:
@@ -157,18 +146,8 @@ def test_connection_refused_exhausts(instrumented: Otel, sleeps: list[float]) ->
     assert len(spans) == 3
     error = "urllib3.exceptions.NewConnectionError"
     for number, span in enumerate(spans, start=1):
-        expected = {
-            semconv.RETRY_NAME: "GET 127.0.0.1",
-            semconv.RETRY_ATTEMPT: number,
-            semconv.HTTP_REQUEST_METHOD: "GET",
-            semconv.URL_FULL: f"http://127.0.0.1:{port}/down",
-            semconv.SERVER_ADDRESS: "127.0.0.1",
-            semconv.SERVER_PORT: port,
-            semconv.ERROR_TYPE: error,
-        }
-        if number > 1:
-            expected[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
-        expected.update({semconv.RETRY_DELAY: 0.0} if number < 3 else last(3, "exhausted"))
+        outcome = {semconv.RETRY_DELAY: 0.0} if number < 3 else last(3, "exhausted")
+        expected = loopback_attempt(port, number, "/down", **{semconv.ERROR_TYPE: error}, **outcome)
         assert_attributes(span, expected)
         assert span.status.status_code is StatusCode.ERROR
         (event,) = events_named(span, semconv.EXCEPTION_EVENT)
