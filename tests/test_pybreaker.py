@@ -44,7 +44,9 @@ def attempt(breaker: pybreaker.CircuitBreaker, fn: Any) -> Any:
 
 def timeout_elapsed(breaker: pybreaker.CircuitBreaker) -> None:
     """Move the breaker's clock past its reset timeout without sleeping (pybreaker keeps opened_at in its storage)."""
-    breaker._state_storage.opened_at = datetime.now(timezone.utc) - timedelta(seconds=breaker.reset_timeout + 1)
+    opened_at = breaker._state_storage.opened_at
+    now = datetime.now(timezone.utc) if opened_at is None or opened_at.tzinfo else datetime.utcnow()  # naive before 1.1
+    breaker._state_storage.opened_at = now - timedelta(seconds=breaker.reset_timeout + 1)
 
 
 def summary(span: ReadableSpan) -> tuple[Any, ...]:

@@ -147,7 +147,7 @@ class TenacityAdapter:
     # --- operations: call forms ------------------------------------------------------------------------------
 
     def _call(self, wrapped: Callable[..., Any], instance: Retrying, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not instance.enabled:
+        if not getattr(instance, "enabled", True):  # `enabled` is tenacity >= 9
             return wrapped(*args, **kwargs)
         run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
         if run is None:
@@ -166,7 +166,7 @@ class TenacityAdapter:
     def _async_call(
         self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[Any]:
-        if not instance.enabled:
+        if not getattr(instance, "enabled", True):  # `enabled` is tenacity >= 9
             return wrapped(*args, **kwargs)
         return self._async_call_traced(wrapped, instance, args, kwargs)
 
@@ -194,7 +194,7 @@ class TenacityAdapter:
         self, wrapped: Callable[..., Iterator[AttemptManager]], instance: BaseRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Iterator[AttemptManager]:
         attempts = wrapped(*args, **kwargs)
-        if not instance.enabled:
+        if not getattr(instance, "enabled", True):  # `enabled` is tenacity >= 9
             return attempts
         run = self._start(instance, None, activates=False)
         if run is None:
@@ -205,7 +205,7 @@ class TenacityAdapter:
         self, wrapped: Callable[..., AsyncIterator[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[AttemptManager]:
         result = wrapped(*args, **kwargs)
-        if instance.enabled:
+        if getattr(instance, "enabled", True):
             self._track_async_loop(instance)
         return result
 
