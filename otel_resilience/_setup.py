@@ -234,6 +234,7 @@ def _checked_targets(what: str, value: object, *, environment: str) -> tuple[str
 
 def _plan(
     *,
+    configure: tuple[bool, bool],
     exporter: object,
     protocol: object,
     endpoint: object,
@@ -252,8 +253,9 @@ def _plan(
         endpoint = _checked_endpoint("endpoint", endpoint)
     if service_name is not None and (not isinstance(service_name, str) or not service_name.strip()):
         raise ValueError(f"service_name: {service_name!r} is not accepted; give a non-empty string")
-    traces = _exports_for("traces", chosen_exporter, chosen_protocol)
-    metrics_exports = _exports_for("metrics", chosen_exporter, chosen_protocol)
+    # The exporter variables matter, and are checked, only for a signal whose provider setup() creates.
+    traces = _exports_for("traces", chosen_exporter, chosen_protocol) if configure[0] else ()
+    metrics_exports = _exports_for("metrics", chosen_exporter, chosen_protocol) if configure[1] else ()
     if endpoint is None and any(e.kind == "otlp" for e in traces + metrics_exports):
         for variable in (
             OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -555,11 +557,10 @@ def settings_from_environment() -> None:
             setattr(SETTINGS, name, value)
 
 
-def _new_providers(plan: _Plan, *, need_tracer: bool, need_meter: bool) -> tuple[Any, Any]:
+def _new_providers(plan: _Plan) -> tuple[Any, Any]:
     """SDK providers for the signals that have none yet and an exporter to feed (not made global here). Every
     exporter is built first: one that cannot be imported raises before any provider exists."""
-    need_tracer = need_tracer and bool(plan.traces)
-    need_meter = need_meter and bool(plan.metrics)
+    need_tracer, need_meter = bool(plan.traces), bool(plan.metrics)
     if not need_tracer and not need_meter:
         return None, None
     _import_sdk()
@@ -621,7 +622,10 @@ def setup(
     """
     global _HANDLE
     with _LOCK:
+        tracer_provider = tracer_provider or _global_tracer_provider()
+        meter_provider = meter_provider or _global_meter_provider()
         plan = _plan(
+            configure=(tracer_provider is None, meter_provider is None),
             exporter=exporter,
             protocol=protocol,
             endpoint=endpoint,
@@ -635,11 +639,7 @@ def setup(
         if _HANDLE is not None:
             _logger.debug("otel_resilience: setup() was called already; returning the same handle")
             return _HANDLE
-        tracer_provider = tracer_provider or _global_tracer_provider()
-        meter_provider = meter_provider or _global_meter_provider()
-        new_tracer_provider, new_meter_provider = _new_providers(
-            plan, need_tracer=tracer_provider is None, need_meter=meter_provider is None
-        )
+        new_tracer_provider, new_meter_provider = _new_providers(plan)
         kwargs: dict[str, Any] = {
             "tracer_provider": tracer_provider or new_tracer_provider,
             "meter_provider": meter_provider or new_meter_provider,

@@ -644,3 +644,12 @@ def test_under_the_launcher_a_wrong_setting_is_one_error_and_the_app_runs() -> N
         "otel_resilience: OTEL_PYTHON_RESILIENCE_ATTEMPT_SPANS: 'most' is not accepted; use one of: all, on_retry, "
         "none; keeping attempt_spans=all"
     ]
+
+
+def test_exporter_variables_are_not_checked_for_providers_setup_does_not_create(
+    fresh: None, otel: Otel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin_thrift")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")  # works for the launcher's gRPC exporter
+    handle = otel_resilience.setup(**otel.kwargs(), libraries=[])
+    assert handle.tracer_provider is otel.tracer_provider
