@@ -10,10 +10,12 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
-from otel_resilience.core._safety import never_raises
+
+from otel_resilience.core._safety import report_internal_error
 
 if TYPE_CHECKING:
     from otel_resilience.core.breaker import BreakerCall
@@ -32,7 +34,7 @@ class BreakerEntry:
     def __init__(self, owner: Any, name: str, library: str, read_state: StateReader | None) -> None:
         self.name = name
         self.library = library
-        self.state: str | None = None
+        self.state: str | None = _first_reading(read_state, owner)  # a snapshot never shows a used breaker stateless
         self.failure_count: int | None = None
         self.last_transition: float | None = None
         self._owner = _weak(owner)
@@ -97,6 +99,16 @@ _TRANSITIONS_LOCK = threading.Lock()
 """Guards the last seen state of every entry while a change is detected (changes are rare; reads take no lock)."""
 
 
+def _first_reading(read_state: StateReader | None, owner: Any) -> str | None:
+    if read_state is None:
+        return None
+    try:
+        return read_state(owner)
+    except Exception:
+        report_internal_error("otel_resilience.core.registry.read_state")
+        return None
+
+
 def _weak(owner: Any) -> weakref.ref[Any] | None:
     try:
         return weakref.ref(owner)
@@ -105,9 +117,17 @@ def _weak(owner: Any) -> weakref.ref[Any] | None:
 
 
 class BreakerRegistry:
+    """Entries by (breaker, key), held weakly, safe to use from any thread.
+
+    A breaker's finalizer may run inside any allocation, on any thread, including one made while this registry's
+    lock is held (a garbage collection triggered there). So finalizers never take the lock: they only queue the
+    dead entry's identity, and the queue is drained under the lock by the next lookup or snapshot. Since an `id()`
+    may be reused before that, a lookup also checks that the entry's breaker is the very object asked about."""
+
     def __init__(self) -> None:
         self._entries: dict[tuple[int, Hashable], BreakerEntry] = {}
         self._lock = threading.Lock()
+        self._dead: deque[tuple[int, Hashable]] = deque()  # appended by finalizers, without the lock
 
     def entry(
         self,
@@ -123,24 +143,31 @@ class BreakerRegistry:
         lifetime, after the first guarded function."""
         ident = (id(owner), key)
         entry = self._entries.get(ident)
-        if entry is not None:
+        if entry is not None and entry._owner is not None and entry._owner() is owner:
             return entry
-        entry = BreakerEntry(owner, name(), library, read_state)
-        if entry._owner is None:
-            return entry  # not weakly referenceable: observed per call, never kept
+        fresh = BreakerEntry(owner, name(), library, read_state)
+        if fresh._owner is None:
+            return fresh  # not weakly referenceable: observed per call, never kept
         with self._lock:
-            existing = self._entries.setdefault(ident, entry)
-            if existing is entry:
-                weakref.finalize(owner, self._forget, ident)
-        return existing
+            self._purge()
+            existing = self._entries.get(ident)
+            if existing is not None and existing.owner is owner:
+                return existing
+            self._entries[ident] = fresh
+        weakref.finalize(owner, self._dead.append, ident).atexit = False
+        return fresh
 
-    @never_raises
-    def _forget(self, ident: tuple[int, Hashable]) -> None:
-        with self._lock:
-            self._entries.pop(ident, None)
+    def _purge(self) -> None:
+        """Drop the entries whose breaker was collected (with the lock held)."""
+        while self._dead:
+            ident = self._dead.popleft()
+            entry = self._entries.get(ident)
+            if entry is not None and entry.owner is None:
+                del self._entries[ident]
 
     def live_entries(self, library: str | None = None) -> list[BreakerEntry]:
         with self._lock:
+            self._purge()
             entries = list(self._entries.values())
         return [e for e in entries if (library is None or e.library == library) and e.owner is not None]
 
