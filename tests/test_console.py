@@ -257,7 +257,7 @@ def test_real_tenacity_and_pybreaker_traces(console_provider: tuple[TracerProvid
     assert lines[:4] == [
         "trace <id>",
         "handle <d>",
-        "├── retry test_real_tenacity_and_pybreaker_traces.<locals>.lookup <d>  retry.name=tests.test_console."
+        f"├── retry test_real_tenacity_and_pybreaker_traces.<locals>.lookup <d>  retry.name={__name__}."
         "test_real_tenacity_and_pybreaker_traces.<locals>.lookup error.type=KeyError retry.attempts=2 "
         "retry.max_attempts=2 retry.result=exhausted retry.total_delay=0s retry.depth=1  ✗ 'sku-1'",
         "│   ├── test_real_tenacity_and_pybreaker_traces.<locals>.lookup <d>  retry.attempt=1 error.type=KeyError "
