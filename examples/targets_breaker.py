@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 
 import otel_resilience
-from otel_resilience.core import breakers
 
 handle = otel_resilience.setup(
     exporter="console",
@@ -63,7 +62,7 @@ def main() -> None:
     time.sleep(RESET_TIMEOUT)
     gateway.down = False
     attempt(breaker, gateway, 40)  # admitted half_open as a probe, succeeds (open -> half_open -> closed)
-    print("health:", breakers())  # the health snapshot: every breaker the process has used
+    print("health:", otel_resilience.breakers())  # the health snapshot: every breaker the process has used
     handle.shutdown()
 
 
