@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextvars
 import types
-import weakref
 from collections.abc import Callable, Generator
 from typing import Any, Final
 
@@ -169,7 +168,10 @@ class PyBreakerAdapter:
         if previous == state:
             return
         active = _GUARDED.get()
-        guarded = active if active is not None and active.breaker is breaker else _CONSUMING.get(breaker)
+        if active is None or active.breaker is not breaker:
+            consuming = _CONSUMING.get()
+            active = consuming if consuming is not None and consuming.breaker is breaker else None
+        guarded = active
         if guarded is None:
             # No call of ours is running (`breaker.open()` by hand, a state refreshed from shared storage): count it.
             # A breaker never called yet and unnamed is known by its class until then.
@@ -187,30 +189,42 @@ class PyBreakerAdapter:
         guarded.call.entry.transition(self.telemetry, previous, state, guarded.call)
 
 
-_CONSUMING: weakref.WeakKeyDictionary[pybreaker.CircuitBreaker, _Guarded] = weakref.WeakKeyDictionary()
-"""Breakers whose guarded generator (or ``calling()`` block) is being consumed: its transitions belong to that call."""
+_CONSUMING: contextvars.ContextVar[_Guarded | None] = contextvars.ContextVar(
+    "otel_resilience_pybreaker_consuming", default=None
+)
+"""The call whose guarded generator (or ``calling()`` block) pybreaker is judging right now, in this thread or task:
+the transitions it causes belong to that call. Per thread and task, because many calls through one breaker may be
+consumed at once (``with breaker.calling():`` blocks that await, in concurrent tasks)."""
+
+
+def _driving(guarded: _Guarded, step: Callable[..., Any], *args: Any) -> Any:
+    """Advance pybreaker's generator (``next``, ``send``, ``throw``, ``close``) with `guarded` as the call consumed."""
+    token = _CONSUMING.set(guarded)
+    try:
+        return step(*args)
+    finally:
+        _CONSUMING.reset(token)
 
 
 def _consumed(generator: Generator[Any, Any, Any], guarded: _Guarded, *, current: bool) -> Generator[Any, Any, Any]:
     """Delegate to pybreaker's generator exactly (send, throw, close), ending the call's span when it is consumed.
     For ``with breaker.calling():`` the span is current during the block's body."""
-    _CONSUMING[guarded.breaker] = guarded
     try:
-        value = next(generator)
+        value = _driving(guarded, next, generator)
         while True:
             token = guarded.call.activate() if current else None
             try:
                 sent = yield value
             except GeneratorExit:
                 _deactivate(guarded.call, token)
-                generator.close()
+                _driving(guarded, generator.close)
                 raise
             except BaseException as exc:  # thrown in by the consumer: pybreaker judges it
                 _deactivate(guarded.call, token)
-                value = generator.throw(exc)
+                value = _driving(guarded, generator.throw, exc)
                 continue
             _deactivate(guarded.call, token)
-            value = generator.send(sent)
+            value = _driving(guarded, generator.send, sent)
     except StopIteration as stop:
         guarded.finish(None)
         return stop.value
@@ -220,9 +234,6 @@ def _consumed(generator: Generator[Any, Any, Any], guarded: _Guarded, *, current
     except BaseException as exc:
         guarded.finish(exc)
         raise
-    finally:
-        if _CONSUMING.get(guarded.breaker) is guarded:
-            del _CONSUMING[guarded.breaker]
 
 
 def _deactivate(call: BreakerCall, token: object | None) -> None:
