@@ -1,0 +1,1 @@
+_instruments = ("backoff >= 2.1, < 3",)

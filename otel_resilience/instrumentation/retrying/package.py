@@ -1,0 +1,1 @@
+_instruments = ("retrying >= 1.3.3, < 2",)
