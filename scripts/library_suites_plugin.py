@@ -9,9 +9,19 @@ Loaded with ``-p library_suites_plugin`` (the script puts ``scripts/`` on ``PYTH
   ``SimpleSpanProcessor``, so every span start and end path of ours runs synchronously) and a ``MeterProvider`` with a
   reader are made, and each instrumentor's ``instrument(tracer_provider=..., meter_provider=...)`` is called before
   any test module is imported. Unset: the bare baseline; nothing of OpenTelemetry is imported.
+- ``LIBRARY_SUITES_PROPAGATE``: ``1`` keeps OpenTelemetry's default propagators (W3C trace context and baggage) in
+  the instrumented run; otherwise the global propagator is an empty composite. HTTP attempts then still go through
+  our injection code, but no ``traceparent`` header is added: that header is intended (DESIGN.md, HTTP), and tests
+  that assert the exact headers a server received would otherwise see it, as under contrib's instrumentation.
 - ``LIBRARY_SUITES_REPORT``: a JSON file written at session end: every test's outcome and, when instrumented, the
   spans and metric points our instrumentation produced. Zero spans means the instrumentation was not really active,
   which the script treats as a failed check.
+
+Network guard, in both modes alike: this machine may send traffic to loopback addresses only, and some suites
+connect elsewhere on purpose (urllib3's tests use the reserved address 240.0.0.0 as a "tarpit" for connect timeouts).
+Every ``connect``/``connect_ex``/``sendto`` of an IPv4/IPv6 socket to a non-loopback address fails at once with
+``ENETUNREACH`` (what a machine with no route says, so suites that probe for a route skip those tests), and each
+refused address is listed in the report.
 
 Outcomes are recorded per test node id: ``passed``, ``failed``, ``error`` (setup or teardown failed, or the module
 did not collect), ``skipped``, ``xfailed``, ``xpassed``.
@@ -19,9 +29,12 @@ did not collect), ``skipped``, ``xfailed``, ``xpassed``.
 
 from __future__ import annotations
 
+import errno
 import importlib
+import ipaddress
 import json
 import os
+import socket
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +44,53 @@ import pytest
 _outcomes: dict[str, str] = {}
 _imported: dict[str, str] = {}
 _telemetry: dict[str, Any] = {}
+_refused: Counter[str] = Counter()
+_deselected: list[str] = []
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` (an address literal or a name) means this machine only."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        try:
+            resolved = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        except OSError:
+            return True  # unresolvable: connect fails by itself, with no traffic
+        return all(_loopback(item) for item in resolved)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or address.is_unspecified or bool(mapped and mapped.is_loopback)
+
+
+def _guard_network() -> None:
+    """Make connects and sends to anything but loopback fail with ENETUNREACH (see the module docstring)."""
+    inet = (socket.AF_INET, socket.AF_INET6)
+
+    def check(sock: socket.socket, address: Any) -> None:
+        if sock.family in inet and isinstance(address, tuple) and not _loopback(str(address[0])):
+            _refused[f"{address[0]}:{address[1]}"] += 1
+            raise OSError(errno.ENETUNREACH, f"library-suites: no traffic beyond loopback ({address[0]})")
+
+    original_connect, original_connect_ex, original_sendto = socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto
+
+    def connect(self: socket.socket, address: Any) -> None:
+        check(self, address)
+        return original_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        try:
+            check(self, address)
+        except OSError as refused:
+            return refused.errno or errno.ENETUNREACH
+        return original_connect_ex(self, address)
+
+    def sendto(self: socket.socket, data: Any, *args: Any) -> int:
+        check(self, args[-1])
+        return original_sendto(self, data, *args)
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socket.socket.sendto = sendto  # type: ignore[method-assign,assignment]
 
 
 def _names(variable: str) -> list[str]:
@@ -62,6 +122,8 @@ class _CountingExporter:
 
 
 def _instrument(names: list[str]) -> None:
+    from opentelemetry import propagate
+    from opentelemetry.propagators.composite import CompositePropagator
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
@@ -69,6 +131,8 @@ def _instrument(names: list[str]) -> None:
 
     from otel_resilience.instrumentation import INSTRUMENTORS
 
+    if os.environ.get("LIBRARY_SUITES_PROPAGATE") != "1":
+        propagate.set_global_textmap(CompositePropagator([]))
     exporter = _CountingExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[arg-type]
@@ -86,6 +150,7 @@ def _instrument(names: list[str]) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _guard_network()
     for name in _names("LIBRARY_SUITES_IMPORT"):
         _imported[name] = str(getattr(importlib.import_module(name), "__file__", None))
     names = _names("LIBRARY_SUITES_INSTRUMENT")
@@ -117,6 +182,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _record(report.nodeid, "error")
 
 
+def pytest_deselected(items: Sequence[pytest.Item]) -> None:
+    _deselected.extend(item.nodeid for item in items)
+
+
 def pytest_collectreport(report: pytest.CollectReport) -> None:
     if report.failed:
         _record(report.nodeid or "<collection>", "error")
@@ -133,7 +202,8 @@ def _metric_points() -> dict[str, int]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    report: dict[str, Any] = {"outcomes": _outcomes, "imported": _imported}
+    report: dict[str, Any] = {"outcomes": _outcomes, "imported": _imported, "deselected": _deselected,
+                              "refused_connections": dict(_refused)}
     if _telemetry:
         exporter: _CountingExporter = _telemetry["exporter"]
         report.update(
