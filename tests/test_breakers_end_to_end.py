@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.breaker_checks import CYCLE_CALLS, CYCLE_TRANSITIONS
 from tests.collector import Metric, RotelCollector, Span, collector_or_skip
 from tests.processes import LAUNCHER, checked, clean_env, run
 
@@ -97,15 +98,11 @@ def test_breaker_libraries_under_the_launcher_reach_the_collector(collector: Rot
         calls_metric = _last(metrics, "circuitbreaker.calls", library)
         assert calls_metric.data_type == "Sum"
         assert _values(calls_metric, "circuitbreaker.name", "circuitbreaker.state", "circuitbreaker.result") == {
-            (name, "closed", "failure"): 2, (name, "open", "rejected"): 1, (name, "half_open", "failure"): 1,
-            (name, "half_open", "success"): 1, (name, "closed", "success"): 1,
+            (name, *key): value for key, value in CYCLE_CALLS.items()
         }
         transitions = _last(metrics, "circuitbreaker.transitions", library)
         keys = ("circuitbreaker.name", "circuitbreaker.previous_state", "circuitbreaker.state")
-        assert _values(transitions, *keys) == {
-            (name, "closed", "open"): 1, (name, "open", "half_open"): 2, (name, "half_open", "open"): 1,
-            (name, "half_open", "closed"): 1,
-        }
+        assert _values(transitions, *keys) == {(name, *key): value for key, value in CYCLE_TRANSITIONS.items()}
         gauge = _last(metrics, "circuitbreaker.state", library)
         assert gauge.data_type == "Gauge"
         assert _values(gauge, "circuitbreaker.name", "circuitbreaker.state") == {
