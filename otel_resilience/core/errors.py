@@ -19,11 +19,14 @@ REDACTED: Final = "REDACTED"
 
 
 def redact(text: str) -> str:
-    """Remove credentials and sensitive query values from a URL or a message that may contain URLs."""
-    if "://" not in text and "=" not in text:
-        return text
-    text = _USERINFO.sub(rf"\g<scheme>{REDACTED}:{REDACTED}@", text)
-    return _QUERY.sub(rf"\g<key>{REDACTED}", text)
+    """Remove credentials and sensitive query values from a URL or a message that may contain URLs. Each pattern
+    runs only when its marker is there (``@`` for credentials, ``=`` for query values): every HTTP attempt's URL
+    passes through here."""
+    if "@" in text:
+        text = _USERINFO.sub(rf"\g<scheme>{REDACTED}:{REDACTED}@", text)
+    if "=" in text:
+        text = _QUERY.sub(rf"\g<key>{REDACTED}", text)
+    return text
 
 
 def error_type(exc: BaseException) -> str:
