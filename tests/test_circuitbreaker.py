@@ -401,3 +401,17 @@ def test_no_sdk_records_nothing_and_adds_no_inner_hooks(clock: Clock) -> None:
         assert [b for b in breakers() if b["name"] == "nosdk"] == []
     finally:
         CircuitBreakerInstrumentor().uninstrument()
+
+
+def test_suppressed_instrumentation_records_nothing(instrumented: Otel) -> None:
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+
+    charge = make_charge("suppressed")
+    token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        seen = [type(outcome(charge, True)).__name__ for _ in range(3)]
+    finally:
+        detach(token)
+    assert seen == ["ConnectionError", "ConnectionError", "CircuitBreakerError"]
+    assert instrumented.spans() == []
+    assert [b for b in breakers() if b["name"] == "suppressed"] == []

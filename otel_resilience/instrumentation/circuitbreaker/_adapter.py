@@ -147,6 +147,8 @@ class CircuitBreakerAdapter:
 
     @never_raises
     def _refused(self, breaker: CircuitBreaker, decision: FrameType) -> None:
+        if not self.telemetry.recording():  # e.g. suppressed: not even a registry entry
+            return
         entry = self._entry(breaker, lambda: decision.f_locals.get("function"))
         call = self.telemetry.start_breaker_call(entry, semconv.STATE_OPEN, breaker)
         if call is not None:
