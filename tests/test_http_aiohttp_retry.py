@@ -319,3 +319,13 @@ async def test_the_context_is_left_as_it_was(instrumented: Otel, server: Scripte
         async with context as response:
             assert response.status == 200
         assert context._request_func == request_func and context._retry_options is options
+
+
+async def test_a_cancelled_loop_is_aborted(instrumented: Otel, server: ScriptedServer) -> None:
+    server.reply(Reply(hang=True))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(get(server.url(), ExponentialRetry(attempts=3)), 0.05)
+    (span,) = client_spans(instrumented.spans())
+    assert span.attributes[semconv.RETRY_RESULT] == "aborted"
+    assert span.attributes[semconv.ERROR_TYPE] == "asyncio.exceptions.CancelledError"
+    assert span.status.status_code is StatusCode.ERROR

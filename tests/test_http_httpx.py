@@ -307,3 +307,14 @@ def test_uninstrument_restores_originals(otel: Otel, server: ScriptedServer) -> 
     assert all(vars(owner)[name] is originals[(owner, name)] for owner, name in owners)
     assert fetch("sync", server.url()) == 200
     assert otel.spans() == []
+
+
+async def test_a_cancelled_request_is_aborted(instrumented: Otel, server: ScriptedServer) -> None:
+    import asyncio
+
+    server.reply(Reply(hang=True))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(_async_fetch(server.url(), 1, False, {}), 0.05)
+    (span,) = client_spans(instrumented.spans())
+    assert span.attributes[semconv.RETRY_RESULT] == "aborted"
+    assert span.attributes[semconv.ERROR_TYPE] == "asyncio.exceptions.CancelledError"
