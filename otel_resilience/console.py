@@ -72,10 +72,13 @@ class _Glyphs:
     error: str
     arrow: str
     event: str
+    attempt: str
 
 
-_UNICODE: Final = _Glyphs("├── ", "└── ", "│   ", "    ", "✗", "→", "⚡")
-_ASCII: Final = _Glyphs("|-- ", "`-- ", "|   ", "    ", "x", "->", "*")
+_UNICODE: Final = _Glyphs("├── ", "└── ", "│   ", "    ", "✗", "→", "⚡", "↻")
+_ASCII: Final = _Glyphs("|-- ", "`-- ", "|   ", "    ", "x", "->", "*", "@")
+_ATTEMPT_EVENTS: Final = frozenset((semconv.RETRY_ATTEMPT_EVENT, semconv.HTTP_RESEND_EVENT))
+"""Attempts recorded as events (``attempt_spans="none"``, or earlier HTTP attempts beside contrib's one span)."""
 
 
 class _Style:
@@ -197,6 +200,8 @@ class TraceTreeRenderer:
         for event in span.events:
             if event.name == semconv.BREAKER_STATE_CHANGE_EVENT:
                 rows.append((event_prefix, self._state_change(event.attributes or {}), None))
+            elif event.name in _ATTEMPT_EVENTS:
+                rows.append((event_prefix, self._attempt_event(event.name, event.attributes or {}), None))
         for index, kid in enumerate(kids):
             last = index == len(kids) - 1
             branch = self.glyphs.last if last else self.glyphs.branch
@@ -210,6 +215,30 @@ class TraceTreeRenderer:
             f"{self.style.yellow(self.glyphs.event)} {semconv.BREAKER_STATE_CHANGE_EVENT} "
             f"{self._coloured(previous)} {self.glyphs.arrow} {self._coloured(state)}"
         )
+
+    def _attempt_event(self, name: str, attributes: Mapping[str, Any]) -> str:
+        text = f"{self.style.cyan(self.glyphs.attempt)} {name}  {self._attributes_text(attributes, {})}".rstrip()
+        message = _exception_text(attributes, attributes.get(semconv.ERROR_TYPE))
+        return f"{text}  {self.style.red(f'{self.glyphs.error} {message}')}" if message else text
+
+    def _attributes_text(self, attributes: Mapping[str, Any], parent_attributes: Mapping[str, Any]) -> str:
+        """The shown attributes as ``key=value`` pairs, in contract order, coloured by meaning."""
+        parts = []
+        for key in _SHOWN:
+            if key not in attributes:
+                continue
+            value = attributes[key]
+            if key in _INHERITED and parent_attributes.get(key) == value:
+                continue
+            text = _format_value(key, value)
+            if key == semconv.ERROR_TYPE:
+                text = self.style.red(text)
+            elif key in _SECONDS:
+                text = self.style.cyan(text)
+            else:
+                text = self._coloured(text)
+            parts.append(f"{key}={text}")
+        return " ".join(parts)
 
     def _coloured(self, value: str) -> str:
         if value in _BAD_VALUES:
@@ -225,51 +254,39 @@ class TraceTreeRenderer:
     ) -> str:
         parent = by_id.get(span.parent.span_id) if span.parent is not None else None
         parent_attributes = (parent.attributes or {}) if parent is not None else {}
-        attributes = span.attributes or {}
         padding = " " * max(1, width - len(prefix) - len(name) + 2)
         duration = format_duration(max(0, (span.end_time or 0) - (span.start_time or 0)))
-        parts = [f"{self.style.dim(prefix)}{self.style.bold(name)}{padding}{self.style.dim(f'{duration:>9}')}"]
-        for key in _SHOWN:
-            if key not in attributes:
-                continue
-            value = attributes[key]
-            if key in _INHERITED and parent_attributes.get(key) == value:
-                continue
-            text = _format_value(key, value)
-            if key == semconv.ERROR_TYPE:
-                text = self.style.red(text)
-            elif key in _SECONDS:
-                text = self.style.cyan(text)
-            else:
-                text = self._coloured(text)
-            parts.append(f"{key}={text}")
+        line = f"{self.style.dim(prefix)}{self.style.bold(name)}{padding}{self.style.dim(f'{duration:>9}')}"
+        details = self._attributes_text(span.attributes or {}, parent_attributes)
+        if details:
+            line = f"{line}  {details}"
         if span.status.status_code is StatusCode.ERROR:
-            failure = self.style.red(f"{self.glyphs.error} {self._failure(span)}".rstrip())
-        else:
-            failure = ""
-        head, *details = parts
-        line = f"{head}  {' '.join(details)}" if details else head
-        return f"{line}  {failure}" if failure else line
+            line = f"{line}  {self.style.red(f'{self.glyphs.error} {_failure(span)}'.rstrip())}"
+        return line
 
-    @staticmethod
-    def _failure(span: ReadableSpan) -> str:
-        """The error in a few words: the exception event's first message line (with its type, unless the line shows
-        it as `error.type` already), else the status description."""
-        shown_type = (span.attributes or {}).get(semconv.ERROR_TYPE)
-        for event in reversed(span.events):
-            if event.name == semconv.EXCEPTION_EVENT:
-                attributes = event.attributes or {}
-                kind = str(attributes.get(semconv.EXCEPTION_TYPE, ""))
-                lines = str(attributes.get(semconv.EXCEPTION_MESSAGE, "")).strip().splitlines()
-                message = lines[0] if lines else ""
-                if not message:
-                    text = kind
-                elif kind == shown_type or not kind:
-                    text = message
-                else:
-                    text = f"{kind}: {message}"
-                return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
-        return span.status.description or "ERROR"
+
+def _exception_text(attributes: Mapping[str, Any], shown_type: object) -> str:
+    """An exception's type and first message line from `attributes` (``exception.*``), without the type when it is
+    `shown_type` (the line shows it as `error.type` already); empty when there is no exception."""
+    kind = str(attributes.get(semconv.EXCEPTION_TYPE, ""))
+    lines = str(attributes.get(semconv.EXCEPTION_MESSAGE, "")).strip().splitlines()
+    message = lines[0] if lines else ""
+    if not message:
+        text = kind
+    elif kind == shown_type or not kind:
+        text = message
+    else:
+        text = f"{kind}: {message}"
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def _failure(span: ReadableSpan) -> str:
+    """A failed span's error in a few words: its last exception event, else the status description."""
+    shown_type = (span.attributes or {}).get(semconv.ERROR_TYPE)
+    for event in reversed(span.events):
+        if event.name == semconv.EXCEPTION_EVENT:
+            return _exception_text(event.attributes or {}, shown_type)
+    return span.status.description or "ERROR"
 
 
 def _start(span: ReadableSpan) -> int:
@@ -347,7 +364,7 @@ class ConsoleTreeSpanExporter(SpanExporter):
     def _print(self, spans: list[ReadableSpan], *, incomplete: bool) -> None:
         stream = self._out if self._out is not None else sys.stdout
         colour = _wants_colour(stream) if self._colour is None else self._colour
-        renderer = TraceTreeRenderer(colour=colour, unicode=_can_encode(stream, "├─│└✗→⚡µ"))
+        renderer = TraceTreeRenderer(colour=colour, unicode=_can_encode(stream, "├─│└✗→⚡↻µ…"))
         lines = renderer.render(spans, incomplete=incomplete)
         if renderer.glyphs is not _UNICODE:
             lines = [line.replace("µs", "us").replace("…", "...") for line in lines]

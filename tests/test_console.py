@@ -269,3 +269,33 @@ def test_real_tenacity_and_pybreaker_traces(console_provider: tuple[TracerProvid
     assert "│   │   ⚡ circuitbreaker.state_change closed → open" in lines
     assert lines[-2].startswith("└── circuitbreaker stock <d>  error.type=pybreaker.CircuitBreakerError "
                                 "circuitbreaker.state=open circuitbreaker.result=rejected")
+
+
+def test_attempts_recorded_as_events_print_under_their_span() -> None:
+    """``attempt_spans="none"`` puts attempts on the operation span as events; HTTP beside contrib does the same for
+    earlier attempts (``http.request.resend``)."""
+    events = (
+        Event(semconv.RETRY_ATTEMPT_EVENT, {semconv.RETRY_ATTEMPT: 1, semconv.ERROR_TYPE: "ConnectionError",
+                                            semconv.EXCEPTION_TYPE: "ConnectionError",
+                                            semconv.EXCEPTION_MESSAGE: "reset", semconv.RETRY_DELAY: 0.5}),
+        Event(semconv.RETRY_ATTEMPT_EVENT, {semconv.RETRY_ATTEMPT: 2}),
+    )
+    operation = _span("retry fetch_user", 2, None, 0, 1, {semconv.RETRY_ATTEMPTS: 2, semconv.RETRY_RESULT: "success"},
+                      events=events)
+    resend = Event(semconv.HTTP_RESEND_EVENT, {semconv.RETRY_ATTEMPT: 1, semconv.HTTP_RESPONSE_STATUS_CODE: 503,
+                                               semconv.RETRY_DELAY: 0.25})
+    request = _span("GET", 3, None, 0, 2, {semconv.HTTP_REQUEST_METHOD: "GET", semconv.HTTP_REQUEST_RESEND_COUNT: 1},
+                    events=(resend,), trace_id=5)
+    out = io.StringIO()
+    ConsoleTreeSpanExporter(out).export([operation, request])
+    assert out.getvalue() == (
+        f"trace {TRACE_ID:032x}\n"
+        "retry fetch_user       1 ms  retry.attempts=2 retry.result=success\n"
+        "    ↻ retry.attempt  retry.attempt=1 error.type=ConnectionError retry.delay=500ms  ✗ reset\n"
+        "    ↻ retry.attempt  retry.attempt=2\n"
+        "\n"
+        f"trace {5:032x}\n"
+        "GET       2 ms  http.request.method=GET http.request.resend_count=1\n"
+        "    ↻ http.request.resend  retry.attempt=1 http.response.status_code=503 retry.delay=250ms\n"
+        "\n"
+    )
