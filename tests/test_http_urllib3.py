@@ -541,3 +541,15 @@ def test_credentials_in_the_url_the_app_gave_are_shown_redacted(
         session().get(url)
     (span,) = client_spans(instrumented.spans())
     assert span.attributes[semconv.URL_FULL] == f"http://REDACTED:REDACTED@127.0.0.1:{server.port}/c?sig=REDACTED"
+
+
+def test_digest_auth_resend_after_401_is_a_resend_of_the_same_request(instrumented: Otel, server: ScriptedServer) -> None:
+    """requests' ``HTTPDigestAuth`` answers a 401 by sending again through the adapter, inside the session's call."""
+    server.reply(Reply(401, {"WWW-Authenticate": 'Digest realm="r", nonce="n", qop="auth"'}))
+    response = requests.get(server.url("/private"), auth=requests.auth.HTTPDigestAuth("user", "secret"))
+    assert response.status_code == 200
+    assert server.received[1].headers["authorization"].startswith("Digest ")
+    first, second = client_spans(instrumented.spans())
+    assert_attributes(first, attempt(server, 1, "/private", **failed(401)))
+    assert_attributes(second, attempt(server, 2, "/private", **{semconv.HTTP_RESPONSE_STATUS_CODE: 200}, **last(2, "success")))
+    assert "secret" not in str(second.attributes)
