@@ -329,3 +329,27 @@ async def test_a_cancelled_loop_is_aborted(instrumented: Otel, server: ScriptedS
     assert span.attributes[semconv.RETRY_RESULT] == "aborted"
     assert span.attributes[semconv.ERROR_TYPE] == "asyncio.exceptions.CancelledError"
     assert span.status.status_code is StatusCode.ERROR
+
+
+async def test_clients_made_before_instrumenting_are_traced_and_no_sdk_records_nothing(
+    otel: Otel, server: ScriptedServer
+) -> None:
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    async with RetryClient(retry_options=ExponentialRetry()) as early:
+        AiohttpRetryInstrumentor().instrument(tracer_provider=NoOpTracerProvider(), meter_provider=NoOpMeterProvider())
+        try:
+            async with early.get(server.url()) as response:
+                assert response.status == 200
+            assert server.traceparents() == [None]
+        finally:
+            AiohttpRetryInstrumentor().uninstrument()
+        AiohttpRetryInstrumentor().instrument(**otel.kwargs())
+        try:
+            async with early.get(server.url()) as response:
+                assert response.status == 200
+        finally:
+            AiohttpRetryInstrumentor().uninstrument()
+    (span,) = client_spans(otel.spans())
+    assert server.traceparents()[1] == traceparent_of(span)

@@ -318,3 +318,23 @@ async def test_a_cancelled_request_is_aborted(instrumented: Otel, server: Script
     (span,) = client_spans(instrumented.spans())
     assert span.attributes[semconv.RETRY_RESULT] == "aborted"
     assert span.attributes[semconv.ERROR_TYPE] == "asyncio.exceptions.CancelledError"
+
+
+def test_clients_made_before_instrumenting_are_traced_and_no_sdk_records_nothing(otel: Otel, server: ScriptedServer) -> None:
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    with httpx.Client(transport=httpx.HTTPTransport(retries=1)) as early:
+        HttpxRetryInstrumentor().instrument(tracer_provider=NoOpTracerProvider(), meter_provider=NoOpMeterProvider())
+        try:
+            assert early.get(server.url()).status_code == 200
+            assert server.traceparents() == [None]
+        finally:
+            HttpxRetryInstrumentor().uninstrument()
+        HttpxRetryInstrumentor().instrument(**otel.kwargs())
+        try:
+            assert early.get(server.url()).status_code == 200
+        finally:
+            HttpxRetryInstrumentor().uninstrument()
+    (span,) = client_spans(otel.spans())
+    assert server.traceparents()[1] == traceparent_of(span)

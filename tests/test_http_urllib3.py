@@ -553,3 +553,23 @@ def test_digest_auth_resend_after_401_is_a_resend_of_the_same_request(instrument
     assert_attributes(first, attempt(server, 1, "/private", **failed(401)))
     assert_attributes(second, attempt(server, 2, "/private", **{semconv.HTTP_RESPONSE_STATUS_CODE: 200}, **last(2, "success")))
     assert "secret" not in str(second.attributes)
+
+
+def test_sessions_made_before_instrumenting_are_traced_and_no_sdk_records_nothing(otel: Otel, server: ScriptedServer) -> None:
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    early = session(**RETRY_503)
+    Urllib3RetryInstrumentor().instrument(tracer_provider=NoOpTracerProvider(), meter_provider=NoOpMeterProvider())
+    try:
+        server.reply(Reply(503))
+        assert early.get(server.url()).status_code == 200
+        assert server.traceparents() == [None, None]  # nothing records: nothing injected either
+    finally:
+        Urllib3RetryInstrumentor().uninstrument()
+    Urllib3RetryInstrumentor().instrument(**otel.kwargs())
+    try:
+        assert early.get(server.url()).status_code == 200
+    finally:
+        Urllib3RetryInstrumentor().uninstrument()
+    assert len(client_spans(otel.spans())) == 1
