@@ -36,40 +36,38 @@ class ProxiedAttempts:
     # --- the stand-in runs each attempt through these ----------------------------------------------------------------
 
     def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self._begin()
-        token = self.op.activate()
+        token = self._begin()
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:
-            self.op.deactivate(token)
-            self._returned(exc)
+            self._returned(token, exc)
             raise
-        self.op.deactivate(token)
-        self._returned(None)
+        self._returned(token, None)
         return value
 
     async def run_async(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self._begin()
-        token = self.op.activate()
+        token = self._begin()
         try:
             value = await fn(*args, **kwargs)
         except BaseException as exc:
-            self.op.deactivate(token)
-            self._returned(exc)
+            self._returned(token, exc)
             raise
-        self.op.deactivate(token)
-        self._returned(None)
+        self._returned(token, None)
         return value
 
     @never_raises
-    def _begin(self) -> None:
+    def _begin(self) -> object:
+        """The attempt starts and is made current; returns the token to detach it (None if that failed)."""
         self.close()  # a verdict we never saw (the library went straight on): the attempt ends as it stood
         self.verdict = None
         self.rejected = False
         self.op.attempt_started()
+        return self.op.activate()
 
     @never_raises
-    def _returned(self, error: BaseException | None) -> None:
+    def _returned(self, token: object, error: BaseException | None) -> None:
+        if token is not None:
+            self.op.deactivate(token)
         self.end_ns = time_ns()
         self.error = error
         self.open = True

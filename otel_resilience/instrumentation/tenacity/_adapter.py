@@ -30,6 +30,7 @@ from tenacity.asyncio import AsyncRetrying
 
 from otel_resilience import semconv
 from otel_resilience.core import RetryOperation, Telemetry, never_raises
+from otel_resilience.core.claims import current_claim
 from otel_resilience.core.naming import caller_names, callable_names
 from otel_resilience.instrumentation._base import Patches
 
@@ -39,11 +40,12 @@ _SKIPPED_FRAMES: Final = ("tenacity",)
 class _Run:
     """One tenacity operation in flight: its core operation and what ``iter`` told us so far."""
 
-    __slots__ = ("op", "retrying", "activates", "token", "result", "body_done", "body_error", "__weakref__")
+    __slots__ = ("op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "__weakref__")
 
-    def __init__(self, op: RetryOperation, retrying: BaseRetrying, activates: bool) -> None:
+    def __init__(self, op: RetryOperation, retrying: BaseRetrying, activates: bool, owner: TenacityAdapter) -> None:
         self.op = op
         self.retrying = retrying
+        self.owner = owner  # the adapter that started it: only its hooks act on it (several adapters may hook tenacity)
         self.activates = activates  # call forms: iter() makes the attempt current; iterator forms: `with attempt:`
         self.token: object | None = None
         self.result: str | None = None
@@ -117,10 +119,21 @@ def _max_attempts(stop: Any) -> int | None:
 
 
 class TenacityAdapter:
-    """Holds the Telemetry for tenacity and installs the hooks."""
+    """Holds the Telemetry for tenacity and installs the hooks.
 
-    def __init__(self, telemetry: Telemetry) -> None:
+    A library that runs its retries on tenacity (stamina) makes its own `TenacityAdapter` with ``claimant`` set, with
+    its own Telemetry: that adapter records only the loops its claimant claims (`otel_resilience.core.claims`), under
+    the claimant's scope and names, and the tenacity instrumentor's adapter stays out of them. So a stamina retry is
+    one operation, whichever of the two is instrumented, and its retry depth counts once.
+
+    `clean_exit_is_final`: the claimant's policy never retries a ``with attempt:`` body that completed (stamina
+    retries on exceptions only), so the operation succeeds right there. Without it, a loop left by ``return`` inside
+    ``async for`` (an async iterator is not closed) would end only when tenacity's state is garbage collected."""
+
+    def __init__(self, telemetry: Telemetry, claimant: object | None = None, *, clean_exit_is_final: bool = False) -> None:
         self.telemetry = telemetry
+        self.claimant = claimant
+        self.clean_exit_is_final = clean_exit_is_final
 
     def patch(self, patches: Patches) -> None:
         """The entry points now; the attempt hooks once something records (with no SDK they would only cost)."""
@@ -140,9 +153,17 @@ class TenacityAdapter:
 
     @never_raises
     def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> _Run | None:
-        name, span_name = callable_names(fn) if fn is not None else caller_names(*_SKIPPED_FRAMES)
+        claim = current_claim()
+        if claim is not None:
+            if not claim.take(self.claimant):
+                return None  # a loop another library runs on tenacity: that library's adapter records it
+            name, span_name = claim.name, claim.span_name
+        elif self.claimant is not None:
+            return None  # an adapter made for a claimant records only what it claims
+        else:
+            name, span_name = callable_names(fn) if fn is not None else caller_names(*_SKIPPED_FRAMES)
         op = self.telemetry.start_retry(name, span_name=span_name, max_attempts=_max_attempts(retrying.stop))
-        return None if op is None else _Run(op, retrying, activates)
+        return None if op is None else _Run(op, retrying, activates, self)
 
     # --- operations: call forms ------------------------------------------------------------------------------
 
@@ -222,7 +243,7 @@ class TenacityAdapter:
         self, wrapped: Callable[..., Awaitable[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[AttemptManager]:
         run = _BY_STATE.get(instance._retry_state) if _BY_STATE else None
-        if run is None:
+        if run is None or run.owner is not self:
             return wrapped(*args, **kwargs)
         return _traced_anext(wrapped(*args, **kwargs), run)
 
@@ -230,7 +251,7 @@ class TenacityAdapter:
 
     def _iter(self, wrapped: Callable[..., Any], instance: BaseRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         run = _RUN.get()
-        if run is None or run.retrying is not instance:
+        if run is None or run.retrying is not instance or run.owner is not self:
             return wrapped(*args, **kwargs)
         retry_state = args[0] if args else kwargs["retry_state"]
         run.before_iter()
@@ -246,13 +267,13 @@ class TenacityAdapter:
         self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[Any]:
         run = _RUN.get()
-        if run is None or run.retrying is not instance:
+        if run is None or run.retrying is not instance or run.owner is not self:
             return wrapped(*args, **kwargs)
         return _traced_async_iter(wrapped(*args, **kwargs), run, args[0] if args else kwargs["retry_state"])
 
     def _attempt_enter(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         run = _BY_STATE.get(instance.retry_state) if _BY_STATE else None
-        if run is not None and run.token is None:
+        if run is not None and run.owner is self and run.token is None:
             run.body_done = False
             run.body_error = None
             run.token = _activate(run)
@@ -260,10 +281,12 @@ class TenacityAdapter:
 
     def _attempt_exit(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         run = _BY_STATE.get(instance.retry_state) if _BY_STATE else None
-        if run is not None:
+        if run is not None and run.owner is self:
             run.before_iter()  # the body is over: the attempt is no longer current
             run.body_done = True
             run.body_error = args[1] if len(args) > 1 else None
+            if self.clean_exit_is_final and run.body_error is None:
+                run.abandon()  # a completed body ends the loop: the operation succeeded now
         return wrapped(*args, **kwargs)
 
 

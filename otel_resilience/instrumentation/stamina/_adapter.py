@@ -1,0 +1,106 @@
+"""Translate stamina's retries into core retry events, through the tenacity loop stamina runs on.
+
+Every form of stamina (``@stamina.retry`` on functions, ``async def``, generators and async generators;
+``stamina.retry_context`` with ``for`` and ``async for``; ``RetryingCaller`` and ``AsyncRetryingCaller``) iterates a
+``_RetryContextIterator``, whose ``__iter__`` / ``__aiter__`` start a tenacity iterator loop (``Retrying`` or
+``AsyncRetrying``, also with retries deactivated or in ``set_testing`` mode). Those two methods are looked up at call
+time, so functions decorated before instrumentation are traced too.
+
+The attempts, the wait chosen (stamina's jittered backoff, a backoff hook's custom wait, 0 in testing mode) and the
+results are read where tenacity decides them, by a `TenacityAdapter` of our own: stamina claims the operation that its
+loop starts (`otel_resilience.core.claims`), so that adapter records it with stamina's scope and names, and the
+tenacity instrumentor, if it is instrumented too, stays out. One stamina retry is one operation span and one span per
+attempt, and counts once in the retry depth.
+
+stamina's own instrumentation (Prometheus, structlog, logging, the app's ``set_on_retry_hooks``) is not touched: no
+hook of ours is registered with stamina.
+
+Names: the retried callable (the decorated function, or the callable given to a ``RetryingCaller``); for
+``retry_context`` blocks, the function they are written in.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, Final
+
+from stamina._core import _RetryContextIterator
+
+from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core.claims import OperationClaim, claim_operation, release_claim
+from otel_resilience.core.naming import callable_names, caller_names
+from otel_resilience.instrumentation._base import Patches
+from otel_resilience.instrumentation.tenacity._adapter import TenacityAdapter
+
+_SKIPPED_FRAMES: Final = ("stamina", "tenacity")
+_OURS: Final = "otel_resilience"
+_RETRIED_CALLABLE: Final = ("wrapped", "callable_")  # in stamina's decorator closures and its RetryingCallers
+
+
+def _stamina_callable() -> Any:
+    """The callable that stamina itself is retrying, when one of its own loops is starting (decorators, callers):
+    read from the frame of that loop. None for a ``retry_context`` block the app wrote."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_OURS):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or not frame.f_globals.get("__name__", "").startswith("stamina"):
+        return None
+    variables = frame.f_locals
+    for name in _RETRIED_CALLABLE:
+        if name in variables:
+            return variables[name]
+    return None
+
+
+def _claimed_iteration(attempts: Iterator[Any], claim: OperationClaim) -> Generator[Any, None, None]:
+    """stamina's attempts, unchanged, with the claim set while stamina starts tenacity's loop (its first step)."""
+    token = claim_operation(claim)
+    try:
+        first = next(attempts)
+    except StopIteration:
+        return
+    finally:
+        release_claim(token)
+    try:
+        yield first
+    except GeneratorExit:
+        attempts.close()  # type: ignore[attr-defined]
+        raise
+    yield from attempts
+
+
+class StaminaAdapter:
+    """Holds the Telemetry for stamina, claims stamina's loops, and records them through its own tenacity hooks."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        # stamina retries on exceptions only: an attempt whose body completed ends the retry, successfully
+        self.loops = TenacityAdapter(telemetry, claimant=self, clean_exit_is_final=True)
+
+    def patch(self, patches: Patches) -> None:
+        self.loops.patch(patches)
+        recording = self.telemetry.recording
+        patches.wrap(_RetryContextIterator, "__iter__", self._iter, enabled=recording)
+        patches.wrap(_RetryContextIterator, "__aiter__", self._aiter, enabled=recording)
+
+    @never_raises
+    def _claim(self, context: _RetryContextIterator) -> OperationClaim:
+        retried = _stamina_callable()
+        name, span_name = callable_names(retried) if retried is not None else caller_names(*_SKIPPED_FRAMES)
+        return OperationClaim(self, name, span_name)
+
+    def _iter(self, wrapped: Callable[..., Iterator[Any]], instance: _RetryContextIterator, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+        claim = self._claim(instance)
+        attempts = wrapped(*args, **kwargs)
+        return attempts if claim is None else _claimed_iteration(attempts, claim)
+
+    def _aiter(self, wrapped: Callable[..., Any], instance: _RetryContextIterator, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        claim = self._claim(instance)
+        if claim is None:
+            return wrapped(*args, **kwargs)
+        token = claim_operation(claim)  # stamina's __aiter__ starts tenacity's loop right away
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            release_claim(token)

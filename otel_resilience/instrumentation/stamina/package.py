@@ -1,0 +1,1 @@
+_instruments = ("stamina >= 24.2, < 27",)
