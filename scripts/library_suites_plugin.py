@@ -4,6 +4,8 @@ Loaded with ``-p library_suites_plugin`` (the script puts ``scripts/`` on ``PYTH
 
 - ``LIBRARY_SUITES_IMPORT``: comma-separated modules imported at ``pytest_configure`` in both modes, so the bare and
   the instrumented run import the library from the same place (the installed copy, not a source copy in the sdist).
+- ``LIBRARY_SUITES_APPEND_ROOT``: ``1`` appends the rootdir to ``sys.path`` (after site-packages, so the library
+  still comes from the venv), for suites whose tests import each other as ``tests.x`` without a ``tests/__init__.py``.
 - ``LIBRARY_SUITES_INSTRUMENT``: comma-separated entry-point names from
   ``otel_resilience.instrumentation.INSTRUMENTORS``. When set, a real SDK ``TracerProvider`` (spans go through a
   ``SimpleSpanProcessor``, so every span start and end path of ours runs synchronously) and a ``MeterProvider`` with a
@@ -35,6 +37,7 @@ import ipaddress
 import json
 import os
 import socket
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -151,6 +154,8 @@ def _instrument(names: list[str]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _guard_network()
+    if os.environ.get("LIBRARY_SUITES_APPEND_ROOT") == "1":
+        sys.path.append(str(config.rootpath))
     for name in _names("LIBRARY_SUITES_IMPORT"):
         _imported[name] = str(getattr(importlib.import_module(name), "__file__", None))
     names = _names("LIBRARY_SUITES_INSTRUMENT")
