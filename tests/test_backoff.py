@@ -695,14 +695,20 @@ def test_internal_error_is_swallowed(
 def test_uninstrument_restores_originals(otel: Otel) -> None:
     names = ("retry_exception", "retry_predicate", "_init_wait_gen", "_next_wait", "_call_handlers")
     before = {(m, n): vars(m)[n] for m in (backoff._sync, backoff._async) for n in names}
+    targets: list[Any] = []
     BackoffInstrumentor().instrument(**otel.kwargs())
-    decorated_while_instrumented = constant()(Flaky(1))
+    flaky = Flaky(1)
+    decorated_while_instrumented = constant(on_backoff=lambda d: targets.append(d["target"]))(flaky)
+    decorated_while_instrumented()
     assert all(vars(m)[n] is not before[(m, n)] for m, n in before)
     BackoffInstrumentor().uninstrument()
     assert all(vars(m)[n] is before[(m, n)] for m, n in before)
-    decorated_while_instrumented()
+    otel.exporter.clear()
+    flaky.calls = 0
+    decorated_while_instrumented()  # now backoff's own closure: nothing recorded, the handlers see the function
     constant()(Flaky(1))()
     assert otel.spans() == []
+    assert targets == [flaky, flaky]
 
 
 def test_reinstrumenting_traces_functions_decorated_under_the_earlier_instrumentation(otel: Otel) -> None:
@@ -719,11 +725,14 @@ def test_reinstrumenting_traces_functions_decorated_under_the_earlier_instrument
 
 def test_no_sdk_records_nothing_and_changes_nothing(sleeps: Sleeps) -> None:
     # The global providers are the API's defaults here (no SDK configured in this process).
+    hooks = {n: vars(backoff._sync)[n] for n in ("_init_wait_gen", "_next_wait", "_call_handlers")}
     BackoffInstrumentor().instrument()
     try:
         flaky = Flaky(2, "v")
-        assert constant()(flaky)() == "v"
-        assert flaky.calls == 3 and sleeps.waits == [0.25, 0.25]
+        targets: list[Any] = []
+        assert constant(on_backoff=lambda d: targets.append(d["target"]))(flaky)() == "v"
+        assert flaky.calls == 3 and sleeps.waits == [0.25, 0.25] and targets == [flaky, flaky]
+        assert {n: vars(backoff._sync)[n] for n in hooks} == hooks  # call-time hooks only once something records
         assert not trace.get_current_span().get_span_context().is_valid
     finally:
         BackoffInstrumentor().uninstrument()

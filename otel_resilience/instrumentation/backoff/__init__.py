@@ -19,7 +19,7 @@ backoff builds its retry loop when a function is decorated. Functions decorated 
 under ``opentelemetry-instrument``, which instruments before the app is imported) are traced fully. Functions decorated
 before are traced from backoff's call-time hooks, with two limits: a call that ends with an exception the decorator does
 not catch is not recorded, and attempt spans are not current while the attempt runs (see ``docs/retry-libraries.md``).
-Functions decorated while instrumented keep a pass-through layer after ``uninstrument()``.
+Functions decorated while instrumented keep a thin layer after ``uninstrument()`` that runs backoff's own closure.
 """
 
 from __future__ import annotations

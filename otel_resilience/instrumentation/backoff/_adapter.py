@@ -4,13 +4,14 @@ backoff builds its retry loop as a closure when a function is decorated: ``backo
 ``backoff._sync.retry_exception`` (or ``retry_predicate``, or their ``backoff._async`` twins) right then, and the
 closure keeps everything it needs. So there are two cases.
 
-**Decorated after instrumentation** (everything, under the launcher): the four factories are patched. The closure they
-build is handed a stand-in for the app's function, so each attempt is seen exactly and its span is current while it
-runs (the app's spans, and retries nested in it, hang under it), and the closure is wrapped in a function that
-brackets the call, so every way out is seen, including an exception the decorator does not catch.
+**Decorated after instrumentation** (everything, under the launcher): the four factories are patched and build two
+closures: backoff's own, which runs while nothing records (no SDK, suppressed, and after uninstrumenting), and one
+handed a stand-in for the app's function, which runs while something records: each attempt is seen exactly and its
+span is current while it runs (the app's spans, and retries nested in it, hang under it). Both sit behind one function
+that brackets the call, so every way out is seen, including an exception the decorator does not catch.
 
 **Decorated before instrumentation**: the closure is out of reach, but it looks up three of backoff's module functions
-at call time, and those are patched:
+at call time, and those are patched (once something records):
 
 - ``_init_wait_gen``: the loop begins (the operation starts; the closure's settings are read once from its frame);
 - ``_next_wait``: an attempt failed and will be retried; its return value is the wait backoff chose (jitter and the
@@ -353,23 +354,25 @@ _STAND_IN_CODES: Final = frozenset(
 )
 
 
-def _traced(policy: _Policy, closure: Callable[..., Any]) -> Callable[..., Any]:
+def _traced(policy: _Policy, plain: Callable[..., Any], closure: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(policy.target)
     def traced(*args: Any, **kwargs: Any) -> Any:
         adapter = _Active.adapter
         if adapter is None or not adapter.telemetry.recording():
-            return closure(*args, **kwargs)
+            return plain(*args, **kwargs)
         return run_as_current(_DECORATED, _DecoratedCall(policy), closure, args, kwargs)
 
     return traced
 
 
-def _traced_async(policy: _Policy, closure: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _traced_async(
+    policy: _Policy, plain: Callable[..., Awaitable[Any]], closure: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(policy.target)
     async def traced(*args: Any, **kwargs: Any) -> Any:
         adapter = _Active.adapter
         if adapter is None or not adapter.telemetry.recording():
-            return await closure(*args, **kwargs)
+            return await plain(*args, **kwargs)
         return await run_as_current_async(_DECORATED, _DecoratedCall(policy), closure, args, kwargs)
 
     return traced
@@ -383,33 +386,42 @@ class BackoffAdapter:
         self._closure_codes: frozenset[CodeType] = frozenset()
 
     def patch(self, patches: Patches) -> None:
+        """The factories now; the call-time hooks once something records (with no SDK a decorated function runs
+        backoff's own closure, and those hooks would only cost)."""
         self._closure_codes = frozenset(_closure_codes(_sync) | _closure_codes(_async))
         for module, is_async in ((_sync, False), (_async, True)):
             for factory in _FACTORIES:
                 patches.wrap(module, factory, functools.partial(self._decorate, is_async=is_async))
+        self.telemetry.when_live(lambda: self._patch_call_hooks(patches))
+        _Active.adapter = self
+
+    def _patch_call_hooks(self, patches: Patches) -> None:
+        for module in (_sync, _async):
             patches.wrap(module, "_init_wait_gen", self._loop_begins, enabled=self.telemetry.recording)
             patches.wrap(module, "_next_wait", self._next_wait)
         patches.wrap(_sync, "_call_handlers", self._handlers)
         patches.wrap(_async, "_call_handlers", self._handlers_async)
-        _Active.adapter = self
 
     # --- decoration (after instrumentation) ------------------------------------------------------------------------
 
     def _decorate(
         self, wrapped: Callable[..., Any], instance: None, args: tuple[Any, ...], kwargs: dict[str, Any], *, is_async: bool
     ) -> Callable[..., Any]:
+        """backoff's closure, twice: as backoff builds it (what runs while nothing records, and after
+        uninstrumenting), and around our stand-in (what runs while something records)."""
+        plain = wrapped(*args, **kwargs)
         target = args[0] if args else kwargs.get("target")
         policy = _new_policy(target)
         if policy is None:
-            return wrapped(*args, **kwargs)
+            return plain
         policy.stand_in = _async_stand_in(policy) if is_async else _sync_stand_in(policy)
         if args:
             closure = wrapped(policy.stand_in, *args[1:], **kwargs)
         else:
             closure = wrapped(**{**kwargs, "target": policy.stand_in})
         if not _learn(policy, closure):
-            return closure  # the stand-in passes straight through when no call of ours is in flight
-        return _traced_async(policy, closure) if is_async else _traced(policy, closure)
+            return plain
+        return _traced_async(policy, plain, closure) if is_async else _traced(policy, plain, closure)
 
     # --- call-time hooks -------------------------------------------------------------------------------------------
 

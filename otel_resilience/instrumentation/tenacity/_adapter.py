@@ -136,13 +136,23 @@ class TenacityAdapter:
         self.clean_exit_is_final = clean_exit_is_final
 
     def patch(self, patches: Patches) -> None:
-        """The entry points now; the attempt hooks once something records (with no SDK they would only cost)."""
+        """The entry points now; the attempt hooks once something records (with no SDK they would only cost). A
+        claimant claims only while it records, and only iterator forms (stamina's): its adapter installs just those
+        entry points, and only then."""
+        if self.claimant is not None:
+            self.telemetry.when_live(lambda: self._patch_claimed_hooks(patches))
+            return
         recording = self.telemetry.recording
         patches.wrap(Retrying, "__call__", self._call, enabled=recording)
         patches.wrap(AsyncRetrying, "__call__", self._async_call, enabled=recording)
         patches.wrap(BaseRetrying, "__iter__", self._iter_form, enabled=recording)
         patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form, enabled=recording)
         self.telemetry.when_live(lambda: self._patch_attempt_hooks(patches))
+
+    def _patch_claimed_hooks(self, patches: Patches) -> None:
+        patches.wrap(BaseRetrying, "__iter__", self._iter_form, enabled=current_claim)
+        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form, enabled=current_claim)
+        self._patch_attempt_hooks(patches)
 
     def _patch_attempt_hooks(self, patches: Patches) -> None:
         patches.wrap(BaseRetrying, "iter", self._iter, enabled=_RUN.get)
