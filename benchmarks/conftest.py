@@ -9,7 +9,7 @@ alone plus the same spans and metric points made by hand), ``instrumented`` (ins
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -17,6 +17,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status, StatusCode
+
+from otel_resilience import semconv
 
 
 class NullExporter(SpanExporter):
@@ -48,3 +51,67 @@ def sdk() -> Iterator[Sdk]:
 def variant(benchmark: object, group: str, name: str) -> None:
     benchmark.group = group  # type: ignore[attr-defined]
     benchmark.extra_info["variant"] = name  # type: ignore[attr-defined]
+
+
+def make_work(failures: int) -> Callable[[], str]:
+    """A retried operation's work: each call fails (ConnectionError) `failures` times in a row, then succeeds."""
+    state = {"n": 0}
+
+    def fetch_user() -> str:
+        state["n"] += 1
+        if state["n"] % (failures + 1) != 0:
+            raise ConnectionError("down")
+        return "user"
+
+    return fetch_user
+
+
+def hand_built_retry(
+    sdk: Sdk,
+    retry: Callable[[Callable[[], str]], Callable[[], str]],
+    work: Callable[[], str],
+    *,
+    name: str,
+    qualname: str,
+    wait: float,
+) -> Callable[[], str]:
+    """The `hand_built` variant of a retry scenario: ``retry(attempt)()`` with the library alone, where `attempt` runs
+    `work` (which raises ConnectionError until it succeeds) inside an attempt span, all inside an operation span, with
+    the attributes, events, status and metric points our instrumentation emits, made by hand with the API. `name` and
+    `qualname` are `work`'s; every failed attempt waits `wait` seconds (the library's sleep patched out)."""
+    tracer = sdk.tracer_provider.get_tracer("hand")
+    meter = sdk.meter_provider.get_meter("hand")
+    attempts_hist = meter.create_histogram(semconv.METRIC_RETRY_ATTEMPTS)
+    duration_hist = meter.create_histogram(semconv.METRIC_RETRY_DURATION)
+    error = Status(StatusCode.ERROR)
+
+    def call() -> str:
+        counter = {"attempt": 0}
+        with tracer.start_as_current_span(
+            f"retry {qualname}", attributes={semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: 1, semconv.RETRY_MAX_ATTEMPTS: 5}
+        ) as op:
+
+            def attempt() -> str:
+                counter["attempt"] += 1
+                with tracer.start_as_current_span(
+                    qualname,
+                    attributes={semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: counter["attempt"]},
+                    record_exception=False,
+                    set_status_on_exception=False,
+                ) as span:
+                    try:
+                        return work()
+                    except ConnectionError as exc:
+                        span.set_attributes({semconv.RETRY_DELAY: wait, semconv.ERROR_TYPE: "ConnectionError"})
+                        span.set_status(error)
+                        span.add_event("exception", {"exception.type": "ConnectionError", "exception.message": str(exc)})
+                        raise
+
+            result = retry(attempt)()
+            op.set_attributes({semconv.RETRY_ATTEMPTS: counter["attempt"], semconv.RETRY_RESULT: "success",
+                               semconv.RETRY_TOTAL_DELAY: wait * (counter["attempt"] - 1)})
+        attempts_hist.record(counter["attempt"], {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1})
+        duration_hist.record(0.001, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success"})
+        return result
+
+    return call

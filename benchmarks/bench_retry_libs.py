@@ -1,0 +1,109 @@
+"""backoff and stamina: a call succeeding first time, and one failing twice then succeeding (the libraries' sleeps are
+no-ops, their own log handlers and hooks switched off in every variant).
+
+Each scenario runs in the four variants of `benchmarks.conftest` (bare, no_sdk, hand_built, instrumented), as for
+tenacity. The hand-built variant runs the bare library with the same spans (names, attributes, events, status) and
+metric points made by hand with the OpenTelemetry API: instrumented ÷ hand-built is what the instrumentation costs
+beyond its telemetry; no_sdk - bare is what it costs an app with no SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import backoff
+import backoff._sync
+import pytest
+import stamina
+import tenacity.nap
+from stamina.instrumentation import set_on_retry_hooks
+
+from benchmarks.conftest import Sdk, hand_built_retry, make_work, variant
+from otel_resilience.instrumentation._base import ResilienceInstrumentor
+from otel_resilience.instrumentation.backoff import BackoffInstrumentor
+from otel_resilience.instrumentation.stamina import StaminaInstrumentor
+
+FAILURES = {"first_try": 0, "fail_twice": 2}
+WAIT = 0.1
+Retried = Callable[[Callable[[], str]], Callable[[], str]]
+
+
+def _backoff(fn: Callable[[], str]) -> Callable[[], str]:
+    return backoff.on_exception(backoff.constant, ConnectionError, interval=WAIT, jitter=None, max_tries=5, logger=None)(fn)
+
+
+def _stamina(fn: Callable[[], str]) -> Callable[[], str]:
+    return stamina.retry(on=ConnectionError, attempts=5, wait_initial=WAIT, wait_max=WAIT, wait_jitter=0)(fn)
+
+
+LIBRARIES: dict[str, tuple[Retried, type[ResilienceInstrumentor]]] = {
+    "backoff": (_backoff, BackoffInstrumentor),
+    "stamina": (_stamina, StaminaInstrumentor),
+}
+GROUPS = [f"{library} {scenario}" for library in LIBRARIES for scenario in FAILURES]
+
+
+def retried(group: str) -> Callable[[], str]:
+    library, scenario = group.split()
+    return LIBRARIES[library][0](make_work(FAILURES[scenario]))
+
+
+@pytest.fixture(autouse=True)
+def quiet_libraries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No sleeping (backoff's and tenacity's sleeps are no-ops) and none of stamina's own hooks."""
+    no_sleep = SimpleNamespace(sleep=lambda seconds: None)
+    monkeypatch.setattr(backoff._sync, "time", no_sleep)
+    monkeypatch.setattr(tenacity.nap, "time", no_sleep)
+    set_on_retry_hooks([])
+    yield
+    set_on_retry_hooks(None)
+
+
+def instrumentor(request: pytest.FixtureRequest) -> ResilienceInstrumentor:
+    return LIBRARIES[request.node.callspec.params["group"].split()[0]][1]()
+
+
+@pytest.fixture
+def instrumented(request: pytest.FixtureRequest, sdk: Sdk) -> Iterator[Sdk]:
+    instrumentor(request).instrument(**sdk.kwargs())
+    yield sdk
+    instrumentor(request).uninstrument()
+
+
+@pytest.fixture
+def instrumented_no_sdk(request: pytest.FixtureRequest) -> Iterator[None]:
+    instrumentor(request).instrument()
+    yield
+    instrumentor(request).uninstrument()
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_bare(benchmark: Any, group: str) -> None:
+    variant(benchmark, group, "bare")
+    assert benchmark(retried(group)) == "user"
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_no_sdk(benchmark: Any, group: str, instrumented_no_sdk: None) -> None:
+    variant(benchmark, group, "no_sdk")
+    assert benchmark(retried(group)) == "user"
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_instrumented(benchmark: Any, group: str, instrumented: Sdk) -> None:
+    variant(benchmark, group, "instrumented")
+    assert benchmark(retried(group)) == "user"
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_hand_built(benchmark: Any, group: str, sdk: Sdk) -> None:
+    """The bare library, with the same operation and attempt spans and metric points made by hand."""
+    variant(benchmark, group, "hand_built")
+    library, scenario = group.split()
+    call = hand_built_retry(
+        sdk, LIBRARIES[library][0], make_work(FAILURES[scenario]),
+        name="benchmarks.conftest.make_work.<locals>.fetch_user", qualname="make_work.<locals>.fetch_user", wait=WAIT,
+    )
+    assert benchmark(call) == "user"
