@@ -108,10 +108,14 @@ def failure_hook(subject_of: Callable[[Any, tuple[Any, ...]], object]) -> Callab
     """A patch (``wrapper(wrapped, instance, args, kwargs)``) for the library method that counts a failure: it marks
     the active call through ``subject_of(instance, args)`` as failed, then lets the library count."""
 
-    def counted(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    @never_raises
+    def mark(instance: Any, args: tuple[Any, ...]) -> None:
         call = current_call(subject_of(instance, args))
         if call is not None:
             call.mark_failure()
+
+    def counted(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        mark(instance, args)
         return wrapped(*args, **kwargs)
 
     return counted
@@ -169,12 +173,11 @@ class BreakerCall:
     def enter(self) -> None:
         """`activate` for a with-block whose end is another hook (``__enter__`` … ``__exit__``): the call keeps the
         token until `leave`. Blocks nest in order within a thread or task, so the innermost is left first."""
-        self._token = self.activate()
+        self._token = activated(self)
 
     def leave(self) -> None:
         token, self._token = self._token, None
-        if token is not None:
-            self.deactivate(token)
+        deactivated(self, token)
 
     def admitted_in(self, state: str) -> None:
         """Correct the state the call was admitted in (e.g. a call that found an open breaker past its timeout is
@@ -274,13 +277,13 @@ def run_call(
 ) -> T:
     """Run ``fn(*args, **kwargs)`` with `call` current, then `settle` it. With `follow_generators`, a generator
     returned by `fn` (a library that judges a guarded generator as it is consumed) carries the call on."""
-    token = call.activate()
+    token = activated(call)
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         _settled(call, token, settle, exc)
         raise
-    call.deactivate(token)
+    deactivated(call, token)
     if follow_generators and type(result) is GeneratorType:  # as the libraries test it; an ABC check costs more
         return continue_generator(call, result, settle)  # type: ignore[return-value]
     settle(call, None)
@@ -295,7 +298,7 @@ async def run_coroutine(
     call = start()
     if call is None:
         return await fn(*args, **kwargs)
-    token = call.activate()
+    token = activated(call)
     try:
         result = await fn(*args, **kwargs)
     except BaseException as exc:
@@ -328,7 +331,7 @@ def run_generator(start: Start, gen: Generator[Any, Any, T], settle: Settle) -> 
     sent: Any = None
     thrown: BaseException | None = None
     while True:
-        token = call.activate()
+        token = activated(call)
         try:
             item = gen.send(sent) if thrown is None else gen.throw(thrown)
         except StopIteration as stop:
@@ -337,11 +340,11 @@ def run_generator(start: Start, gen: Generator[Any, Any, T], settle: Settle) -> 
         except BaseException as exc:
             _settled(call, token, settle, exc)
             raise
-        call.deactivate(token)
+        deactivated(call, token)
         try:
             sent, thrown = (yield item), None
         except GeneratorExit:
-            token = call.activate()
+            token = activated(call)
             error: BaseException | None = None
             try:
                 gen.close()
@@ -362,7 +365,7 @@ async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], sett
     sent: Any = None
     thrown: BaseException | None = None
     while True:
-        token = call.activate() if call is not None else None
+        token = activated(call) if call is not None else None
         try:
             item = await (agen.asend(sent) if thrown is None else agen.athrow(thrown))
         except StopAsyncIteration:
@@ -371,12 +374,11 @@ async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], sett
         except BaseException as exc:
             _settled(call, token, settle, exc)
             raise
-        if call is not None:
-            call.deactivate(token)
+        deactivated(call, token)
         try:
             sent, thrown = (yield item), None
         except GeneratorExit:
-            token = call.activate() if call is not None else None
+            token = activated(call) if call is not None else None
             error: BaseException | None = None
             try:
                 await agen.aclose()
@@ -392,5 +394,19 @@ async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], sett
 
 def _settled(call: BreakerCall | None, token: object, settle: Settle, error: BaseException | None) -> None:
     if call is not None:
-        call.deactivate(token)
+        deactivated(call, token)
         settle(call, error)
+
+
+@never_raises
+def activated(call: BreakerCall) -> object:
+    """`call.activate()`, guarded: where the app's own code runs next, an error of ours must not reach it (the
+    work then runs without the call current, and `deactivated` is given None)."""
+    return call.activate()
+
+
+@never_raises
+def deactivated(call: BreakerCall | None, token: object) -> None:
+    """`call.deactivate(token)`, guarded; nothing to do for a call or token that never was."""
+    if call is not None and token is not None:
+        call.deactivate(token)

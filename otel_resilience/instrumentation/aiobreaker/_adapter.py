@@ -50,6 +50,21 @@ def _read_state(breaker: CircuitBreaker) -> str | None:
     return normalise_state(breaker._state.state)
 
 
+@never_raises
+def _admitted(state: CircuitBreakerBaseState) -> None:
+    """The closed or half-open state object is about to run the guarded function for the active call."""
+    call = current_call(state._breaker)
+    if call is not None and not call.admitted:
+        call.admitted_in(normalise_state(state.state) or semconv.STATE_CLOSED)
+
+
+@never_raises
+def _refused(state: CircuitOpenState) -> None:
+    call = current_call(state._breaker)
+    if call is not None:
+        call.refused_in(semconv.STATE_OPEN)
+
+
 def _failure_count(breaker: CircuitBreaker) -> int | None:
     """The failure count, only where reading it costs no storage round trip (the in-memory storage)."""
     storage = breaker._state_storage
@@ -108,18 +123,14 @@ class AioBreakerAdapter:
     # --- inside a call -----------------------------------------------------------------------------------------
 
     def _admission(self, wrapped: Callable[..., Any], instance: CircuitBreakerBaseState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call = current_call(instance._breaker)
-        if call is not None and not call.admitted:
-            call.admitted_in(normalise_state(instance.state) or semconv.STATE_CLOSED)
+        _admitted(instance)
         return wrapped(*args, **kwargs)
 
     def _open_check(self, wrapped: Callable[..., Any], instance: CircuitOpenState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             return wrapped(*args, **kwargs)
         except CircuitBreakerError:
-            call = current_call(instance._breaker)
-            if call is not None:
-                call.refused_in(semconv.STATE_OPEN)
+            _refused(instance)
             raise
 
     def _new_state(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
