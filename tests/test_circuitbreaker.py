@@ -415,3 +415,17 @@ def test_suppressed_instrumentation_records_nothing(instrumented: Otel) -> None:
     assert seen == ["ConnectionError", "ConnectionError", "CircuitBreakerError"]
     assert instrumented.spans() == []
     assert [b for b in breakers() if b["name"] == "suppressed"] == []
+
+
+def test_call_of_a_partial_is_traced_and_named_after_its_function(instrumented: Otel) -> None:
+    import functools
+
+    def fetch(user: str) -> str:
+        return f"profile of {user}"
+
+    breaker = CircuitBreaker()  # unnamed, used only through .call: named after the first guarded function
+    assert breaker.call(functools.partial(fetch, "ada")) == "profile of ada"
+    (span,) = instrumented.spans()
+    name = f"{__name__}.test_call_of_a_partial_is_traced_and_named_after_its_function.<locals>.fetch"
+    assert span.attributes[semconv.BREAKER_NAME] == name
+    assert summary(span) == ("closed", "success", None, UNSET, [])

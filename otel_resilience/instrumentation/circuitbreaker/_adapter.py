@@ -91,7 +91,8 @@ class CircuitBreakerAdapter:
         def name() -> str:
             function = guarded()
             own = breaker.name
-            if function is not None and own == getattr(function, "__qualname__", function.__name__):
+            derived = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
+            if function is not None and own == derived:
                 own = None  # the bare qualname circuitbreaker named itself after: ours is module.qualname
             return breaker_name(own, function, breaker)
 
