@@ -132,6 +132,22 @@ def test_decorated_before_instrumentation(otel: Otel) -> None:
     assert op.attributes[semconv.RETRY_ATTEMPTS] == 2
 
 
+def test_method_decorated(instrumented: Otel) -> None:
+    class Directory:
+        def __init__(self) -> None:
+            self.flaky = Flaky(1, "user")
+
+        @stamina.retry(on=ConnectionError, attempts=3)
+        def fetch_user(self, user_id: int) -> str:
+            return str(self.flaky())
+
+    assert Directory().fetch_user(1) == "user"
+    qualname = "test_method_decorated.<locals>.Directory.fetch_user"
+    op, attempts = operation_and_attempts(instrumented, qualname)
+    assert op.attributes[semconv.RETRY_NAME] == f"{__name__}.{qualname}"
+    assert len(attempts) == 2
+
+
 def test_exhausted_reraises_the_same_exception(instrumented: Otel) -> None:
     flaky = Flaky(10)
     fetch = stamina.retry(on=ConnectionError, attempts=3)(flaky)
