@@ -647,6 +647,40 @@ def test_nested_retries_record_depth(after: Harness) -> None:
     ]
 
 
+def test_backoff_inside_tenacity_records_depth(after: Harness) -> None:
+    import tenacity
+
+    from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
+
+    TenacityInstrumentor().instrument(**after.otel.kwargs())
+    try:
+        calls = Flaky(100)
+
+        def inner() -> None:
+            calls()
+
+        retried_inner = after.decorate(constant(max_tries=3), inner)
+
+        @tenacity.retry(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_none(), reraise=True)
+        def outer() -> None:
+            retried_inner()
+
+        with pytest.raises(ConnectionError):
+            outer()
+    finally:
+        TenacityInstrumentor().uninstrument()
+    assert calls.calls == 9
+    prefix = "test_backoff_inside_tenacity_records_depth.<locals>"
+    points = {
+        (p.attributes[semconv.RETRY_NAME].rsplit(".", 1)[-1], p.attributes[semconv.RETRY_DEPTH]): (p.count, p.sum)
+        for p in after.otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
+    }
+    assert points == {("outer", 1): (1, 3), ("inner", 2): (3, 9)}
+    outer_attempts = {s.context.span_id for s in by_name(after.otel, f"{prefix}.outer")}
+    inner_ops = by_name(after.otel, f"retry {prefix}.inner")
+    assert {op.parent.span_id for op in inner_ops} == outer_attempts and len(inner_ops) == 3
+
+
 def test_keyboard_interrupt_aborts(after: Harness) -> None:
     def interrupted() -> None:
         raise KeyboardInterrupt
@@ -780,3 +814,28 @@ def test_behaviour_identical_with_and_without(harness: Harness, sleeps: Sleeps, 
         assert harness.otel.spans() == []
     else:
         assert len(by_name(harness.otel, "retry Flaky")) == 1
+
+
+async def _run_async_scenario(decorate: Callable[[Any, Any], Any], failures: int, sleeps: Sleeps) -> tuple[Any, ...]:
+    flaky = AsyncFlaky(failures, "v")
+    log: list[tuple[str, int]] = []
+
+    async def on_backoff(details: dict[str, Any]) -> None:
+        log.append(("backoff", details["tries"]))
+
+    fetch = decorate(constant(max_tries=3, on_backoff=on_backoff, on_giveup=lambda d: log.append(("giveup", d["tries"]))), flaky)
+    sleeps.waits.clear()
+    try:
+        outcome: Any = await fetch()
+    except BaseException as exc:  # noqa: BLE001 - comparing what escapes
+        outcome = ("raised", flaky.raised.index(exc))
+    return outcome, list(sleeps.waits), flaky.calls, log
+
+
+@pytest.mark.parametrize("failures", [0, 2, 5])
+async def test_async_behaviour_identical_with_and_without(harness: Harness, sleeps: Sleeps, failures: int) -> None:
+    harness.bare()
+    bare = await _run_async_scenario(lambda d, f: d(f), failures, sleeps)
+    traced = await _run_async_scenario(harness.decorate, failures, sleeps)
+    assert traced == bare
+    assert len(by_name(harness.otel, "retry AsyncFlaky")) == 1
