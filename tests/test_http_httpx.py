@@ -338,3 +338,4 @@ def test_clients_made_before_instrumenting_are_traced_and_no_sdk_records_nothing
             HttpxRetryInstrumentor().uninstrument()
     (span,) = client_spans(otel.spans())
     assert server.traceparents()[1] == traceparent_of(span)
+

@@ -121,8 +121,11 @@ def credentials_host(url: str | None) -> str | None:
     """The host of a URL that carries ``user:password@`` (None for any other URL; cheap when there is no ``@``)."""
     if not url or "@" not in url:
         return None
-    parts = urlsplit(url)
-    return parts.hostname if parts.username is not None or parts.password is not None else None
+    try:
+        parts = urlsplit(url)
+        return parts.hostname if parts.username is not None or parts.password is not None else None
+    except ValueError:  # not a URL we can read (the client will say so to the app, not us)
+        return None
 
 
 def current_client_span(ctx: Context | None = None) -> Span | None:
@@ -343,9 +346,12 @@ def request_in_scope(telemetry: Telemetry, method: str, host: str) -> tuple[Http
     return start_request(telemetry, method, host), False
 
 
+@never_raises
 def _enter(
     library: str, join: bool, url: str | None
 ) -> tuple[RequestScope, contextvars.Token[RequestScope | None]] | None:
+    """A new scope made current, or None to run the call as it is (joining the current scope, or after an error of
+    ours)."""
     current = _SCOPE.get()
     if join and current is not None and current.library == library:
         return None

@@ -297,13 +297,17 @@ class Urllib3Adapter:
         (``Retry-After`` when truthy; otherwise the backoff, slept when positive). A subclass overriding a getter
         returns something else than our patched base method sees: then the sleep is measured."""
 
-        def observe(wrapped: Callable[..., Any], retry: Retry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            value = wrapped(*args, **kwargs)
+        @never_raises
+        def record(retry: Retry, value: Any) -> None:
             chain = _CHAIN.get()
             if chain is not None and chain.sleeping and getattr(type(retry), name, None) is namespace.get(name):
                 chain.observed = True
                 if value:
                     chain.chosen = max(float(value), 0.0)
+
+        def observe(wrapped: Callable[..., Any], retry: Retry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            value = wrapped(*args, **kwargs)
+            record(retry, value)
             return value
 
         return observe
