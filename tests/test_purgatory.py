@@ -312,13 +312,14 @@ def _tb_depth(exc: BaseException) -> int:
 
 
 def test_no_sdk_records_nothing_and_adds_no_inner_hooks(clock: Clock) -> None:
-    set_state = vars(Context)["set_state"]
+    inner = [(Context, "set_state"), (SyncCircuitBreaker, "__exit__"), (AsyncCircuitBreaker, "__aexit__")]
+    before = [vars(owner)[name] for owner, name in inner]
     PurgatoryInstrumentor().instrument()
     try:
         guarded = SyncCircuitBreakerFactory(default_threshold=2, default_ttl=30)("nosdk")(charge)
         seen = run_cycle(guarded, past_timeout(clock))
         assert [type(x).__name__ for x in seen][:3] == ["ConnectionError", "ConnectionError", "OpenedState"]
-        assert vars(Context)["set_state"] is set_state
+        assert [vars(owner)[name] for owner, name in inner] == before  # one patched method per block, no more
         assert [b for b in breakers() if b["name"] == "nosdk"] == []
     finally:
         PurgatoryInstrumentor().uninstrument()

@@ -21,6 +21,7 @@ no reference to it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -42,8 +43,10 @@ _IN_MEMORY: Final = (SyncInMemoryRepository, AsyncInMemoryRepository)
 _FAILURE_COUNTED: Final = failure_hook(lambda _state, args: args[0])  # State.handle_exception(self, context, exc)
 
 
+@functools.lru_cache(maxsize=1024)
 def _state_reader(circuit: str) -> StateReader:
-    """The gauge's reading of one circuit of a unit of work: from the in-memory repository only."""
+    """The gauge's reading of one circuit of a unit of work: from the in-memory repository only (one reader per
+    circuit name, made once, rather than a closure per call)."""
 
     def read(uow: Any) -> str | None:
         repository = uow.contexts
@@ -60,15 +63,16 @@ class PurgatoryAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The block entry points now (their exits only act inside a call); state hooks once something records."""
+        """The block entry points now; the exits and state hooks once something records (they act only inside a
+        call of ours, and there is none before: so with no SDK a block pays for one patched method, not two)."""
         recording = self.telemetry.recording
         patches.wrap(SyncCircuitBreaker, "__enter__", self._enter, enabled=recording)
-        patches.wrap(SyncCircuitBreaker, "__exit__", self._exit, enabled=any_active_call)
         patches.wrap(AsyncCircuitBreaker, "__aenter__", self._aenter, enabled=recording)
-        patches.wrap(AsyncCircuitBreaker, "__aexit__", self._aexit, enabled=any_active_call)
         self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
 
     def _patch_inner_hooks(self, patches: Patches) -> None:
+        patches.wrap(SyncCircuitBreaker, "__exit__", self._exit, enabled=any_active_call)
+        patches.wrap(AsyncCircuitBreaker, "__aexit__", self._aexit, enabled=any_active_call)
         patches.wrap(Context, "set_state", self._set_state, enabled=any_active_call)
         patches.wrap(ClosedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call)
         patches.wrap(HalfOpenedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call)
