@@ -112,11 +112,9 @@ def test_decorated_fails_twice_then_succeeds(instrumented: Otel, sleeps: Sleeps,
     assert metric_summary(instrumented, semconv.METRIC_RETRY_ATTEMPTS) == [
         ({semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1}, 1, 3)
     ]
-    # stamina's own hooks saw the same waits
-    assert [(d.name, d.retry_num, d.wait_for, d.caused_by) for d in own_hooks] == [
-        (name, 1, sleeps.waits[0], flaky.raised[0]),
-        (name, 2, sleeps.waits[1], flaky.raised[1]),
-    ]
+    # stamina's own hooks saw the same waits (it derives wait_for from a running float sum: approx)
+    assert [(d.name, d.retry_num, d.caused_by) for d in own_hooks] == [(name, 1, flaky.raised[0]), (name, 2, flaky.raised[1])]
+    assert [d.wait_for for d in own_hooks] == pytest.approx(sleeps.waits)
 
 
 def test_decorated_before_instrumentation(otel: Otel) -> None:
