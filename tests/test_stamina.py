@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import backoff
+import backoff._sync
 import pytest
 import stamina
 import stamina._core
@@ -424,8 +425,6 @@ def test_nested_stamina_in_stamina_records_depth(instrumented: Otel) -> None:
 
 def test_nested_across_libraries(with_tenacity: Otel, monkeypatch: pytest.MonkeyPatch) -> None:
     """backoff inside stamina inside tenacity: depths 1, 2, 3, each attempt the parent of the next level."""
-    import backoff._sync
-
     monkeypatch.setattr(backoff._sync, "time", SimpleNamespace(sleep=lambda s: None))
     BackoffInstrumentor().instrument(**with_tenacity.kwargs())
     try:
