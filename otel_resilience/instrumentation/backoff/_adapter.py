@@ -49,9 +49,9 @@ from otel_resilience.instrumentation._attempts import ProxiedAttempts, run_as_cu
 from otel_resilience.instrumentation._base import Patches
 
 _FACTORIES: Final = ("retry_exception", "retry_predicate")
-_SUCCESS: Final = "success"
-_GIVEUP: Final = "giveup"
-_BACKOFF: Final = "backoff"
+_SUCCESS: Final = "on_success"  # which of the closure's handler lists runs (not contract values)
+_GIVEUP: Final = "on_giveup"
+_BACKOFF: Final = "on_backoff"
 _NS: Final = 1_000_000_000
 _FRAMES_TO_SEARCH: Final = 8
 
