@@ -6,11 +6,16 @@ short-lived providers instead of the per-test `otel` fixture (hypothesis runs ma
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 from hypothesis import HealthCheck, settings
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
@@ -92,3 +97,244 @@ def _shallow(exc: BaseException | None, raised: list[BaseException]) -> tuple[An
         if exc is candidate:
             return ("raised", index)
     return (type(exc), str(exc))
+
+
+# --- deterministic workloads: what an app does, described so that two runs can be compared ---------------------------
+
+
+class TickingClock:
+    """A library's clock under the test's control, so breakers trip, wait out their timeout, probe and close again
+    without anybody sleeping. With `per_read` every reading is one second after the last (thread-safe: `next` on a
+    count), for tests where many threads share a breaker; otherwise it moves only when `advance()` is called, so
+    that extra readings (an adapter reading a state property that consults the clock) change nothing."""
+
+    def __init__(self, *, per_read: bool = False) -> None:
+        self._ticks = itertools.count()
+        self._per_read = per_read
+        self._now = 0
+        self._start = datetime(2024, 1, 1)
+
+    def advance(self, seconds: int = 1) -> None:
+        self._now += seconds
+
+    def seconds(self) -> float:
+        """For a library that reads ``time.monotonic()`` or ``time.time()``."""
+        return float(next(self._ticks) if self._per_read else self._now)
+
+    def datetime_class(self) -> type[datetime]:
+        """For a library that reads ``datetime.now()`` or ``datetime.utcnow()`` (naive, so that values compare
+        whichever of the two a library mixes)."""
+        clock = self
+
+        class TickingDatetime(datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+                return clock._start + timedelta(seconds=clock.seconds())
+
+            @classmethod
+            def utcnow(cls) -> datetime:  # type: ignore[override]
+                return cls.now()
+
+        return TickingDatetime
+
+
+def tenacity_workload(ops: int) -> list[Any]:
+    """`ops` calls of one retried function: some succeed at once, some after one or two failures, some exhaust the
+    policy, some fail with an error it does not retry. Returns what the app saw of each, with attempts and waits."""
+    import tenacity
+
+    calls: Counter[int] = Counter()
+    waits: list[float] = []
+
+    @tenacity.retry(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_exponential(multiplier=0.5),
+        retry=tenacity.retry_if_exception_type(ConnectionError),
+        sleep=waits.append,
+    )
+    def fetch(op: int) -> int:
+        calls[op] += 1
+        if calls[op] <= op % 4:
+            raise ConnectionError(f"op {op} down")
+        if op % 7 == 6:
+            raise KeyError(op)
+        return op * 2
+
+    seen: list[Any] = []
+    for op in range(ops):
+        try:
+            seen.append(("ok", fetch(op)))
+        except tenacity.RetryError as exc:
+            seen.append(("RetryError", repr(exc.last_attempt.exception())))
+        except Exception as exc:  # noqa: BLE001 - what the app saw
+            seen.append((type(exc).__name__, str(exc)))
+    return [seen, dict(calls), waits]
+
+
+def pybreaker_workload(ops: int) -> list[Any]:
+    """`ops` calls through one breaker whose dependency fails in bursts: trips, rejections, probes, recoveries
+    (its clock ticks one second per reading). Returns each call's outcome and the breaker's state after it."""
+    import pybreaker
+
+    breaker = pybreaker.CircuitBreaker(fail_max=2, reset_timeout=3, name="workload")
+    ran: list[int] = []
+
+    def dependency(op: int) -> int:
+        ran.append(op)
+        if (op // 5) % 2:
+            raise ConnectionError(f"op {op} down")
+        return op
+
+    clock = TickingClock()
+    with mock.patch.object(pybreaker, "datetime", clock.datetime_class()):
+        seen = _outcomes(ops, lambda op: breaker.call(dependency, op), lambda: (breaker._state.name, breaker.fail_counter), clock)
+    return [seen, ran]
+
+
+def _bursty(op: int) -> int:
+    """A breaker's dependency: fails in bursts of five calls."""
+    if (op // 5) % 2:
+        raise ConnectionError(f"op {op} down")
+    return op
+
+
+def _outcomes(
+    ops: int, call: Callable[[int], Any], state: Callable[[], Any], clock: TickingClock | None = None
+) -> list[Any]:
+    """What the app saw of ``call(op)`` for each op (the value, or the error's type and message) and `state()`
+    after it; `clock` moves one second per call."""
+    seen: list[Any] = []
+    for op in range(ops):
+        if clock is not None:
+            clock.advance()
+        try:
+            outcome: Any = ("ok", call(op))
+        except Exception as exc:  # noqa: BLE001 - what the app saw
+            outcome = (type(exc).__name__, str(exc))
+        seen.append((outcome, state()))
+    return seen
+
+
+def backoff_workload(ops: int) -> list[Any]:
+    """backoff's on_exception and on_predicate with a recorded sleep and a ticking clock (decorated in the
+    workload, so after instrumentation when instrumented)."""
+    import backoff
+    import backoff._sync
+
+    calls: Counter[int] = Counter()
+    waits: list[float] = []
+
+    @backoff.on_exception(backoff.expo, ConnectionError, max_tries=3, jitter=None)
+    def fetch(op: int) -> int:
+        calls[op] += 1
+        if calls[op] <= op % 4:
+            raise ConnectionError(f"op {op} down")
+        if op % 7 == 6:
+            raise KeyError(op)
+        return op * 2
+
+    @backoff.on_predicate(backoff.constant, lambda value: value is None, max_tries=2, interval=0.5, jitter=None)
+    def poll(op: int) -> int | None:
+        calls[-op - 1] += 1
+        return None if op % 3 == 0 else op
+
+    fake_time = SimpleNamespace(sleep=waits.append)
+    fake_datetime = SimpleNamespace(datetime=TickingClock(per_read=True).datetime_class())
+    with mock.patch.object(backoff._sync, "time", fake_time), mock.patch.object(backoff._sync, "datetime", fake_datetime):
+        seen = _outcomes(ops, fetch, lambda: None) + _outcomes(ops, poll, lambda: None)
+    return [seen, dict(calls), waits]
+
+
+def retrying_workload(ops: int) -> list[Any]:
+    """retrying's decorator with an attempt limit, a fixed wait (recorded, not slept) and an error it does not
+    retry."""
+    import retrying
+
+    calls: Counter[int] = Counter()
+    waits: list[float] = []
+
+    @retrying.retry(
+        stop_max_attempt_number=3, wait_fixed=500, retry_on_exception=lambda exc: isinstance(exc, ConnectionError)
+    )
+    def fetch(op: int) -> int:
+        calls[op] += 1
+        if calls[op] <= op % 4:
+            raise ConnectionError(f"op {op} down")
+        if op % 7 == 6:
+            raise KeyError(op)
+        return op * 2
+
+    clock = TickingClock(per_read=True)
+    with mock.patch.object(retrying, "time", SimpleNamespace(sleep=waits.append, time=clock.seconds)):
+        seen = _outcomes(ops, fetch, lambda: None)
+    return [seen, dict(calls), waits]
+
+
+def circuitbreaker_workload(ops: int) -> list[Any]:
+    import circuitbreaker
+
+    breaker = circuitbreaker.CircuitBreaker(failure_threshold=2, recovery_timeout=3, name="workload")
+    guarded = breaker(_bursty)
+    clock = TickingClock()
+    with mock.patch.object(circuitbreaker, "monotonic", clock.seconds), mock.patch.object(
+        circuitbreaker, "datetime", clock.datetime_class()
+    ):
+        return _outcomes(ops, guarded, lambda: (breaker._state, breaker.failure_count), clock)
+
+
+def purgatory_workload(ops: int) -> list[Any]:
+    import purgatory
+    import purgatory.domain.model
+
+    factory = purgatory.SyncCircuitBreakerFactory(default_threshold=2, default_ttl=3)
+    guarded = factory("workload")(_bursty)
+    clock = TickingClock()
+    with mock.patch.object(purgatory.domain.model, "time", SimpleNamespace(time=clock.seconds)):
+        return _outcomes(ops, guarded, lambda: None, clock)
+
+
+def aiobreaker_workload(ops: int) -> list[Any]:
+    import aiobreaker
+    import aiobreaker.circuitbreaker
+    import aiobreaker.state
+
+    breaker = aiobreaker.CircuitBreaker(fail_max=2, timeout_duration=timedelta(seconds=3), name="workload")
+
+    async def dependency(op: int) -> int:
+        await asyncio.sleep(0)
+        return _bursty(op)
+
+    clock = TickingClock()
+
+    async def calls() -> list[Any]:
+        seen: list[Any] = []
+        for op in range(ops):
+            clock.advance()
+            try:
+                outcome: Any = ("ok", await breaker.call_async(dependency, op))
+            except Exception as exc:  # noqa: BLE001 - what the app saw
+                outcome = (type(exc).__name__, str(exc))
+            seen.append((outcome, breaker.current_state.name, breaker.fail_counter))
+        return seen
+
+    ticking = clock.datetime_class()
+    with mock.patch.object(aiobreaker.circuitbreaker, "datetime", ticking), mock.patch.object(
+        aiobreaker.state, "datetime", ticking
+    ):
+        return asyncio.run(calls())
+
+
+WORKLOADS: dict[str, Callable[[int], list[Any]]] = {
+    "tenacity": tenacity_workload,
+    "backoff": backoff_workload,
+    "retrying": retrying_workload,
+    "pybreaker": pybreaker_workload,
+    "circuitbreaker": circuitbreaker_workload,
+    "purgatory": purgatory_workload,
+    "aiobreaker": aiobreaker_workload,
+}
+"""Per library name: a deterministic workload of `ops` calls returning everything the app observed."""
+
+
+def run_workloads(ops: int) -> dict[str, Any]:
+    return {name: workload(ops) for name, workload in WORKLOADS.items()}

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any
 from unittest import mock
 
@@ -33,7 +31,7 @@ from otel_resilience import semconv
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel
-from tests.evidence import children, point_counts
+from tests.evidence import TickingClock, children, point_counts
 
 THREADS = 8
 OPS_PER_THREAD = 25
@@ -55,27 +53,9 @@ def both(otel: Otel) -> Iterator[Otel]:
     TenacityInstrumentor().uninstrument()
 
 
-class TickingClock:
-    """pybreaker's `datetime`: every reading is one second later than the last (thread-safe: `next` on a count)."""
-
-    def __init__(self) -> None:
-        self._ticks = itertools.count()
-        self._start = datetime(2024, 1, 1, tzinfo=timezone.utc)
-
-    def datetime_class(self) -> type[datetime]:
-        clock = self
-
-        class TickingDatetime(datetime):
-            @classmethod
-            def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
-                return clock._start + timedelta(seconds=next(clock._ticks))
-
-        return TickingDatetime
-
-
 @pytest.fixture
 def ticking_clock() -> Iterator[None]:
-    with mock.patch.object(pybreaker, "datetime", TickingClock().datetime_class()):
+    with mock.patch.object(pybreaker, "datetime", TickingClock(per_read=True).datetime_class()):
         yield
 
 
