@@ -138,6 +138,17 @@ class TickingClock:
         return TickingDatetime
 
 
+def _flaky(calls: Counter[int], op: int) -> int:
+    """A retried function's body: operation `op` fails ``op % 4`` times with an error retry policies retry, then
+    answers, except every seventh, which fails with an error they do not retry."""
+    calls[op] += 1
+    if calls[op] <= op % 4:
+        raise ConnectionError(f"op {op} down")
+    if op % 7 == 6:
+        raise KeyError(op)
+    return op * 2
+
+
 def tenacity_workload(ops: int) -> list[Any]:
     """`ops` calls of one retried function: some succeed at once, some after one or two failures, some exhaust the
     policy, some fail with an error it does not retry. Returns what the app saw of each, with attempts and waits."""
@@ -153,12 +164,7 @@ def tenacity_workload(ops: int) -> list[Any]:
         sleep=waits.append,
     )
     def fetch(op: int) -> int:
-        calls[op] += 1
-        if calls[op] <= op % 4:
-            raise ConnectionError(f"op {op} down")
-        if op % 7 == 6:
-            raise KeyError(op)
-        return op * 2
+        return _flaky(calls, op)
 
     seen: list[Any] = []
     for op in range(ops):
@@ -226,12 +232,7 @@ def backoff_workload(ops: int) -> list[Any]:
 
     @backoff.on_exception(backoff.expo, ConnectionError, max_tries=3, jitter=None)
     def fetch(op: int) -> int:
-        calls[op] += 1
-        if calls[op] <= op % 4:
-            raise ConnectionError(f"op {op} down")
-        if op % 7 == 6:
-            raise KeyError(op)
-        return op * 2
+        return _flaky(calls, op)
 
     @backoff.on_predicate(backoff.constant, lambda value: value is None, max_tries=2, interval=0.5, jitter=None)
     def poll(op: int) -> int | None:
@@ -257,12 +258,7 @@ def retrying_workload(ops: int) -> list[Any]:
         stop_max_attempt_number=3, wait_fixed=500, retry_on_exception=lambda exc: isinstance(exc, ConnectionError)
     )
     def fetch(op: int) -> int:
-        calls[op] += 1
-        if calls[op] <= op % 4:
-            raise ConnectionError(f"op {op} down")
-        if op % 7 == 6:
-            raise KeyError(op)
-        return op * 2
+        return _flaky(calls, op)
 
     clock = TickingClock(per_read=True)
     with mock.patch.object(retrying, "time", SimpleNamespace(sleep=waits.append, time=clock.seconds)):
