@@ -121,6 +121,29 @@ def failure_hook(subject_of: Callable[[Any, tuple[Any, ...]], object]) -> Callab
     return counted
 
 
+@never_raises
+def reported_transition(
+    telemetry: Telemetry,
+    subject: object,
+    previous: Any,
+    state: Any,
+    entry_outside_calls: Callable[[], BreakerEntry | None],
+) -> None:
+    """A library reported (told its listeners, or swapped its state object) `previous` → `state`, in any spelling
+    `normalise_state` takes. Counted once, with the event on the span of the call through `subject` that caused it;
+    with no call of ours running (``breaker.open()`` by hand, a state refreshed from shared storage), counted against
+    ``entry_outside_calls()`` (None: left to be seen at the next call)."""
+    if not telemetry.recording():
+        return
+    previous, state = normalise_state(previous), normalise_state(state)
+    if previous is None or state is None:
+        return
+    call = current_call(subject)
+    entry = call.entry if call is not None else entry_outside_calls()
+    if entry is not None:
+        entry.transition(telemetry, previous, state, call)
+
+
 class BreakerCall:
     """One call through a breaker. Created by `Telemetry.start_breaker_call`."""
 
@@ -274,9 +297,12 @@ def run_call(
     settle: Settle,
     *,
     follow_generators: bool = False,
+    generator_is_block: bool = False,
 ) -> T:
     """Run ``fn(*args, **kwargs)`` with `call` current, then `settle` it. With `follow_generators`, a generator
-    returned by `fn` (a library that judges a guarded generator as it is consumed) carries the call on."""
+    returned by `fn` (a library that judges a guarded generator as it is consumed) carries the call on; with
+    `generator_is_block` too, that generator is the library's with-block (pybreaker's ``calling()``), and the call
+    stays current through the block's body (`continue_block`)."""
     token = activated(call)
     try:
         result = fn(*args, **kwargs)
@@ -285,9 +311,29 @@ def run_call(
         raise
     deactivated(call, token)
     if follow_generators and type(result) is GeneratorType:  # as the libraries test it; an ABC check costs more
+        if generator_is_block:
+            return continue_block(call, result, settle)  # type: ignore[return-value]
         return continue_generator(call, result, settle)  # type: ignore[return-value]
     settle(call, None)
     return result
+
+
+def continue_block(call: BreakerCall, gen: Generator[Any, Any, T], settle: Settle) -> Generator[Any, Any, T]:
+    """Drive the generator behind a generator-based with-block (``contextlib.contextmanager``): the call is current
+    from the block's start to its end, the body included (it is the guarded code), and ends with the block. A block
+    is entered and left in order within its thread or task, so this attach and detach pair up."""
+    call.enter()
+    error: BaseException | None = None
+    try:
+        return (yield from gen)
+    except GeneratorExit:
+        raise  # the block was abandoned, not failed
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        call.leave()
+        settle(call, error)
 
 
 async def run_coroutine(

@@ -37,6 +37,7 @@ from otel_resilience.core.breaker import (
     current_call,
     failure_hook,
     normalise_state,
+    reported_transition,
     run_call,
     run_coroutine,
 )
@@ -136,18 +137,9 @@ class AioBreakerAdapter:
     def _new_state(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         new_state = wrapped(*args, **kwargs)
         notify = kwargs["notify"] if "notify" in kwargs else len(args) > 2 and args[2]
-        if notify:
-            self._transition(instance, kwargs["prev_state"] if "prev_state" in kwargs else args[1], new_state)
+        prev_state = kwargs["prev_state"] if "prev_state" in kwargs else (args[1] if len(args) > 1 else None)
+        if notify and prev_state is not None:
+            reported_transition(
+                self.telemetry, instance, prev_state.state, new_state.state, lambda: self._entry(instance, None)
+            )
         return new_state
-
-    @never_raises
-    def _transition(self, breaker: CircuitBreaker, prev_state: CircuitBreakerBaseState | None, new_state: CircuitBreakerBaseState) -> None:
-        if prev_state is None or not self.telemetry.recording():
-            return
-        previous, state = normalise_state(prev_state.state), normalise_state(new_state.state)
-        if previous is None or state is None:
-            return
-        call = current_call(breaker)
-        # No call of ours running (`breaker.open()` by hand, a state refreshed from storage): counted all the same.
-        entry = call.entry if call is not None else self._entry(breaker, None)
-        entry.transition(self.telemetry, previous, state, call)

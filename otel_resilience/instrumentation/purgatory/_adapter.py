@@ -33,7 +33,14 @@ from purgatory.service._sync.repository import SyncInMemoryRepository
 
 from otel_resilience import semconv
 from otel_resilience.core import REGISTRY, Telemetry, never_raises
-from otel_resilience.core.breaker import BreakerCall, any_active_call, current_call, failure_hook, normalise_state
+from otel_resilience.core.breaker import (
+    BreakerCall,
+    any_active_call,
+    current_call,
+    failure_hook,
+    normalise_state,
+    reported_transition,
+)
 from otel_resilience.core.registry import StateReader
 from otel_resilience.instrumentation._base import Patches
 
@@ -170,14 +177,6 @@ class PurgatoryAdapter:
     def _set_state(self, wrapped: Callable[..., Any], instance: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         previous = instance.state
         result = wrapped(*args, **kwargs)
-        self._transition(instance, previous)
+        # Outside a call of ours the change is seen at the next call, against the state last seen.
+        reported_transition(self.telemetry, instance, previous, instance.state, lambda: None)
         return result
-
-    @never_raises
-    def _transition(self, context: Context, previous_name: str) -> None:
-        call = current_call(context)
-        if call is None:
-            return  # not inside a call of ours: seen at the next call, against the state last seen
-        previous, state = normalise_state(previous_name), normalise_state(context.state)
-        if previous is not None and state is not None:
-            call.entry.transition(self.telemetry, previous, state, call)

@@ -37,6 +37,7 @@ from otel_resilience.core.breaker import (
     current_call,
     failure_hook,
     normalise_state,
+    reported_transition,
     run_call,
 )
 from otel_resilience.core.naming import breaker_name, caller_names
@@ -134,18 +135,9 @@ class PyBreakerAdapter:
         self, wrapped: Callable[..., Any], instance: pybreaker.CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         new_state = wrapped(*args, **kwargs)
-        if kwargs.get("notify"):
-            self._transition(instance, kwargs.get("prev_state"), new_state)
+        prev_state = kwargs.get("prev_state")
+        if kwargs.get("notify") and prev_state is not None:
+            reported_transition(
+                self.telemetry, instance, prev_state.name, new_state.name, lambda: self._entry(instance, None)
+            )
         return new_state
-
-    @never_raises
-    def _transition(self, breaker: pybreaker.CircuitBreaker, prev_state: Any, new_state: Any) -> None:
-        if prev_state is None or not self.telemetry.recording():
-            return
-        previous, state = normalise_state(prev_state.name), normalise_state(new_state.name)
-        if previous is None or state is None:
-            return
-        call = current_call(breaker)
-        # No call of ours running (`breaker.open()` by hand, a state refreshed from storage): counted all the same.
-        entry = call.entry if call is not None else self._entry(breaker, None)
-        entry.transition(self.telemetry, previous, state, call)
