@@ -84,8 +84,13 @@ def describe(exc: BaseException | None, raised: list[BaseException]) -> tuple[An
         if exc is candidate:
             return ("raised", index)
     last_attempt = getattr(exc, "last_attempt", None)
+    wrapped: Any = None
     if isinstance(last_attempt, Future):  # tenacity's RetryError: its message shows the future's address
         wrapped = describe(last_attempt.exception(), raised) if last_attempt.failed else ("value", last_attempt.result())
+    elif hasattr(last_attempt, "has_exception"):  # retrying's RetryError: its message quotes the formatted traceback
+        error = last_attempt.value[1] if last_attempt.has_exception else None
+        wrapped = (describe(error, raised) if error is not None else ("value", last_attempt.value), last_attempt.attempt_number)
+    if wrapped is not None:
         return (type(exc), wrapped, _shallow(exc.__cause__, raised), _shallow(exc.__context__, raised))
     return (type(exc), str(exc), _shallow(exc.__cause__, raised), _shallow(exc.__context__, raised))
 
