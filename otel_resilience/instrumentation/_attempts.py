@@ -5,6 +5,9 @@ retry it (and with which wait) or give up. The adapter hands the loop a stand-in
 `ProxiedAttempts`: the attempt span is current while the function runs (so the app's own spans, and retries nested in
 it, hang under it), and the attempt is reported as ended once the library's verdict is known (`reject`, `close` with
 the chosen wait), with the time the function really returned.
+
+`run_as_current` / `run_as_current_async` bracket a library's whole loop for every adapter whose hooks find the call
+in a context variable, stand-in or not (tenacity's call forms and aiohttp-retry use them too).
 """
 
 from __future__ import annotations
@@ -121,7 +124,8 @@ F = TypeVar("F", bound=Finishing)
 
 def run_as_current(var: ContextVar[F | None], call: F, loop: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run the library's retry loop with `call` in `var` (where the hooks inside the loop find it: per thread and per
-    task), then `call.finish()` with whatever escaped."""
+    task), then `call.finish()` with whatever escaped. Every adapter that brackets a library's loop this way (backoff,
+    retrying, tenacity's call forms, aiohttp-retry) uses this one bracket, so that they all end the call alike."""
     token = var.set(call)
     try:
         value = loop(*args, **kwargs)

@@ -32,6 +32,7 @@ from yarl import URL
 
 from otel_resilience import semconv
 from otel_resilience.core import Telemetry, errors, http, never_raises
+from otel_resilience.instrumentation._attempts import run_as_current_async
 from otel_resilience.instrumentation._base import Patches
 
 _CONTRIB_MARK: Final = "_is_instrumented_by_opentelemetry"
@@ -153,7 +154,9 @@ class _Run:
     @never_raises
     def finish(self, error: BaseException | None) -> None:
         """The loop returned the last response (`error` None) or raised (the last attempt's error, the error
-        ``raise_for_status`` raised on the last response, or a cancellation)."""
+        ``raise_for_status`` raised on the last response, or a cancellation): the context gets the app's request
+        function and options back, and the request ends."""
+        self.restore()
         if errors.is_abort(error):
             result: str | None = semconv.RESULT_ABORTED
         elif self.status is not None:
@@ -199,14 +202,7 @@ class AiohttpRetryAdapter:
         run = self._start(context)
         if run is None:
             return await wrapped(*args, **kwargs)
-        token = _RUN.set(run)
-        try:
-            response = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            self._end(run, token, exc)
-            raise
-        self._end(run, token, None)
-        return response
+        return await run_as_current_async(_RUN, run, wrapped, args, kwargs)
 
     @never_raises
     def _start(self, context: Any) -> _Run | None:
@@ -219,12 +215,6 @@ class AiohttpRetryAdapter:
         run = _Run(request, context)
         run.install()
         return run
-
-    @staticmethod
-    def _end(run: _Run, token: contextvars.Token[_Run | None], error: BaseException | None) -> None:
-        _RUN.reset(token)
-        run.restore()
-        run.finish(error)
 
     async def _request_start(self, wrapped: Callable[..., Any], trace: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``Trace.send_request_start``: after contrib's ``on_request_start`` ran, its span for this attempt is current."""

@@ -32,6 +32,7 @@ from otel_resilience import semconv
 from otel_resilience.core import RetryOperation, Telemetry, never_raises
 from otel_resilience.core.claims import current_claim
 from otel_resilience.core.naming import caller_names, callable_names
+from otel_resilience.instrumentation._attempts import run_as_current, run_as_current_async
 from otel_resilience.instrumentation._base import Patches
 
 _SKIPPED_FRAMES: Final = ("tenacity",)
@@ -183,16 +184,7 @@ class TenacityAdapter:
         run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
         if run is None:
             return wrapped(*args, **kwargs)
-        token = _RUN.set(run)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            run.finish(exc)
-            raise
-        finally:
-            _RUN.reset(token)
-        run.finish(None)
-        return result
+        return run_as_current(_RUN, run, wrapped, args, kwargs)
 
     def _async_call(
         self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -208,16 +200,7 @@ class TenacityAdapter:
         run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
         if run is None:
             return await wrapped(*args, **kwargs)
-        token = _RUN.set(run)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            run.finish(exc)
-            raise
-        finally:
-            _RUN.reset(token)
-        run.finish(None)
-        return result
+        return await run_as_current_async(_RUN, run, wrapped, args, kwargs)
 
     # --- operations: iterator forms --------------------------------------------------------------------------
 
