@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.collector import RotelCollector, collector_or_skip
 
 
 @dataclass
@@ -57,3 +61,24 @@ def otel() -> Iterator[Otel]:
     yield Otel(tracer_provider, meter_provider, exporter, reader)
     tracer_provider.shutdown()
     meter_provider.shutdown()
+
+
+def instrumented_fixture(instrumentor: type[BaseInstrumentor]) -> Callable[..., Iterator[Otel]]:
+    """A fixture that instruments with `instrumentor` against the test's SDK (`otel`) and uninstruments afterwards;
+    a test module takes it as ``instrumented = instrumented_fixture(SomeInstrumentor)``."""
+
+    @pytest.fixture
+    def instrumented(otel: Otel) -> Iterator[Otel]:
+        instrumentor().instrument(**otel.kwargs())
+        yield otel
+        instrumentor().uninstrument()
+
+    return instrumented
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[RotelCollector]:
+    """A real collector (rotel) on loopback for the end-to-end tests, stopped afterwards (see `collector_or_skip`)."""
+    started = collector_or_skip(tmp_path)
+    yield started
+    started.stop()

@@ -144,18 +144,6 @@ def assert_no_client_in_client(spans: Sequence[ReadableSpan]) -> None:
             assert parent.kind is not SpanKind.CLIENT, f"CLIENT {span.name} inside CLIENT {parent.name}"
 
 
-def instrumented_fixture(instrumentor: type[Any]) -> Any:
-    """A fixture instrumenting with `instrumentor` against the test's SDK (`otel`), uninstrumented afterwards."""
-
-    @pytest.fixture
-    def instrumented(otel: Any) -> Iterator[Any]:
-        instrumentor().instrument(**otel.kwargs())
-        yield otel
-        instrumentor().uninstrument()
-
-    return instrumented
-
-
 def loopback_attempt(port: int, number: int, path: str = "/", **extra: Any) -> dict[str, Any]:
     """The attributes of our CLIENT span for attempt `number` of a GET to ``127.0.0.1:{port}{path}``, plus `extra`."""
     attributes: dict[str, Any] = {

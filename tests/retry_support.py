@@ -1,4 +1,4 @@
-"""Helpers shared by the tests of the retry libraries built on a stand-in or on tenacity (backoff, retrying, stamina)."""
+"""Helpers shared by the tests of the retry libraries (tenacity, backoff, retrying, stamina)."""
 
 from __future__ import annotations
 

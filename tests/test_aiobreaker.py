@@ -35,7 +35,7 @@ from tests.breaker_checks import (
     summary,
     transitions,
 )
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
 
 REFUSED = "aiobreaker.state.CircuitBreakerError"
 CYCLE = cycle(tripped=REFUSED, refused=REFUSED)  # aiobreaker raises its own error on a trip and a failed probe
@@ -46,11 +46,7 @@ def collected() -> None:
     gc.collect()  # breakers of earlier tests, kept in cycles by their exceptions' tracebacks, leave the registry
 
 
-@pytest.fixture
-def instrumented(otel: Otel) -> Iterator[Otel]:
-    AioBreakerInstrumentor().instrument(**otel.kwargs())
-    yield otel
-    AioBreakerInstrumentor().uninstrument()
+instrumented = instrumented_fixture(AioBreakerInstrumentor)
 
 
 def timeout_elapsed(breaker: CircuitBreaker) -> None:

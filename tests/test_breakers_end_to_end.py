@@ -5,14 +5,11 @@ span names, scopes, kinds, parentage, attributes, status and state-change events
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.breaker_checks import CYCLE_CALLS, CYCLE_TRANSITIONS
-from tests.collector import Metric, RotelCollector, Span, collector_or_skip
+from tests.collector import Metric, RotelCollector, Span
 from tests.processes import LAUNCHER, checked, clean_env, run
 
 APP = Path(__file__).resolve().parent / "_breakers_app.py"
@@ -23,13 +20,6 @@ BREAKERS = {  # name: (library, what a tripping call and a failed probe raise, w
     "aio-directory": ("aiobreaker", "aiobreaker.state.CircuitBreakerError", "aiobreaker.state.CircuitBreakerError"),
     "pg-stock": ("purgatory", DOWN, "purgatory.domain.model.OpenedState"),
 }
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[RotelCollector]:
-    started = collector_or_skip(tmp_path)
-    yield started
-    started.stop()
 
 
 def _complete(spans: list[Span], metrics: list[Metric]) -> tuple[list[Span], list[Metric]] | None:

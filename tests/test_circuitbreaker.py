@@ -34,7 +34,7 @@ from tests.breaker_checks import (
     summary,
     transitions,
 )
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
 
 REFUSED = "circuitbreaker.CircuitBreakerError"
 CYCLE = cycle(tripped="ConnectionError", refused=REFUSED)  # circuitbreaker re-raises the original error on a trip
@@ -52,11 +52,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
-@pytest.fixture
-def instrumented(otel: Otel) -> Iterator[Otel]:
-    CircuitBreakerInstrumentor().instrument(**otel.kwargs())
-    yield otel
-    CircuitBreakerInstrumentor().uninstrument()
+instrumented = instrumented_fixture(CircuitBreakerInstrumentor)
 
 
 def make_charge(name: str = "payments") -> Callable[[bool], str]:

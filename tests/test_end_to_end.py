@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.collector import Metric, RotelCollector, Span, collector_or_skip, parse
+from tests.collector import Metric, RotelCollector, Span, parse
 from tests.processes import LAUNCHER, SERVICE, checked, clean_env, run
 
 PROTOCOLS = ("grpc", "http/protobuf")
 DOWN = "__main__.DependencyDown"
 BREAKER_ERROR = "pybreaker.CircuitBreakerError"
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[RotelCollector]:
-    started = collector_or_skip(tmp_path)
-    yield started
-    started.stop()
 
 
 def _endpoint(collector: RotelCollector, protocol: str) -> str:

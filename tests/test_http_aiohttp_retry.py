@@ -18,7 +18,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_resilience import semconv
 from otel_resilience.instrumentation.aiohttp_retry import AiohttpRetryInstrumentor
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
 from tests.http_support import (
     Reply,
     ScriptedServer,
@@ -27,7 +27,6 @@ from tests.http_support import (
     client_spans,
     closed_port,
     events_named,
-    instrumented_fixture,
     loopback_attempt,
     server,
     traceparent_of,

@@ -5,12 +5,11 @@ itself uses requests) to a real collector (rotel). Alone, and beside contrib's r
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.collector import RotelCollector, Span, collector_or_skip
+from tests.collector import RotelCollector, Span
 from tests.http_support import Reply, ScriptedServer, server
 from tests.processes import LAUNCHER, checked, clean_env, run
 
@@ -27,13 +26,6 @@ session = requests.Session()
 session.mount("http://", HTTPAdapter(max_retries=Retry(total=3, status_forcelist=[503], backoff_factor=0)))
 print(session.get(sys.argv[1]).status_code)
 """
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[RotelCollector]:
-    started = collector_or_skip(tmp_path)
-    yield started
-    started.stop()
 
 
 @pytest.mark.parametrize("contrib", [False, True], ids=["alone", "beside contrib"])

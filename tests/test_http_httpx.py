@@ -17,7 +17,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_resilience import semconv
 from otel_resilience.instrumentation.httpx import HttpxRetryInstrumentor
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
 from tests.http_support import (
     Reply,
     ScriptedServer,
@@ -26,7 +26,6 @@ from tests.http_support import (
     client_spans,
     closed_port,
     events_named,
-    instrumented_fixture,
     loopback_attempt,
     server,
     traceparent_of,

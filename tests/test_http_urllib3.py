@@ -21,7 +21,7 @@ from urllib3.util.retry import Retry
 
 from otel_resilience import semconv
 from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
 from tests.http_support import (
     Reply,
     ScriptedServer,
@@ -30,7 +30,6 @@ from tests.http_support import (
     client_spans,
     closed_port,
     events_named,
-    instrumented_fixture,
     loopback_attempt,
     server,
     traceparent_of,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,7 +36,7 @@ from tests.breaker_checks import (
     summary,
     transitions,
 )
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
 
 REFUSED = "purgatory.domain.model.OpenedState"
 CYCLE = cycle(tripped="ConnectionError", refused=REFUSED)
@@ -51,11 +51,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
-@pytest.fixture
-def instrumented(otel: Otel) -> Iterator[Otel]:
-    PurgatoryInstrumentor().instrument(**otel.kwargs())
-    yield otel
-    PurgatoryInstrumentor().uninstrument()
+instrumented = instrumented_fixture(PurgatoryInstrumentor)
 
 
 def charge(fail: bool) -> str:

@@ -17,14 +17,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from otel_resilience import semconv
 from otel_resilience.core import breakers
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
 
 
-@pytest.fixture
-def instrumented(otel: Otel) -> Iterator[Otel]:
-    PyBreakerInstrumentor().instrument(**otel.kwargs())
-    yield otel
-    PyBreakerInstrumentor().uninstrument()
+instrumented = instrumented_fixture(PyBreakerInstrumentor)
 
 
 def down() -> None:

@@ -7,13 +7,12 @@ the tenacity scope, although tenacity is instrumented too)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.collector import Metric, RotelCollector, Span, collector_or_skip
+from tests.collector import Metric, RotelCollector, Span
 from tests.processes import LAUNCHER, checked, clean_env, run
 
 APP = Path(__file__).resolve().parent / "_retry_libs_app.py"
@@ -21,13 +20,6 @@ DOWN = "__main__.DependencyDown"
 ERROR, UNSET = "STATUS_CODE_ERROR", "STATUS_CODE_UNSET"
 BACKOFF, STAMINA = "otel_resilience.backoff", "otel_resilience.stamina"
 SPANS = 23  # the four stories: 5 + 4 + 10 + 4 spans (the app's own span, operations, attempts)
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[RotelCollector]:
-    started = collector_or_skip(tmp_path)
-    yield started
-    started.stop()
 
 
 def _complete(spans: list[Span], metrics: list[Metric]) -> tuple[list[Span], list[Metric]] | None:

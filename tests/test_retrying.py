@@ -4,7 +4,7 @@ instrumentation) and ``Retrying(...).call(fn)``."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +16,7 @@ from retrying import RetryError, Retrying, retry
 
 from otel_resilience import semconv
 from otel_resilience.instrumentation.retrying import RetryingInstrumentor
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
 from tests.retry_support import (
     Flaky,
     Sleeps,
@@ -28,11 +28,7 @@ from tests.retry_support import (
 )
 
 
-@pytest.fixture
-def instrumented(otel: Otel) -> Iterator[Otel]:
-    RetryingInstrumentor().instrument(**otel.kwargs())
-    yield otel
-    RetryingInstrumentor().uninstrument()
+instrumented = instrumented_fixture(RetryingInstrumentor)
 
 
 class Clock:

@@ -24,7 +24,7 @@ from otel_resilience import semconv
 from otel_resilience.instrumentation.backoff import BackoffInstrumentor
 from otel_resilience.instrumentation.stamina import StaminaInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
 from tests.retry_support import (
     AsyncFlaky,
     Flaky,
@@ -37,11 +37,7 @@ from tests.retry_support import (
 )
 
 
-@pytest.fixture
-def instrumented(otel: Otel) -> Iterator[Otel]:
-    StaminaInstrumentor().instrument(**otel.kwargs())
-    yield otel
-    StaminaInstrumentor().uninstrument()
+instrumented = instrumented_fixture(StaminaInstrumentor)
 
 
 @pytest.fixture

@@ -5,14 +5,13 @@ scripts, which configure the same through code."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from otel_resilience.targets import BREAKER_TARGETS_ENV, RETRY_TARGETS_ENV
-from tests.collector import RotelCollector, Span, collector_or_skip
+from tests.collector import RotelCollector, Span
 from tests.processes import LAUNCHER, ROOT, checked, clean_env, run
 
 EXAMPLES = ROOT / "examples"
@@ -44,13 +43,6 @@ for _ in range(2):
     except Exception as exc:
         print(type(exc).__name__)
 """
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[RotelCollector]:
-    started = collector_or_skip(tmp_path)
-    yield started
-    started.stop()
 
 
 def _launch(app: Path, **env: str) -> str:

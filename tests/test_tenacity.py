@@ -4,58 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import tenacity
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
 from otel_resilience import semconv
 from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
-from tests.conftest import Otel
+from tests.conftest import Otel, instrumented_fixture
+from tests.retry_support import Flaky, by_name, operation_and_attempts
 
 NO_WAIT = tenacity.wait_none()
 
 
-@pytest.fixture
-def instrumented(otel: Otel) -> Iterator[Otel]:
-    TenacityInstrumentor().instrument(**otel.kwargs())
-    yield otel
-    TenacityInstrumentor().uninstrument()
-
-
-class Flaky:
-    """Fails `failures` times with ConnectionError, then returns `value`; counts calls."""
-
-    def __init__(self, failures: int, value: Any = "ok") -> None:
-        self.failures = failures
-        self.value = value
-        self.calls = 0
-
-    def __call__(self) -> Any:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise ConnectionError(f"down {self.calls}")
-        return self.value
-
-
-def by_name(otel: Otel, name: str) -> list[ReadableSpan]:
-    return [s for s in otel.spans() if s.name == name]
-
-
-def operation_and_attempts(otel: Otel, qualname: str) -> tuple[ReadableSpan, list[ReadableSpan]]:
-    op = otel.span(f"retry {qualname}")
-    attempts = sorted(by_name(otel, qualname), key=lambda s: s.attributes[semconv.RETRY_ATTEMPT])
-    for attempt in attempts:
-        assert attempt.parent is not None and attempt.parent.span_id == op.context.span_id
-        assert attempt.context.trace_id == op.context.trace_id
-        assert attempt.kind is SpanKind.INTERNAL
-    assert op.kind is SpanKind.INTERNAL
-    return op, attempts
+instrumented = instrumented_fixture(TenacityInstrumentor)
 
 
 def fetch_user_factory(flaky: Flaky) -> Any:
