@@ -8,7 +8,7 @@ the ratio instrumented ÷ hand-built is what the instrumentation costs beyond it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,7 +20,7 @@ from opentelemetry.trace import Status, StatusCode
 from purgatory import SyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
-from benchmarks.conftest import Sdk, variant
+from benchmarks.conftest import Sdk, instrumented_fixtures, variant
 from otel_resilience import semconv
 from otel_resilience.instrumentation._base import ResilienceInstrumentor
 from otel_resilience.instrumentation.aiobreaker import AioBreakerInstrumentor
@@ -113,22 +113,11 @@ def scenario(group: str) -> Scenario:
     return LIBRARIES[library][0](state)
 
 
-def instrumentor(group: str) -> ResilienceInstrumentor:
-    return LIBRARIES[group.split()[0]][1]()
+def instrumentor(request: pytest.FixtureRequest) -> ResilienceInstrumentor:
+    return LIBRARIES[request.node.callspec.params["group"].split()[0]][1]()
 
 
-@pytest.fixture
-def instrumented(request: pytest.FixtureRequest, sdk: Sdk) -> Iterator[Sdk]:
-    instrumentor(request.node.callspec.params["group"]).instrument(**sdk.kwargs())
-    yield sdk
-    instrumentor(request.node.callspec.params["group"]).uninstrument()
-
-
-@pytest.fixture
-def instrumented_no_sdk(request: pytest.FixtureRequest) -> Iterator[None]:
-    instrumentor(request.node.callspec.params["group"]).instrument()
-    yield
-    instrumentor(request.node.callspec.params["group"]).uninstrument()
+instrumented, instrumented_no_sdk = instrumented_fixtures(instrumentor)
 
 
 @pytest.mark.parametrize("group", SCENARIOS)

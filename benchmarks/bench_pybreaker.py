@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pybreaker
 import pytest
 from opentelemetry.trace import Status, StatusCode
 
-from benchmarks.conftest import Sdk, variant
+from benchmarks.conftest import Sdk, instrumented_fixtures, variant
 from otel_resilience import semconv
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 
@@ -37,18 +37,7 @@ def calling(breaker: pybreaker.CircuitBreaker) -> Callable[[], Any]:
     return call
 
 
-@pytest.fixture
-def instrumented(sdk: Sdk) -> Iterator[Sdk]:
-    PyBreakerInstrumentor().instrument(**sdk.kwargs())
-    yield sdk
-    PyBreakerInstrumentor().uninstrument()
-
-
-@pytest.fixture
-def instrumented_no_sdk() -> Iterator[None]:
-    PyBreakerInstrumentor().instrument()
-    yield
-    PyBreakerInstrumentor().uninstrument()
+instrumented, instrumented_no_sdk = instrumented_fixtures(lambda _request: PyBreakerInstrumentor())
 
 
 @pytest.mark.parametrize("state", STATES)

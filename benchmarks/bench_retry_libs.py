@@ -20,7 +20,7 @@ import stamina
 import tenacity.nap
 from stamina.instrumentation import set_on_retry_hooks
 
-from benchmarks.conftest import Sdk, hand_built_retry, make_work, variant
+from benchmarks.conftest import Sdk, hand_built_retry, instrumented_fixtures, make_work, variant
 from otel_resilience.instrumentation._base import ResilienceInstrumentor
 from otel_resilience.instrumentation.backoff import BackoffInstrumentor
 from otel_resilience.instrumentation.stamina import StaminaInstrumentor
@@ -65,18 +65,7 @@ def instrumentor(request: pytest.FixtureRequest) -> ResilienceInstrumentor:
     return LIBRARIES[request.node.callspec.params["group"].split()[0]][1]()
 
 
-@pytest.fixture
-def instrumented(request: pytest.FixtureRequest, sdk: Sdk) -> Iterator[Sdk]:
-    instrumentor(request).instrument(**sdk.kwargs())
-    yield sdk
-    instrumentor(request).uninstrument()
-
-
-@pytest.fixture
-def instrumented_no_sdk(request: pytest.FixtureRequest) -> Iterator[None]:
-    instrumentor(request).instrument()
-    yield
-    instrumentor(request).uninstrument()
+instrumented, instrumented_no_sdk = instrumented_fixtures(instrumentor)
 
 
 @pytest.mark.parametrize("group", GROUPS)

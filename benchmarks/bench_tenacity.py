@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import tenacity
 
-from benchmarks.conftest import Sdk, hand_built_retry, make_work, variant
+from benchmarks.conftest import Sdk, hand_built_retry, instrumented_fixtures, make_work, variant
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 
 FAILURES = {"first_try": 0, "fail_twice": 2}
@@ -22,18 +22,7 @@ def decorated(work: Callable[[], str]) -> Callable[[], str]:
     return tenacity.retry(stop=tenacity.stop_after_attempt(5), wait=tenacity.wait_fixed(0.1), sleep=_no_sleep)(work)
 
 
-@pytest.fixture
-def instrumented(sdk: Sdk) -> Iterator[Sdk]:
-    TenacityInstrumentor().instrument(**sdk.kwargs())
-    yield sdk
-    TenacityInstrumentor().uninstrument()
-
-
-@pytest.fixture
-def instrumented_no_sdk() -> Iterator[None]:
-    TenacityInstrumentor().instrument()
-    yield
-    TenacityInstrumentor().uninstrument()
+instrumented, instrumented_no_sdk = instrumented_fixtures(lambda _request: TenacityInstrumentor())
 
 
 @pytest.mark.parametrize("scenario", FAILURES)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -46,6 +47,28 @@ def sdk() -> Iterator[Sdk]:
     yield Sdk(tracer_provider, meter_provider)
     tracer_provider.shutdown()
     meter_provider.shutdown()
+
+
+def instrumented_fixtures(
+    instrumentor: Callable[[pytest.FixtureRequest], BaseInstrumentor],
+) -> tuple[Callable[..., Iterator[Sdk]], Callable[..., Iterator[None]]]:
+    """The ``instrumented`` (with the test's `sdk`) and ``instrumented_no_sdk`` (no SDK configured) fixtures of a
+    benchmark module: `instrumentor(request)` gives the instrumentor for the test, uninstrumented afterwards. A module
+    takes them as ``instrumented, instrumented_no_sdk = instrumented_fixtures(...)``."""
+
+    @pytest.fixture
+    def instrumented(request: pytest.FixtureRequest, sdk: Sdk) -> Iterator[Sdk]:
+        instrumentor(request).instrument(**sdk.kwargs())
+        yield sdk
+        instrumentor(request).uninstrument()
+
+    @pytest.fixture
+    def instrumented_no_sdk(request: pytest.FixtureRequest) -> Iterator[None]:
+        instrumentor(request).instrument()
+        yield
+        instrumentor(request).uninstrument()
+
+    return instrumented, instrumented_no_sdk
 
 
 def variant(benchmark: object, group: str, name: str) -> None:
