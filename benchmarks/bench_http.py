@@ -26,7 +26,7 @@ from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from benchmarks.conftest import Sdk, variant
+from benchmarks.conftest import Sdk, instrumented_fixtures, variant
 from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
 
 SERVER = r"""
@@ -88,18 +88,7 @@ def getter(base_url: str, scenario: str) -> Callable[[], int]:
     return call
 
 
-@pytest.fixture
-def ours(sdk: Sdk) -> Iterator[Sdk]:
-    Urllib3RetryInstrumentor().instrument(**sdk.kwargs())
-    yield sdk
-    Urllib3RetryInstrumentor().uninstrument()
-
-
-@pytest.fixture
-def ours_no_sdk() -> Iterator[None]:
-    Urllib3RetryInstrumentor().instrument()
-    yield
-    Urllib3RetryInstrumentor().uninstrument()
+ours, ours_no_sdk = instrumented_fixtures(lambda _request: Urllib3RetryInstrumentor())
 
 
 @pytest.fixture
