@@ -13,26 +13,39 @@ The library's clock is patched, so timeouts elapse without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
+import aiobreaker
+import aiobreaker.circuitbreaker
+import aiobreaker.state
+import circuitbreaker
+import purgatory
+import purgatory.domain.model
 import pybreaker
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.trace import StatusCode
 
 from otel_resilience import semconv
+from otel_resilience.core.breaker import normalise_state
 from otel_resilience.core.errors import error_type
+from otel_resilience.instrumentation.aiobreaker import AioBreakerInstrumentor
+from otel_resilience.instrumentation.circuitbreaker import CircuitBreakerInstrumentor
+from otel_resilience.instrumentation.purgatory import PurgatoryInstrumentor
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from tests.conftest import Otel
-from tests.evidence import PROPERTY_SETTINGS, children, describe, instrumented, point_counts
+from tests.evidence import PROPERTY_SETTINGS, TickingClock, children, describe, instrumented, point_counts
 
 
 class Business(Exception):
@@ -110,11 +123,14 @@ class Run:
     records: list[CallRecord] = field(default_factory=list)
     raised: list[BaseException] = field(default_factory=list)
     escaped: list[BaseException | None] = field(default_factory=list)
+    counted: list[bool] = field(default_factory=list)  # the library counted the call's error as a failure
+    described: list[Any] = field(default_factory=list)  # each escaped error as the app saw it, while it was current
 
     def comparable(self) -> list[tuple[Any, ...]]:
+        described = self.described or [describe(e, self.raised) for e in self.escaped]
         return [
-            (describe(e, self.raised), r.outcome, r.ran, r.state_after, r.fail_counter, r.success_counter, r.transitions)
-            for r, e in zip(self.records, self.escaped, strict=True)
+            (d, r.outcome, r.ran, r.state_after, r.fail_counter, r.success_counter, r.transitions)
+            for r, d in zip(self.records, described, strict=True)
         ]
 
 
@@ -300,3 +316,243 @@ def test_pybreaker_behaves_identically_and_spans_tell_what_happened(form: str, c
         traced = run_pybreaker(config, script, otel.tracer_provider.get_tracer("test"))
     assert traced.comparable() == bare.comparable()
     check_spans(otel, config, traced)
+
+
+# --- every other breaker library ---------------------------------------------------------------------------------------
+#
+# circuitbreaker, aiobreaker and purgatory are driven through one loop. Their own accounts of state changes differ
+# (aiobreaker and purgatory notify, circuitbreaker derives half_open from its clock), so the spans are checked against
+# what every one of them shows: the state each call found and left, as the library resolves it, side-effect free.
+
+
+@dataclass(frozen=True)
+class Settings:
+    fail_max: int
+    reset_timeout: int
+    excluded: tuple[type[Exception], ...]
+
+
+settings_strategy = st.builds(
+    Settings,
+    fail_max=st.integers(1, 4),
+    reset_timeout=st.sampled_from([10, 60]),
+    excluded=st.sets(st.sampled_from([Business, ValueError])).map(tuple),
+)
+
+
+@dataclass
+class Guard:
+    """One breaker of a library, as the loop uses it."""
+
+    call: Callable[[int], Any]  # guarded call of the step's index (a coroutine for async forms)
+    state: Callable[[], str]  # the contract state, as the library has resolved it (no side effects)
+    failure_count: Callable[[], int | None]
+    counted: Callable[[BaseException], bool]  # whether the library counts this error as a failure
+
+
+@dataclass(frozen=True)
+class BreakerDriver:
+    instrumentor: type[BaseInstrumentor]
+    build: Callable[[Settings, str, Callable[[int], Any]], Guard]
+    """(settings, form, the guarded function of a step index) → the guard."""
+    forms: tuple[str, ...]
+    clock_patches: Callable[[TickingClock], list[tuple[Any, str, Any]]]
+    is_async: Callable[[str], bool]
+
+
+def build_circuitbreaker(settings: Settings, form: str, fn: Callable[[int], Any]) -> Guard:
+    counted = tuple(e for e in ERRORS if e not in settings.excluded)
+    breaker = circuitbreaker.CircuitBreaker(
+        failure_threshold=settings.fail_max, recovery_timeout=settings.reset_timeout, expected_exception=counted,
+        name="payments",
+    )
+    return Guard(
+        breaker(fn),
+        lambda: normalise_state(breaker.state) or "",
+        lambda: breaker.failure_count,
+        lambda exc: isinstance(exc, counted),
+    )
+
+
+def build_aiobreaker(settings: Settings, form: str, fn: Callable[[int], Any]) -> Guard:
+    breaker = aiobreaker.CircuitBreaker(
+        fail_max=settings.fail_max, timeout_duration=timedelta(seconds=settings.reset_timeout),
+        exclude=list(settings.excluded), name="payments",
+    )
+    call = breaker(fn) if form == "decorator" else (lambda index: breaker.call_async(fn, index))
+    return Guard(
+        call,
+        lambda: normalise_state(breaker.current_state) or "",
+        lambda: breaker.fail_counter,
+        lambda exc: isinstance(exc, Exception) and not isinstance(exc, settings.excluded),
+    )
+
+
+def build_purgatory(settings: Settings, form: str, fn: Callable[[int], Any]) -> Guard:
+    kwargs = {"default_threshold": settings.fail_max, "default_ttl": settings.reset_timeout,
+              "exclude": list(settings.excluded)}
+    factory: Any
+    if form == "async_decorator":
+        factory = purgatory.AsyncCircuitBreakerFactory(**kwargs)
+        call = factory("payments")(fn)
+    else:
+        factory = purgatory.SyncCircuitBreakerFactory(**kwargs)
+        call = factory("payments")(fn)
+        if form == "context":
+
+            def call(index: int) -> Any:
+                with factory.get_breaker("payments"):
+                    return fn(index)
+
+    def context() -> Any:
+        return factory.uow.contexts.breakers.get("payments")
+
+    return Guard(
+        call,
+        lambda: normalise_state(context().state) if context() is not None else semconv.STATE_CLOSED,
+        lambda: context().failure_count if context() is not None else 0,
+        lambda exc: not isinstance(exc, settings.excluded),
+    )
+
+
+BREAKERS = {
+    "circuitbreaker": BreakerDriver(
+        CircuitBreakerInstrumentor,
+        build_circuitbreaker,
+        ("decorator", "async_decorator"),
+        lambda clock: [(circuitbreaker, "monotonic", clock.seconds), (circuitbreaker, "datetime", clock.datetime_class())],
+        lambda form: form.startswith("async"),
+    ),
+    "aiobreaker": BreakerDriver(
+        AioBreakerInstrumentor,
+        build_aiobreaker,
+        ("call_async", "decorator"),
+        lambda clock: [
+            (aiobreaker.circuitbreaker, "datetime", clock.datetime_class()),
+            (aiobreaker.state, "datetime", clock.datetime_class()),
+        ],
+        lambda form: True,
+    ),
+    "purgatory": BreakerDriver(
+        PurgatoryInstrumentor,
+        build_purgatory,
+        ("decorator", "context", "async_decorator"),
+        lambda clock: [(purgatory.domain.model, "time", SimpleNamespace(time=clock.seconds))],
+        lambda form: form.startswith("async"),
+    ),
+}
+BREAKER_CASES = [(library, form) for library, driver in BREAKERS.items() for form in driver.forms]
+
+
+def run_breaker(driver: BreakerDriver, settings: Settings, form: str, script: list[Step], tracer: trace.Tracer | None = None) -> Run:
+    """The script through a fresh breaker, in one event loop (sync libraries are simply called from it)."""
+    clock = TickingClock()
+    run = Run()
+    is_async = driver.is_async(form)
+
+    def outcome_of(index: int, record: CallRecord) -> Any:
+        record.ran = True
+        record.span_id = trace.get_current_span().get_span_context().span_id
+        step = script[index]
+        if step.kind == "value":
+            return step.arg
+        exc: BaseException = (
+            KeyboardInterrupt(f"interrupt {index}") if step.kind == "interrupt" else ERRORS[step.arg](f"failure {index}")
+        )
+        run.raised.append(exc)
+        raise exc
+
+    records: dict[int, CallRecord] = {}
+
+    def charge(index: int) -> Any:
+        return outcome_of(index, records[index])
+
+    async def async_charge(index: int) -> Any:
+        await asyncio.sleep(0)
+        return outcome_of(index, records[index])
+
+    async def loop() -> None:
+        guard = driver.build(settings, form, async_charge if is_async else charge)
+        for index, step in enumerate(script):
+            if step.kind == "advance":
+                clock.advance(step.arg)
+                continue
+            record = records[index] = CallRecord(None, False, "", 0, 0, [], guard.state())
+            escaped: BaseException | None = None
+            with caller_span(tracer, index):
+                try:
+                    result = guard.call(index)
+                    record.outcome = await result if is_async else result
+                except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt included: it is one of the steps
+                    escaped = exc
+            record.state_after = guard.state()
+            record.fail_counter = guard.failure_count() or 0
+            run.records.append(record)
+            run.escaped.append(escaped)
+            run.counted.append(escaped is not None and record.ran and guard.counted(_guarded_error(escaped, run.raised)))
+            run.described.append(describe(escaped, run.raised))  # messages read the library's clock when formatted
+
+    with ExitStack() as patched:
+        for owner, name, value in driver.clock_patches(clock):
+            patched.enter_context(mock.patch.object(owner, name, value))
+        asyncio.run(loop())
+    return run
+
+
+def check_breaker_spans(otel: Otel, run: Run) -> None:
+    """Each call's span against what the library showed: one span per call under its own caller, rejected exactly
+    when the function did not run, the state it was admitted or refused in, and state-change events that carry the
+    breaker from the state the previous call left to the state this one left."""
+    spans = otel.spans()
+    callers = sorted((s for s in spans if s.name.startswith("step ")), key=lambda s: s.start_time or 0)
+    assert len(callers) == len(run.records) and len(spans) == 2 * len(run.records)
+    calls: Counter[tuple[str, str]] = Counter()
+    events = 0
+    known = semconv.STATE_CLOSED
+    for record, escaped, counted, caller in zip(run.records, run.escaped, run.counted, callers):
+        (span,) = children(spans, caller)
+        assert span.name == f"{semconv.BREAKER_SPAN_PREFIX} payments"
+        result = span.attributes[semconv.BREAKER_RESULT]
+        state = span.attributes[semconv.BREAKER_STATE]
+        if not record.ran:
+            assert (result, state) == (semconv.CALL_REJECTED, semconv.STATE_OPEN)
+        else:
+            assert record.span_id == span.context.span_id  # the call's span was current while the function ran
+            probe = record.state_before in (semconv.STATE_OPEN, semconv.STATE_HALF_OPEN)
+            assert state == (semconv.STATE_HALF_OPEN if probe else semconv.STATE_CLOSED)
+            expected = semconv.CALL_SUCCESS if escaped is None else semconv.CALL_FAILURE if counted else semconv.CALL_IGNORED
+            assert result == expected
+        if result in (semconv.CALL_FAILURE, semconv.CALL_REJECTED):
+            assert escaped is not None and span.attributes[semconv.ERROR_TYPE] == error_type(escaped)
+            assert span.status.status_code is StatusCode.ERROR
+        else:
+            assert semconv.ERROR_TYPE not in span.attributes and span.status.status_code is StatusCode.UNSET
+        if semconv.BREAKER_FAILURE_COUNT in span.attributes:
+            assert span.attributes[semconv.BREAKER_FAILURE_COUNT] == record.fail_counter
+        for change in span.events:
+            if change.name != semconv.BREAKER_STATE_CHANGE_EVENT:
+                continue
+            previous, new = change.attributes[semconv.BREAKER_PREVIOUS_STATE], change.attributes[semconv.BREAKER_STATE]
+            assert previous == known and new != previous
+            known = new
+            events += 1
+        assert known == record.state_after  # the events carried the breaker to the state this call left
+        calls[(state, result)] += 1
+        event(f"{result} in {state}")
+    assert point_counts(otel, semconv.METRIC_BREAKER_CALLS, semconv.BREAKER_STATE, semconv.BREAKER_RESULT) == calls
+    transitions = sum(p.value for p in otel.metric_points(semconv.METRIC_BREAKER_TRANSITIONS))
+    assert transitions in (events, events + 1)  # + a timer's open -> half_open first seen by the state gauge
+
+
+@pytest.mark.parametrize("library,form", BREAKER_CASES)
+@PROPERTY_SETTINGS
+@given(settings=settings_strategy, script=steps)
+def test_breaker_library_behaves_identically_and_spans_tell_what_happened(
+    library: str, form: str, settings: Settings, script: list[Step]
+) -> None:
+    driver = BREAKERS[library]
+    bare = run_breaker(driver, settings, form, script)
+    with instrumented(driver.instrumentor) as otel:
+        traced = run_breaker(driver, settings, form, script, otel.tracer_provider.get_tracer("test"))
+    assert traced.comparable() == bare.comparable()
+    check_breaker_spans(otel, traced)
