@@ -24,6 +24,19 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def otlp_env(endpoint: str, service: str, protocol: str = "grpc") -> dict[str, str]:
+    """A clean environment (`clean_env`) that exports traces and metrics, no logs, over OTLP `protocol` to `endpoint`,
+    as the service `service`: what the end-to-end tests give an app sending to their collector."""
+    return clean_env(
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="otlp",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_SERVICE_NAME=service,
+    )
+
+
 def run(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `command` from the repository root; fails the test with its output when it hangs."""
     try:

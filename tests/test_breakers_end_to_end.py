@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.breaker_checks import CYCLE_CALLS, CYCLE_TRANSITIONS
 from tests.collector import Metric, RotelCollector, Span
-from tests.processes import LAUNCHER, checked, clean_env, run
+from tests.processes import LAUNCHER, checked, otlp_env, run
 
 APP = Path(__file__).resolve().parent / "_breakers_app.py"
 DOWN = "__main__.DependencyDown"
@@ -55,14 +55,7 @@ def _summary(span: Span) -> tuple[Any, ...]:
 
 
 def test_breaker_libraries_under_the_launcher_reach_the_collector(collector: RotelCollector) -> None:
-    env = clean_env(
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="otlp",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
-        OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint,
-        OTEL_SERVICE_NAME="breakers-e2e",
-    )
+    env = otlp_env(collector.grpc_endpoint, "breakers-e2e")
     checked(run([str(LAUNCHER), sys.executable, str(APP)], env))
     spans, metrics = collector.wait_for("every breaker call and the final metrics", _complete)
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.collector import Metric, RotelCollector, Span, parse
-from tests.processes import LAUNCHER, SERVICE, checked, clean_env, run
+from tests.processes import LAUNCHER, SERVICE, checked, clean_env, otlp_env, run
 
 PROTOCOLS = ("grpc", "http/protobuf")
 DOWN = "__main__.DependencyDown"
@@ -154,14 +154,7 @@ def assert_demo_telemetry(spans: list[Span], metrics: list[Metric], *, service: 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_under_the_launcher_over_otlp(collector: RotelCollector, protocol: str) -> None:
     service = f"e2e-launcher-{protocol.replace('/', '-')}"
-    env = clean_env(
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="otlp",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
-        OTEL_EXPORTER_OTLP_ENDPOINT=_endpoint(collector, protocol),
-        OTEL_SERVICE_NAME=service,
-    )
+    env = otlp_env(_endpoint(collector, protocol), service, protocol)
     result = checked(run([str(LAUNCHER), sys.executable, str(SERVICE)], env))
     assert "[7] after the reset timeout a half-open probe closes it" in result.stdout
     spans, metrics = collector.wait_for("the demo's telemetry", _complete)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.collector import Metric, RotelCollector, Span
-from tests.processes import LAUNCHER, checked, clean_env, run
+from tests.processes import LAUNCHER, checked, otlp_env, run
 
 APP = Path(__file__).resolve().parent / "_retry_libs_app.py"
 DOWN = "__main__.DependencyDown"
@@ -54,14 +54,7 @@ def _failed(attempt: Span) -> bool:
 
 
 def test_backoff_and_stamina_under_the_launcher_reach_the_collector(collector: RotelCollector) -> None:
-    env = clean_env(
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="otlp",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
-        OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint,
-        OTEL_SERVICE_NAME="retry-libs-e2e",
-    )
+    env = otlp_env(collector.grpc_endpoint, "retry-libs-e2e")
     result = checked(run([str(LAUNCHER), sys.executable, str(APP)], env))
     assert "{'user-directory': 3, 'orders': 2, 'stock': 4, 'profiles': 2}" in result.stdout
     spans, metrics = collector.wait_for("every story's spans and the retry metrics", _complete)
