@@ -17,6 +17,7 @@ import contextvars
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
@@ -31,11 +32,15 @@ from otel_resilience import semconv
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel
-from tests.evidence import TickingClock, children, point_counts
+from tests.evidence import TickingClock, children, instrumented, point_counts
+from tests.test_properties_breaker import BREAKERS, Settings
 
 THREADS = 8
 OPS_PER_THREAD = 25
 TASKS = 200
+WAVE = 20
+"""Tasks started together in the breaker tests: calls of one wave are in flight at once, later waves find the
+breaker as the earlier ones left it."""
 MAX_ATTEMPTS = 4
 HANG_GUARD = 120.0
 """Seconds after which a worker is considered hung: a failure guard, never a timing measurement."""
@@ -287,3 +292,68 @@ async def test_a_trip_inside_interleaved_blocks_belongs_to_the_block_that_failed
     assert call_b.events == ()
     assert call_b.attributes[semconv.BREAKER_RESULT] == semconv.CALL_SUCCESS
     assert call_b.attributes[semconv.BREAKER_STATE] == semconv.STATE_CLOSED
+
+
+# --- asyncio tasks through every async-capable breaker ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "library,form", [("circuitbreaker", "async_decorator"), ("aiobreaker", "call_async"), ("purgatory", "async_decorator")]
+)
+async def test_tasks_through_a_shared_async_breaker(library: str, form: str) -> None:
+    """Many tasks call one breaker at once (in waves of concurrent tasks), each awaiting inside the guarded
+    coroutine, while the breaker trips and recovers: every call's span sits under its own task's caller span, was current inside its own coroutine, is
+    rejected exactly when the coroutine did not run, and the state changes of all calls, in time order, form one
+    unbroken chain that the transition metric counts exactly."""
+    driver = BREAKERS[library]
+    clock = TickingClock()
+    ran: dict[int, int] = {}
+
+    async def dependency(op: int) -> int:
+        await asyncio.sleep(0)
+        ran[op] = trace.get_current_span().get_span_context().span_id
+        await asyncio.sleep(0)
+        if (op // 10) % 2:
+            raise ConnectionError(f"op {op} down")
+        return op
+
+    with instrumented(driver.instrumentor) as otel, ExitStack() as patched:
+        for owner, name, value in driver.clock_patches(clock):
+            patched.enter_context(mock.patch.object(owner, name, value))
+        guard = driver.build(Settings(fail_max=3, reset_timeout=5, excluded=()), form, dependency)
+        tracer = otel.tracer_provider.get_tracer("app")
+
+        async def task(op: int) -> None:
+            clock.advance()  # one second per call, so that an open breaker's timeout runs out after a few
+            with tracer.start_as_current_span("caller", attributes={"op": op}):
+                try:
+                    await guard.call(op)
+                except Exception:  # noqa: BLE001 - the breaker's refusals and the dependency's errors
+                    pass
+
+        for wave in range(0, TASKS, WAVE):
+            await asyncio.wait_for(asyncio.gather(*(task(op) for op in range(wave, wave + WAVE))), HANG_GUARD)
+        spans = otel.spans()
+        results: Counter[str] = Counter()
+        for caller in (s for s in spans if s.name == "caller"):
+            (call,) = children(spans, caller)
+            op = caller.attributes["op"]
+            result = call.attributes[semconv.BREAKER_RESULT]
+            results[result] += 1
+            if op in ran:  # an error the breaker did not count (it opened meanwhile) is ignored
+                assert result != semconv.CALL_REJECTED and ran[op] == call.context.span_id
+            else:
+                assert result == semconv.CALL_REJECTED
+        assert results.total() == TASKS and len(spans) == 2 * TASKS
+        assert results[semconv.CALL_REJECTED] >= 3 and results[semconv.CALL_FAILURE] >= 3  # it tripped, often
+        changes = sorted(
+            (e for s in spans for e in s.events if e.name == semconv.BREAKER_STATE_CHANGE_EVENT), key=lambda e: e.timestamp
+        )
+        known = semconv.STATE_CLOSED
+        for change in changes:
+            assert change.attributes[semconv.BREAKER_PREVIOUS_STATE] == known
+            known = change.attributes[semconv.BREAKER_STATE]
+        assert point_counts(otel, semconv.METRIC_BREAKER_CALLS, semconv.BREAKER_RESULT) == {(r,): n for r, n in results.items()}
+        transitions = sum(p.value for p in otel.metric_points(semconv.METRIC_BREAKER_TRANSITIONS))
+        assert transitions in (len(changes), len(changes) + 1)  # + a timer's change first seen by the state gauge
+        assert len(changes) >= 3
