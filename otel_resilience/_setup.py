@@ -374,6 +374,19 @@ def _resource(plan: _Plan) -> Resource:
 # --- bounded waits -----------------------------------------------------------------------------------------------------
 
 
+def _each(items: list[Any], action: Callable[[Any], object]) -> None:
+    """Apply `action` to every item even when one raises (one provider failing to shut down must not leave the
+    other exporting for the rest of the process); then raise the first error, for `_bounded` to log."""
+    first: Exception | None = None
+    for item in items:
+        try:
+            action(item)
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+
+
 def _bounded(work: Callable[[], object], timeout: float) -> bool:
     """Run `work` on a daemon thread and wait at most `timeout` seconds: True when it finished in time without
     raising. A collector that hangs keeps that thread, never the caller. Where no thread can be started (interpreter
@@ -429,7 +442,7 @@ class Handle:
         if not providers:
             return True
         results: list[bool] = []
-        done = _bounded(lambda: results.extend(bool(p.force_flush(millis)) for p in providers), timeout)
+        done = _bounded(lambda: _each(providers, lambda p: results.append(bool(p.force_flush(millis)))), timeout)
         return done and all(results)
 
     def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
@@ -450,7 +463,7 @@ class Handle:
         ]
         if not pairs:
             return True
-        return _bounded(lambda: [_close(provider, owned, millis) for provider, owned in pairs], timeout)
+        return _bounded(lambda: _each(pairs, lambda pair: _close(pair[0], pair[1], millis)), timeout)
 
     def uninstrument(self) -> None:
         """Remove what setup() patched (library instrumentors and drop-in targets), restoring every original."""

@@ -18,6 +18,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import SpanKind, TracerProvider
 
 from otel_resilience import semconv
+from otel_resilience.core._safety import report_internal_error
 from otel_resilience.core.config import SETTINGS, Settings
 from otel_resilience.version import __version__
 
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
     from otel_resilience.core.retry import RetryOperation
 
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+
+
+def _run_guarded(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:
+        report_internal_error(f"installing hooks ({getattr(callback, '__qualname__', callback)})")
 
 
 def _is_noop_tracer(tracer: trace.Tracer) -> bool:
@@ -105,6 +113,15 @@ class Telemetry:
             self._went_live()
         return not self.disabled and is_instrumentation_enabled()
 
+    def records(self) -> bool:
+        """`recording()` for a call site outside any guard (an adapter's own wrapper deciding whether to trace):
+        an error of ours there counts as "not recording", logged once, and never reaches the app."""
+        try:
+            return self.recording()
+        except Exception:
+            report_internal_error("Telemetry.recording")
+            return False
+
     def when_live(self, callback: Callable[[], None]) -> None:
         """Run `callback` once, as soon as something records (now, if it already does). Adapters install the hooks
         that only matter while recording (attempt and transition hooks) this way, so that an app with no SDK pays
@@ -114,7 +131,7 @@ class Telemetry:
                 self._when_live.append(callback)
                 callback = None  # type: ignore[assignment]
         if callback is not None:
-            callback()
+            _run_guarded(callback)
         elif not self._live and self._resolve_live():
             self._went_live()
 
@@ -128,7 +145,7 @@ class Telemetry:
             callbacks, self._when_live = self._when_live, []
             for callback in callbacks:
                 if not self.disabled:
-                    callback()
+                    _run_guarded(callback)  # runs inside the app's first call after an SDK appears
             self._live = True
 
     def start_retry(

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from otel_resilience.core._safety import report_internal_error
 from otel_resilience.core.telemetry import Telemetry
 
 _logger = logging.getLogger("otel_resilience")
@@ -26,7 +27,15 @@ _logger = logging.getLogger("otel_resilience")
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
-def _patched_function(original: Callable[..., Any], wrapper: Wrapper, enabled: Callable[[], object] | None, bind: bool) -> Callable[..., Any]:
+def _enabled_check_failed() -> bool:
+    """An error of ours in an `enabled` check must not reach the app: it counts as "off" (logged once)."""
+    report_internal_error("instrumentation enabled check")
+    return False
+
+
+def _patched_function(
+    original: Callable[..., Any], wrapper: Wrapper, enabled: Callable[[], object] | None, bind: bool
+) -> Callable[..., Any]:
     """A function standing in for `original` that calls ``wrapper(wrapped, instance, args, kwargs)`` as wrapt would.
     `enabled` (ideally a C callable such as ``ContextVar.get``) is asked first: when falsy, `original` is called
     directly. Coroutine functions stay coroutine functions (libraries and apps check with ``inspect``)."""
@@ -34,14 +43,22 @@ def _patched_function(original: Callable[..., Any], wrapper: Wrapper, enabled: C
         if inspect.iscoroutinefunction(original):
 
             async def patched_async_method(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-                if enabled is not None and not enabled():
+                try:  # inline, not a helper call: this is every patched call's hot path
+                    on = enabled is None or enabled()
+                except Exception:
+                    on = _enabled_check_failed()
+                if not on:
                     return await original(self, *args, **kwargs)
                 return await wrapper(MethodType(original, self), self, args, kwargs)
 
             return functools.wraps(original)(patched_async_method)
 
         def patched_method(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-            if enabled is not None and not enabled():
+            try:  # inline, not a helper call: this is every patched call's hot path
+                on = enabled is None or enabled()
+            except Exception:
+                on = _enabled_check_failed()
+            if not on:
                 return original(self, *args, **kwargs)
             return wrapper(MethodType(original, self), self, args, kwargs)
 
@@ -50,14 +67,22 @@ def _patched_function(original: Callable[..., Any], wrapper: Wrapper, enabled: C
     if inspect.iscoroutinefunction(original):
 
         async def patched_async_function(*args: Any, **kwargs: Any) -> Any:
-            if enabled is not None and not enabled():
+            try:  # inline, not a helper call: this is every patched call's hot path
+                on = enabled is None or enabled()
+            except Exception:
+                on = _enabled_check_failed()
+            if not on:
                 return await original(*args, **kwargs)
             return await wrapper(original, None, args, kwargs)
 
         return functools.wraps(original)(patched_async_function)
 
     def patched_function(*args: Any, **kwargs: Any) -> Any:
-        if enabled is not None and not enabled():
+        try:  # inline, not a helper call: this is every patched call's hot path
+            on = enabled is None or enabled()
+        except Exception:
+            on = _enabled_check_failed()
+        if not on:
             return original(*args, **kwargs)
         return wrapper(original, None, args, kwargs)
 

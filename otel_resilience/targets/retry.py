@@ -269,7 +269,7 @@ def decorator_style_wrapper(telemetry: Telemetry, target: Resolved) -> Wrapper:
         is_async = inspect.iscoroutinefunction(decorated)
 
         def operation(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if not telemetry.recording():
+            if not telemetry.records():
                 return wrapped(*args, **kwargs)
             if is_async:
                 return _run_async(telemetry, names, slot, wrapped(*args, **kwargs))

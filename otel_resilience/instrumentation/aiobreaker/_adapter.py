@@ -29,14 +29,15 @@ from aiobreaker import CircuitBreaker, CircuitBreakerError
 from aiobreaker.state import CircuitBreakerBaseState, CircuitOpenState
 from aiobreaker.storage.memory import CircuitMemoryStorage
 
-from otel_resilience import semconv
 from otel_resilience.core import REGISTRY, BreakerEntry, Telemetry, never_raises
 from otel_resilience.core.breaker import (
     BreakerCall,
+    admitted,
     any_active_call,
     current_call,
     failure_hook,
     normalise_state,
+    refused,
     reported_transition,
     run_call,
     run_coroutine,
@@ -49,21 +50,6 @@ _FAILURE_COUNTED: Final = failure_hook(lambda breaker, _args: breaker)
 
 def _read_state(breaker: CircuitBreaker) -> str | None:
     return normalise_state(breaker._state.state)
-
-
-@never_raises
-def _admitted(state: CircuitBreakerBaseState) -> None:
-    """The closed or half-open state object is about to run the guarded function for the active call."""
-    call = current_call(state._breaker)
-    if call is not None and not call.admitted:
-        call.admitted_in(normalise_state(state.state) or semconv.STATE_CLOSED)
-
-
-@never_raises
-def _refused(state: CircuitOpenState) -> None:
-    call = current_call(state._breaker)
-    if call is not None:
-        call.refused_in(semconv.STATE_OPEN)
 
 
 def _failure_count(breaker: CircuitBreaker) -> int | None:
@@ -124,14 +110,14 @@ class AioBreakerAdapter:
     # --- inside a call -----------------------------------------------------------------------------------------
 
     def _admission(self, wrapped: Callable[..., Any], instance: CircuitBreakerBaseState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        _admitted(instance)
+        admitted(instance._breaker, instance.state)
         return wrapped(*args, **kwargs)
 
     def _open_check(self, wrapped: Callable[..., Any], instance: CircuitOpenState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             return wrapped(*args, **kwargs)
         except CircuitBreakerError:
-            _refused(instance)
+            refused(instance._breaker)
             raise
 
     def _new_state(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -358,7 +358,7 @@ def _traced(policy: _Policy, plain: Callable[..., Any], closure: Callable[..., A
     @functools.wraps(policy.target)
     def traced(*args: Any, **kwargs: Any) -> Any:
         adapter = _Active.adapter
-        if adapter is None or not adapter.telemetry.recording():
+        if adapter is None or not adapter.telemetry.records():
             return plain(*args, **kwargs)
         return run_as_current(_DECORATED, _DecoratedCall(policy), closure, args, kwargs)
 
@@ -371,7 +371,7 @@ def _traced_async(
     @functools.wraps(policy.target)
     async def traced(*args: Any, **kwargs: Any) -> Any:
         adapter = _Active.adapter
-        if adapter is None or not adapter.telemetry.recording():
+        if adapter is None or not adapter.telemetry.records():
             return await plain(*args, **kwargs)
         return await run_as_current_async(_DECORATED, _DecoratedCall(policy), closure, args, kwargs)
 

@@ -29,14 +29,15 @@ from typing import Any, Final
 
 import pybreaker
 
-from otel_resilience import semconv
 from otel_resilience.core import REGISTRY, BreakerEntry, Telemetry, never_raises
 from otel_resilience.core.breaker import (
     BreakerCall,
+    admitted,
     any_active_call,
     current_call,
     failure_hook,
     normalise_state,
+    refused,
     reported_transition,
     run_call,
 )
@@ -115,9 +116,7 @@ class PyBreakerAdapter:
     def _admission(
         self, wrapped: Callable[..., Any], instance: pybreaker.CircuitBreakerState, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        call = current_call(instance._breaker)
-        if call is not None and not call.admitted:
-            call.admitted_in(normalise_state(instance.name) or semconv.STATE_CLOSED)
+        admitted(instance._breaker, instance.name)
         return wrapped(*args, **kwargs)
 
     def _open_check(
@@ -126,9 +125,7 @@ class PyBreakerAdapter:
         try:
             return wrapped(*args, **kwargs)
         except pybreaker.CircuitBreakerError:
-            call = current_call(instance._breaker)
-            if call is not None and not call.admitted:  # a failing probe's error passes here too: not a refusal
-                call.refused_in(semconv.STATE_OPEN)
+            refused(instance._breaker)
             raise
 
     def _new_state(
