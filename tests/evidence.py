@@ -271,16 +271,27 @@ def retrying_workload(ops: int) -> list[Any]:
     return [seen, dict(calls), waits]
 
 
+def forget_circuitbreaker(name: str) -> None:
+    """circuitbreaker keeps every breaker it decorated with in a class-level monitor, by name, for the life of the
+    process: drop one of ours, so that tests reading the health snapshot later see only their own breakers."""
+    import circuitbreaker
+
+    circuitbreaker.CircuitBreakerMonitor.circuit_breakers.pop(name, None)
+
+
 def circuitbreaker_workload(ops: int) -> list[Any]:
     import circuitbreaker
 
     breaker = circuitbreaker.CircuitBreaker(failure_threshold=2, recovery_timeout=3, name="workload")
     guarded = breaker(_bursty)
     clock = TickingClock()
-    with mock.patch.object(circuitbreaker, "monotonic", clock.seconds), mock.patch.object(
-        circuitbreaker, "datetime", clock.datetime_class()
-    ):
-        return _outcomes(ops, guarded, lambda: (breaker._state, breaker.failure_count), clock)
+    try:
+        with mock.patch.object(circuitbreaker, "monotonic", clock.seconds), mock.patch.object(
+            circuitbreaker, "datetime", clock.datetime_class()
+        ):
+            return _outcomes(ops, guarded, lambda: (breaker._state, breaker.failure_count), clock)
+    finally:
+        forget_circuitbreaker("workload")
 
 
 def purgatory_workload(ops: int) -> list[Any]:

@@ -331,8 +331,11 @@ async def test_tasks_through_a_shared_async_breaker(library: str, form: str) -> 
                 except Exception:  # noqa: BLE001 - the breaker's refusals and the dependency's errors
                     pass
 
-        for wave in range(0, TASKS, WAVE):
-            await asyncio.wait_for(asyncio.gather(*(task(op) for op in range(wave, wave + WAVE))), HANG_GUARD)
+        try:
+            for wave in range(0, TASKS, WAVE):
+                await asyncio.wait_for(asyncio.gather(*(task(op) for op in range(wave, wave + WAVE))), HANG_GUARD)
+        finally:
+            guard.close()
         spans = otel.spans()
         results: Counter[str] = Counter()
         for caller in (s for s in spans if s.name == "caller"):

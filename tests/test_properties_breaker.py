@@ -45,7 +45,15 @@ from otel_resilience.instrumentation.circuitbreaker import CircuitBreakerInstrum
 from otel_resilience.instrumentation.purgatory import PurgatoryInstrumentor
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from tests.conftest import Otel
-from tests.evidence import PROPERTY_SETTINGS, TickingClock, children, describe, instrumented, point_counts
+from tests.evidence import (
+    PROPERTY_SETTINGS,
+    TickingClock,
+    children,
+    describe,
+    forget_circuitbreaker,
+    instrumented,
+    point_counts,
+)
 
 
 class Business(Exception):
@@ -348,6 +356,7 @@ class Guard:
     state: Callable[[], str]  # the contract state, as the library has resolved it (no side effects)
     failure_count: Callable[[], int | None]
     counted: Callable[[BaseException], bool]  # whether the library counts this error as a failure
+    close: Callable[[], None] = lambda: None  # what the library keeps of the breaker for the process: dropped
 
 
 @dataclass(frozen=True)
@@ -371,6 +380,7 @@ def build_circuitbreaker(settings: Settings, form: str, fn: Callable[[int], Any]
         lambda: normalise_state(breaker.state) or "",
         lambda: breaker.failure_count,
         lambda exc: isinstance(exc, counted),
+        lambda: forget_circuitbreaker("payments"),
     )
 
 
@@ -473,6 +483,12 @@ def run_breaker(driver: BreakerDriver, settings: Settings, form: str, script: li
 
     async def loop() -> None:
         guard = driver.build(settings, form, async_charge if is_async else charge)
+        try:
+            await steps_through(guard)
+        finally:
+            guard.close()
+
+    async def steps_through(guard: Guard) -> None:
         for index, step in enumerate(script):
             if step.kind == "advance":
                 clock.advance(step.arg)
