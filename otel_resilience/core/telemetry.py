@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import _internal as _metrics_internal
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_current
+from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import SpanKind, TracerProvider
 
@@ -28,6 +29,14 @@ if TYPE_CHECKING:
     from otel_resilience.core.retry import RetryOperation
 
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+
+
+def _instrumentation_enabled() -> bool:
+    """`opentelemetry.instrumentation.utils.is_instrumentation_enabled()` with one context read instead of two: it
+    runs on every traced call. Only the general suppression counts (contrib's HTTP suppression must not silence us);
+    it also keeps our own OTLP export from tracing itself."""
+    ctx = get_current()
+    return not (ctx.get(_SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(_SUPPRESS_INSTRUMENTATION_KEY_PLAIN))
 
 
 def _run_guarded(callback: Callable[[], None]) -> None:
@@ -111,7 +120,7 @@ class Telemetry:
             if not self._resolve_live():
                 return False
             self._went_live()
-        return not self.disabled and is_instrumentation_enabled()
+        return not self.disabled and _instrumentation_enabled()
 
     def records(self) -> bool:
         """`recording()` for a call site outside any guard (an adapter's own wrapper deciding whether to trace):
