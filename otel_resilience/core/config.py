@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -23,17 +22,6 @@ class Settings:
 
     attempt_spans: AttemptSpans = "all"
     stacktraces: Stacktraces = "final"
-
-    @classmethod
-    def from_environment(cls) -> Settings:
-        return cls(
-            attempt_spans=checked_choice(
-                ATTEMPT_SPANS_ENV, os.environ.get(ATTEMPT_SPANS_ENV, "all"), ATTEMPT_SPANS_CHOICES
-            ),  # type: ignore[arg-type]
-            stacktraces=checked_choice(
-                STACKTRACES_ENV, os.environ.get(STACKTRACES_ENV, "final"), STACKTRACES_CHOICES
-            ),  # type: ignore[arg-type]
-        )
 
 
 def checked_choice(what: str, value: str, accepted: tuple[str, ...]) -> str:
