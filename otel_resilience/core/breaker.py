@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from functools import lru_cache
 from time import time_ns
 from types import GeneratorType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from opentelemetry import context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
@@ -39,7 +39,9 @@ from otel_resilience import semconv
 from otel_resilience.core import errors
 from otel_resilience.core._safety import never_raises
 from otel_resilience.core.registry import BreakerEntry
-from otel_resilience.core.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from otel_resilience.core.telemetry import Telemetry
 
 _ERROR: Final = Status(StatusCode.ERROR)
 _ERROR_RESULTS: Final = frozenset((semconv.CALL_FAILURE, semconv.CALL_REJECTED))

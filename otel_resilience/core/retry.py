@@ -19,7 +19,7 @@ attempt ended), because some facts about it are only known then: the measured de
 from __future__ import annotations
 
 from time import time_ns
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import context
 from opentelemetry.context import Context
@@ -29,7 +29,9 @@ from opentelemetry.util.types import AttributeValue
 from otel_resilience import semconv
 from otel_resilience.core import errors
 from otel_resilience.core._safety import never_raises
-from otel_resilience.core.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from otel_resilience.core.telemetry import Telemetry
 
 _DEPTH_KEY: Final = context.create_key("otel_resilience.retry_depth")
 _ERROR: Final = Status(StatusCode.ERROR)

@@ -24,9 +24,8 @@ from otel_resilience.core.config import SETTINGS, Settings
 from otel_resilience.version import __version__
 
 if TYPE_CHECKING:
-    from otel_resilience.core.breaker import BreakerCall
     from otel_resilience.core.registry import BreakerEntry
-    from otel_resilience.core.retry import RetryOperation
+
 
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 
@@ -174,8 +173,6 @@ class Telemetry:
         records the gap between attempts as `retry.delay` when the library's chosen wait cannot be read."""
         if not self.recording():
             return None
-        from otel_resilience.core.retry import RetryOperation
-
         return RetryOperation.start(
             self,
             name,
@@ -195,15 +192,11 @@ class Telemetry:
         (`current_call`)."""
         if not self.recording():
             return None
-        from otel_resilience.core.breaker import BreakerCall
-
         return BreakerCall.start(self, entry, state, subject)
 
     def _observe_breaker_states(self, _options: CallbackOptions) -> Iterable[Observation]:
         """The `circuitbreaker.state` gauge, read from the weak registry. A state the library moved to on its own (a
         timer taking a breaker from open to half_open) is first seen here, and counted as a transition here."""
-        from otel_resilience.core.registry import REGISTRY
-
         for entry in REGISTRY.live_entries(self.library):
             state = entry.refresh(self)
             if state is None:
@@ -224,3 +217,10 @@ class Telemetry:
                 semconv.BREAKER_STATE: state,
             },
         )
+
+
+# At the end: these modules name Telemetry only in annotations, and the core creates their objects on every traced
+# call, where an import statement inside the function would cost a module lookup each time.
+from otel_resilience.core.breaker import BreakerCall  # noqa: E402
+from otel_resilience.core.registry import REGISTRY  # noqa: E402
+from otel_resilience.core.retry import RetryOperation  # noqa: E402
