@@ -447,6 +447,29 @@ def test_our_own_otlp_export_is_not_traced(instrumented: Otel, server: ScriptedS
     assert [s.name for s in instrumented.spans()] == ["work"]
 
 
+def test_retry_metrics_leave_out_only_requests_that_succeeded_at_once(instrumented: Otel, server: ScriptedServer) -> None:
+    """A request that succeeded at its first attempt records no retry metric points (the common request; its count
+    and latency are HTTP metrics' job); one that was retried, or failed without a retry, does."""
+    s = session(**RETRY_503)
+    assert s.get(server.url("/at-once")).status_code == 200
+    assert instrumented.metric_points(semconv.METRIC_RETRY_ATTEMPTS) == []
+    assert instrumented.metric_points(semconv.METRIC_RETRY_DURATION) == []
+    assert client_spans(instrumented.spans())[0].attributes[semconv.RETRY_RESULT] == semconv.RESULT_SUCCESS
+
+    server.reply(Reply(503))
+    assert s.get(server.url("/retried")).status_code == 200
+    server.reply(Reply(404))
+    assert s.get(server.url("/missing")).status_code == 404
+    points = {
+        (p.attributes[semconv.RETRY_RESULT], p.sum, p.count)
+        for p in instrumented.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
+    }
+    assert points == {(semconv.RESULT_SUCCESS, 2, 1), (semconv.RESULT_NOT_RETRIED, 1, 1)}
+    durations = instrumented.metric_points(semconv.METRIC_RETRY_DURATION)
+    assert sorted(p.attributes[semconv.RETRY_RESULT] for p in durations) == ["not_retried", "success"]
+    assert all(p.count == 1 for p in durations)
+
+
 def test_metrics_and_depth_inside_a_tenacity_attempt(instrumented: Otel, server: ScriptedServer) -> None:
     import tenacity
 

@@ -1,12 +1,14 @@
 """The breaker observer: library-neutral breaker events in, spans and metrics out.
 
-    entry = REGISTRY.entry(breaker, "pybreaker", lambda: breaker.name or qualname(func))
-    call = telemetry.start_breaker_call(entry, "closed")
+    call = telemetry.start_breaker_call(   # None when nothing records
+        lambda: REGISTRY.entry(breaker, "pybreaker", lambda: breaker.name or qualname(func)), "closed", breaker
+    )
     token = call.activate()                # the call's span is current while the guarded function runs
     ...
     call.deactivate(token)
-    entry.transition(telemetry, "closed", "open", call)   # event on this span, counted once
-    call.ended(semconv.CALL_FAILURE, exc, failure_count=5)
+    call.entry.transition(telemetry, "closed", "open", call)   # event on this span, counted once
+    call.mark_failure()                    # from the library's failure hook (`current_call(breaker)` finds it)
+    call.finish(exc, failure_count=5)      # result failure
 
 One span per user call, named ``circuitbreaker {name}``; `circuitbreaker.state` is the state the call was admitted
 or refused in (an adapter may correct it with `admitted_in` once it knows, e.g. a probe admitted half_open; an
@@ -37,7 +39,7 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_resilience import semconv
 from otel_resilience.core import errors
-from otel_resilience.core._safety import never_raises
+from otel_resilience.core._safety import never_raises, report_internal_error
 from otel_resilience.core.registry import BreakerEntry
 
 if TYPE_CHECKING:
@@ -58,6 +60,14 @@ _STATE_SPELLINGS: Final = {
 }
 
 
+_EXACT: Final = {
+    spelling: state
+    for state in semconv.BREAKER_STATES
+    for spelling in (state, state.upper(), state.replace("_", "-"), state.replace("_", "-").upper())
+}
+"""The common spellings, looked up before anything else: a state is read on every call."""
+
+
 @lru_cache(maxsize=256)
 def _normalise_text(text: str) -> str | None:
     return _STATE_SPELLINGS.get("".join(c for c in text if c not in "-_ \t").lower())
@@ -70,8 +80,10 @@ def normalise_state(value: Any) -> str | None:
     common spelling (``HALF_OPEN``, ``half-open``, ``HalfOpen``, ``half_open``, ``OPEN``, ``Closed``, ``opened``),
     enum members whose name or value is such a string, and state objects whose ``name`` is one (pybreaker's). Reads
     nothing but the value it is given."""
+    if type(value) is str:
+        return _EXACT.get(value) or _normalise_text(value)
     if isinstance(value, enum.Enum):  # before str: a StrEnum member is also a str
-        by_name = _normalise_text(value.name)
+        by_name = _EXACT.get(value._name_) or _normalise_text(value._name_)
         if by_name is not None:
             return by_name
         return _normalise_text(value.value) if isinstance(value.value, str) else None
@@ -189,7 +201,7 @@ class BreakerCall:
         self._token: object | None = None
         self._ended = False
         self._span: Span = telemetry.tracer.start_span(
-            f"{semconv.BREAKER_SPAN_PREFIX} {entry.name}",
+            entry.span_name,
             kind=SpanKind.INTERNAL,
             attributes={semconv.BREAKER_NAME: entry.name},
         )
@@ -197,31 +209,43 @@ class BreakerCall:
             entry.observe(telemetry, state, self)  # a change first seen by this call goes on its span
         return self
 
-    def activate(self) -> object:
+    def activate(self) -> object | None:
         """Make this call's span current, and this call the one `current_call` finds, while the guarded work runs;
-        returns a token for `deactivate`."""
-        outer = _CURRENT.get()
-        if outer is not self:
-            self._outer = outer
-        return context.attach(set_span_in_context(self._span)), _CURRENT.set(self)
+        returns a token for `deactivate`. Never raises, since the app's own code runs next: an error of ours is
+        reported and the work runs without the call current (the token is then None). The guard is inline, not a
+        `never_raises` layer: this runs on every call."""
+        try:
+            outer = _CURRENT.get()
+            if outer is not self:
+                self._outer = outer
+            return context.attach(set_span_in_context(self._span)), _CURRENT.set(self)
+        except Exception:
+            report_internal_error("otel_resilience.core.breaker.BreakerCall.activate")
+            return None
 
     @staticmethod
-    def deactivate(token: object) -> None:
-        otel_token, call_token = token  # type: ignore[misc]
+    def deactivate(token: object | None) -> None:
+        """Undo `activate` (nothing to do for a token that never was). Never raises, like `activate`."""
+        if token is None:
+            return
         try:
-            _CURRENT.reset(call_token)
-        except (ValueError, RuntimeError):  # reset from another context (a generator resumed by another task)
-            _CURRENT.set(None)
-        context.detach(otel_token)
+            otel_token, call_token = token  # type: ignore[misc]
+            try:
+                _CURRENT.reset(call_token)
+            except (ValueError, RuntimeError):  # reset from another context (a generator resumed by another task)
+                _CURRENT.set(None)
+            context.detach(otel_token)
+        except Exception:
+            report_internal_error("otel_resilience.core.breaker.BreakerCall.deactivate")
 
     def enter(self) -> None:
         """`activate` for a with-block whose end is another hook (``__enter__`` … ``__exit__``): the call keeps the
         token until `leave`. Blocks nest in order within a thread or task, so the innermost is left first."""
-        self._token = activated(self)
+        self._token = self.activate()
 
     def leave(self) -> None:
         token, self._token = self._token, None
-        deactivated(self, token)
+        self.deactivate(token)
 
     def admitted_in(self, state: str) -> None:
         """Correct the state the call was admitted in (e.g. a call that found an open breaker past its timeout is
@@ -243,7 +267,8 @@ class BreakerCall:
         self, error: BaseException | None, *, failure_count: int | None = None, error_type: str | None = None
     ) -> None:
         """End the call with the result its marks say: `rejected` if refused, `failure` if the breaker counted a
-        failure, `ignored` if it raised an exception the breaker did not count, else `success`."""
+        failure, `ignored` if it raised an exception the breaker did not count, else `success`. Called from an
+        adapter's settle, which is guarded (`Settle`), so this adds no guard of its own: it runs on every call."""
         if self.refused:
             result = semconv.CALL_REJECTED
         elif self.failed:
@@ -264,7 +289,6 @@ class BreakerCall:
         if previous == semconv.STATE_OPEN and state == semconv.STATE_HALF_OPEN and not self.refused:
             self.state = semconv.STATE_HALF_OPEN
 
-    @never_raises
     def ended(
         self,
         result: str,
@@ -324,13 +348,13 @@ def run_call(
     returned by `fn` (a library that judges a guarded generator as it is consumed) carries the call on; with
     `generator_is_block` too, that generator is the library's with-block (pybreaker's ``calling()``), and the call
     stays current through the block's body (`continue_block`)."""
-    token = activated(call)
+    token = call.activate()
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         _settled(call, token, settle, exc)
         raise
-    deactivated(call, token)
+    BreakerCall.deactivate(token)
     if follow_generators and type(result) is GeneratorType:  # as the libraries test it; an ABC check costs more
         if generator_is_block:
             return continue_block(call, result, settle)  # type: ignore[return-value]
@@ -365,7 +389,7 @@ async def run_coroutine(
     call = start()
     if call is None:
         return await fn(*args, **kwargs)
-    token = activated(call)
+    token = call.activate()
     try:
         result = await fn(*args, **kwargs)
     except BaseException as exc:
@@ -398,7 +422,7 @@ def run_generator(start: Start, gen: Generator[Any, Any, T], settle: Settle) -> 
     sent: Any = None
     thrown: BaseException | None = None
     while True:
-        token = activated(call)
+        token = call.activate()
         try:
             item = gen.send(sent) if thrown is None else gen.throw(thrown)
         except StopIteration as stop:
@@ -407,11 +431,11 @@ def run_generator(start: Start, gen: Generator[Any, Any, T], settle: Settle) -> 
         except BaseException as exc:
             _settled(call, token, settle, exc)
             raise
-        deactivated(call, token)
+        BreakerCall.deactivate(token)
         try:
             sent, thrown = (yield item), None
         except GeneratorExit:
-            token = activated(call)
+            token = call.activate()
             error: BaseException | None = None
             try:
                 gen.close()
@@ -432,7 +456,7 @@ async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], sett
     sent: Any = None
     thrown: BaseException | None = None
     while True:
-        token = activated(call) if call is not None else None
+        token = call.activate() if call is not None else None
         try:
             item = await (agen.asend(sent) if thrown is None else agen.athrow(thrown))
         except StopAsyncIteration:
@@ -441,11 +465,11 @@ async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], sett
         except BaseException as exc:
             _settled(call, token, settle, exc)
             raise
-        deactivated(call, token)
+        BreakerCall.deactivate(token)
         try:
             sent, thrown = (yield item), None
         except GeneratorExit:
-            token = activated(call) if call is not None else None
+            token = call.activate() if call is not None else None
             error: BaseException | None = None
             try:
                 await agen.aclose()
@@ -461,19 +485,5 @@ async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], sett
 
 def _settled(call: BreakerCall | None, token: object, settle: Settle, error: BaseException | None) -> None:
     if call is not None:
-        deactivated(call, token)
+        BreakerCall.deactivate(token)
         settle(call, error)
-
-
-@never_raises
-def activated(call: BreakerCall) -> object:
-    """`call.activate()`, guarded: where the app's own code runs next, an error of ours must not reach it (the
-    work then runs without the call current, and `deactivated` is given None)."""
-    return call.activate()
-
-
-@never_raises
-def deactivated(call: BreakerCall | None, token: object) -> None:
-    """`call.deactivate(token)`, guarded; nothing to do for a call or token that never was."""
-    if call is not None and token is not None:
-        call.deactivate(token)

@@ -301,10 +301,15 @@ class HttpRequest:
 
 def start_request(telemetry: Telemetry, method: str, host: str) -> HttpRequest | None:
     """Start observing one logical request (None when nothing records). ``retry.name`` is ``{METHOD} {host}``: what
-    was retried, at a cardinality the metrics can carry."""
+    was retried, at a cardinality the metrics can carry. A request that succeeds at its first attempt records no
+    retry metric points: recording them was most of an attempt's cost (docs/telemetry.md, "Decisions")."""
     span_name, method_attribute, _ = method_names(method)
     op = telemetry.start_retry(
-        f"{method_attribute} {host}", span_name=span_name, operation_span=False, attempt_kind=SpanKind.CLIENT
+        f"{method_attribute} {host}",
+        span_name=span_name,
+        operation_span=False,
+        attempt_kind=SpanKind.CLIENT,
+        metrics_on_first_success=False,  # the common request: its count and latency are HTTP metrics' job
     )
     return None if op is None else HttpRequest(op)
 

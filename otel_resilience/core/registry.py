@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
-
+from otel_resilience import semconv
 from otel_resilience.core._safety import report_internal_error
 
 if TYPE_CHECKING:
@@ -29,10 +29,11 @@ that writes state, notifies listeners or reads storage."""
 class BreakerEntry:
     """What we know of one breaker: its name, library, last seen state and failure count, last transition time."""
 
-    __slots__ = ("name", "library", "state", "failure_count", "last_transition", "_owner", "_read_state", "__weakref__")
+    __slots__ = ("name", "span_name", "library", "state", "failure_count", "last_transition", "_owner", "_read_state", "__weakref__")
 
     def __init__(self, owner: Any, name: str, library: str, read_state: StateReader | None) -> None:
         self.name = name
+        self.span_name = f"{semconv.BREAKER_SPAN_PREFIX} {name}"  # made once: every call's span has it
         self.library = library
         self.state: str | None = _first_reading(read_state, owner)  # a snapshot never shows a used breaker stateless
         self.failure_count: int | None = None

@@ -63,6 +63,7 @@ class RetryOperation:
         "_pending_end_ns",
         "_pending_needs_delay",
         "_measured_delays",
+        "_metrics_on_first_success",
         "_last_error_type",
         "_in_attempt",
         "_ended",
@@ -91,6 +92,7 @@ class RetryOperation:
         attempt_kind: SpanKind,
         parent: Context | None,
         measured_delays: bool = False,
+        metrics_on_first_success: bool = True,
     ) -> RetryOperation:
         self = cls()
         self._telemetry = telemetry
@@ -100,6 +102,7 @@ class RetryOperation:
         self.depth = current_depth(parent_ctx) + 1
         self._attempt_kind = attempt_kind
         self._measured_delays = measured_delays
+        self._metrics_on_first_success = metrics_on_first_success
         self._start_ns = time_ns()
         if operation_span:
             attributes: dict[str, AttributeValue] = {semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: self.depth}
@@ -309,6 +312,8 @@ class RetryOperation:
             span.set_attributes(outcome)
             span.end(end_ns)
 
+        if self.attempts == 1 and result == semconv.RESULT_SUCCESS and not self._metrics_on_first_success:
+            return result
         telemetry = self._telemetry
         telemetry.retry_attempts.record(
             self.attempts, {semconv.RETRY_NAME: self.name, semconv.RETRY_RESULT: result, semconv.RETRY_DEPTH: self.depth}

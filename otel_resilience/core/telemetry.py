@@ -109,17 +109,33 @@ class Telemetry:
 
         Once a real provider is in place it stays (OpenTelemetry sets global providers once), so a positive answer
         is cached; a negative one is re-checked, because the app may configure its SDK after instrumenting. With the
-        global providers, "no SDK yet" is two module attribute reads.
+        global providers, "no SDK yet" is two module attribute reads, inline: it is every call's cost with no SDK.
         """
         if not self._live:
-            if self.disabled:
-                return False
             if self._uses_globals and trace._TRACER_PROVIDER is None and _metrics_internal._METER_PROVIDER is None:
                 return False
-            if not self._resolve_live():
+            if not self._became_live():
                 return False
-            self._went_live()
         return not self.disabled and _instrumentation_enabled()
+
+    def may_record(self) -> bool:
+        """`recording()` without its context read (is instrumentation suppressed here?): the first check of a patched
+        entry point whose wrapper starts its work with `start_breaker_call` or `start_retry`, which make that read,
+        so that a call reads the context once."""
+        if not self._live:
+            if self._uses_globals and trace._TRACER_PROVIDER is None and _metrics_internal._METER_PROVIDER is None:
+                return False
+            if not self._became_live():
+                return False
+        return not self.disabled
+
+    def _became_live(self) -> bool:
+        """The slow path of `recording()`: a provider was set since the last call, or explicit providers were given
+        (then their tracer and meter tell whether they are real)."""
+        if self.disabled or not self._resolve_live():
+            return False
+        self._went_live()
+        return True
 
     def records(self) -> bool:
         """`recording()` for a call site outside any guard (an adapter's own wrapper deciding whether to trace):
@@ -166,11 +182,14 @@ class Telemetry:
         attempt_kind: SpanKind = SpanKind.INTERNAL,
         parent: Context | None = None,
         measured_delays: bool = False,
+        metrics_on_first_success: bool = True,
     ) -> RetryOperation | None:
         """Start observing one retried operation, or return None when nothing records (the adapter then stays out
         of the way entirely). `name` is ``retry.name`` (``module.qualname``); `span_name` the bare qualname.
         `operation_span=False` makes the attempts siblings under the caller (HTTP attempts); `measured_delays=True`
-        records the gap between attempts as `retry.delay` when the library's chosen wait cannot be read."""
+        records the gap between attempts as `retry.delay` when the library's chosen wait cannot be read.
+        `metrics_on_first_success=False`: an operation that succeeded at its first attempt records no metric
+        points (HTTP requests: see docs/telemetry.md, "Decisions")."""
         if not self.recording():
             return None
         return RetryOperation.start(
@@ -182,17 +201,19 @@ class Telemetry:
             attempt_kind=attempt_kind,
             parent=parent,
             measured_delays=measured_delays,
+            metrics_on_first_success=metrics_on_first_success,
         )
 
     def start_breaker_call(
-        self, entry: BreakerEntry, state: str | None, subject: object = None
+        self, entry_of: Callable[[], BreakerEntry], state: str | None, subject: object = None
     ) -> BreakerCall | None:
-        """Start observing one call through the breaker `entry`, admitted (so far) in `state`; None when nothing
-        records. `subject` is the library object by which the adapter's inner hooks find the call again
-        (`current_call`)."""
+        """Start observing one call through the breaker whose registry entry `entry_of()` gives, admitted (so far)
+        in `state`; None when nothing records. The entry is looked up only then: a call while instrumentation is
+        suppressed leaves no trace, not even in the registry. `subject` is the library object by which the
+        adapter's inner hooks find the call again (`current_call`)."""
         if not self.recording():
             return None
-        return BreakerCall.start(self, entry, state, subject)
+        return BreakerCall.start(self, entry_of(), state, subject)
 
     def _observe_breaker_states(self, _options: CallbackOptions) -> Iterable[Observation]:
         """The `circuitbreaker.state` gauge, read from the weak registry. A state the library moved to on its own (a

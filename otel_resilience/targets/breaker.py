@@ -99,14 +99,17 @@ class _GuardedCall:
         target = self._target
         holder, guarded = self._holder, self._guarded
         self._before = target.read_state(holder)
-        entry = REGISTRY.entry(
+        return target.telemetry.start_breaker_call(
+            lambda: REGISTRY.entry(
+                holder,
+                target.telemetry.library,
+                lambda: breaker_name(_own_name(holder), guarded, holder),
+                key=target.state_attr,
+                read_state=target.read_state,
+            ),
+            self._before,
             holder,
-            target.telemetry.library,
-            lambda: breaker_name(_own_name(holder), guarded, holder),
-            key=target.state_attr,
-            read_state=target.read_state,
         )
-        return target.telemetry.start_breaker_call(entry, self._before, holder)
 
     @never_raises
     def settle(self, call: BreakerCall, error: BaseException | None) -> None:

@@ -64,9 +64,9 @@ class AioBreakerAdapter:
 
     def patch(self, patches: Patches) -> None:
         """The call entry points now; admission, refusal, failure and transition hooks once something records."""
-        recording = self.telemetry.recording
-        patches.wrap(CircuitBreaker, "call", self._call, enabled=recording)
-        patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=recording)
+        may_record = self.telemetry.may_record  # the wrappers begin with start_breaker_call: one context read
+        patches.wrap(CircuitBreaker, "call", self._call, enabled=may_record)
+        patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=may_record)
         self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
 
     def _patch_inner_hooks(self, patches: Patches) -> None:
@@ -90,8 +90,8 @@ class AioBreakerAdapter:
         active = current_call(breaker)
         if active is not None and not active.admitted:
             return None  # aiobreaker re-entering `call` for the same user call
-        entry = self._entry(breaker, args[0] if args else kwargs.get("func"))
-        return self.telemetry.start_breaker_call(entry, _read_state(breaker), breaker)
+        guarded = args[0] if args else kwargs.get("func")
+        return self.telemetry.start_breaker_call(lambda: self._entry(breaker, guarded), _read_state(breaker), breaker)
 
     @never_raises
     def _settle(self, call: BreakerCall, error: BaseException | None) -> None:

@@ -76,11 +76,11 @@ class CircuitBreakerAdapter:
 
     def patch(self, patches: Patches) -> None:
         """The admitted-call entry points now; the open check and failure hooks once something records."""
-        recording = self.telemetry.recording
-        patches.wrap(CircuitBreaker, "call", self._call, enabled=recording)
-        patches.wrap(CircuitBreaker, "call_generator", self._call_generator, enabled=recording)
-        patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=recording)
-        patches.wrap(CircuitBreaker, "call_async_generator", self._call_async_generator, enabled=recording)
+        may_record = self.telemetry.may_record  # the wrappers begin with start_breaker_call: one context read
+        patches.wrap(CircuitBreaker, "call", self._call, enabled=may_record)
+        patches.wrap(CircuitBreaker, "call_generator", self._call_generator, enabled=may_record)
+        patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=may_record)
+        patches.wrap(CircuitBreaker, "call_async_generator", self._call_async_generator, enabled=may_record)
         self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
 
     def _patch_inner_hooks(self, patches: Patches) -> None:
@@ -103,8 +103,9 @@ class CircuitBreakerAdapter:
     @never_raises
     def _admit(self, breaker: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BreakerCall | None:
         function = args[0] if args else kwargs.get("func")
-        entry = self._entry(breaker, lambda: function)
-        return self.telemetry.start_breaker_call(entry, _read_state(breaker), breaker)
+        return self.telemetry.start_breaker_call(
+            lambda: self._entry(breaker, lambda: function), _read_state(breaker), breaker
+        )
 
     @never_raises
     def _settle(self, call: BreakerCall, error: BaseException | None) -> None:
@@ -148,10 +149,9 @@ class CircuitBreakerAdapter:
 
     @never_raises
     def _refused(self, breaker: CircuitBreaker, decision: FrameType) -> None:
-        if not self.telemetry.recording():  # e.g. suppressed: not even a registry entry
-            return
-        entry = self._entry(breaker, lambda: decision.f_locals.get("function"))
-        call = self.telemetry.start_breaker_call(entry, semconv.STATE_OPEN, breaker)
+        call = self.telemetry.start_breaker_call(
+            lambda: self._entry(breaker, lambda: decision.f_locals.get("function")), semconv.STATE_OPEN, breaker
+        )
         if call is not None:
             call.refused_in(semconv.STATE_OPEN)
             call.finish(None, failure_count=breaker.failure_count, error_type=_REFUSAL)

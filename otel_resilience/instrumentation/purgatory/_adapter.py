@@ -72,9 +72,9 @@ class PurgatoryAdapter:
     def patch(self, patches: Patches) -> None:
         """The block entry points now; the exits and state hooks once something records (they act only inside a
         call of ours, and there is none before: so with no SDK a block pays for one patched method, not two)."""
-        recording = self.telemetry.recording
-        patches.wrap(SyncCircuitBreaker, "__enter__", self._enter, enabled=recording)
-        patches.wrap(AsyncCircuitBreaker, "__aenter__", self._aenter, enabled=recording)
+        may_record = self.telemetry.may_record  # the wrappers begin with start_breaker_call: one context read
+        patches.wrap(SyncCircuitBreaker, "__enter__", self._enter, enabled=may_record)
+        patches.wrap(AsyncCircuitBreaker, "__aenter__", self._aenter, enabled=may_record)
         self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
 
     def _patch_inner_hooks(self, patches: Patches) -> None:
@@ -90,10 +90,13 @@ class PurgatoryAdapter:
     def _entering(self, breaker: Breaker) -> BreakerCall | None:
         context = breaker.context
         circuit = context.name
-        entry = REGISTRY.entry(
-            breaker.uow, self.telemetry.library, lambda: circuit, key=circuit, read_state=_state_reader(circuit)
+        call = self.telemetry.start_breaker_call(
+            lambda: REGISTRY.entry(
+                breaker.uow, self.telemetry.library, lambda: circuit, key=circuit, read_state=_state_reader(circuit)
+            ),
+            normalise_state(context.state),
+            context,
         )
-        call = self.telemetry.start_breaker_call(entry, normalise_state(context.state), context)
         if call is not None:
             call.enter()  # current through the block, until __exit__
         return call

@@ -69,7 +69,7 @@ class PyBreakerAdapter:
 
     def patch(self, patches: Patches) -> None:
         """The call entry point now; admission, refusal, failure and transition hooks once something records."""
-        patches.wrap(pybreaker.CircuitBreaker, "call", self._call, enabled=self.telemetry.recording)
+        patches.wrap(pybreaker.CircuitBreaker, "call", self._call, enabled=self.telemetry.may_record)
         self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
 
     def _patch_inner_hooks(self, patches: Patches) -> None:
@@ -93,7 +93,7 @@ class PyBreakerAdapter:
         active = current_call(breaker)
         if active is not None and not active.admitted:
             return None  # pybreaker re-entering `call` for a probe: the same user call
-        return self.telemetry.start_breaker_call(self._entry(breaker, guarded), _read_state(breaker), breaker)
+        return self.telemetry.start_breaker_call(lambda: self._entry(breaker, guarded), _read_state(breaker), breaker)
 
     @never_raises
     def _settle(self, call: BreakerCall, error: BaseException | None) -> None:

@@ -90,7 +90,8 @@ class Urllib3Adapter:
 
     def patch(self, patches: Patches) -> None:
         """Attempts and outer loops now; the Retry hooks once something records (they only matter inside a run)."""
-        recording = self.telemetry.recording
+        # The full check (suppression included) is made once per request, where the request starts (start_retry).
+        recording = self.telemetry.may_record
         patches.wrap(connectionpool.HTTPConnectionPool, "_make_request", self._attempt, enabled=recording)
         patches.wrap(urllib3.PoolManager, "urlopen", self._pool_manager_scope, enabled=recording)
         try:
