@@ -1,14 +1,17 @@
-"""Run the whole benchmark suite once and write `docs/performance.md`: every figure as a ratio beside its target.
+"""Run the whole benchmark suite and write `docs/performance.md`: every figure as a ratio beside its target.
 
-    python -m benchmarks.report            # or: ./bench
+    python -m benchmarks.report            # or: python -m benchmarks.report --passes 5 -k http
 
 All variants of a scenario run in the same process and the same run, and only ratios (or differences) between them
-are reported, so the machine's speed mostly cancels out. The machine is shared and noisy: nothing here fails on a
-missed target; the report says which targets were met in this run.
+are reported, so the machine's speed mostly cancels out. The machine is shared and noisy, and variants measured a
+minute apart see different neighbours: so the suite runs several times (``--passes``, default 3) and each variant
+keeps its least disturbed median (noise from neighbours only ever adds time). Nothing here fails on a missed target;
+the report says which targets were met in this run.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -21,9 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Targets from issue 6: span-tree ratios by scenario (default 1.10), and at most 0.5 µs added per call with no SDK.
+# Targets from issue 6: span-tree ratios by scenario (default 1.10), each extra attempt at most 1.2 times the span it
+# adds, and at most 0.5 µs added per call with no SDK.
 RATIO_TARGETS = {"fail_twice": 1.15}
 DEFAULT_RATIO_TARGET = 1.10
+EXTRA_ATTEMPT_TARGET = 1.2
 NO_SDK_BUDGET_US = 0.5
 HTTP_ATTEMPT_VS_CONTRIB_TARGET = 0.6  # issue 5: CPU of one attempt span of ours ÷ contrib's per-request cost
 
@@ -31,11 +36,27 @@ HTTP_ATTEMPT_VS_CONTRIB_TARGET = 0.6  # issue 5: CPU of one attempt span of ours
 @dataclass
 class Row:
     group: str
-    variants: dict[str, float]  # variant -> median seconds
+    variants: dict[str, float]  # variant -> seconds per call: the lowest median over the passes
+    spread: dict[str, float]  # variant -> highest minus lowest median over the passes: what a run resolves
     attempts: int = 1  # attempts one call makes (HTTP scenarios)
 
     def ratio_target(self) -> float:
         return next((t for key, t in RATIO_TARGETS.items() if key in self.group), DEFAULT_RATIO_TARGET)
+
+    def no_sdk_added(self) -> str:
+        """No SDK minus bare, per call, with its verdict; a difference within the passes' spread is not resolved."""
+        v = self.variants
+        if "no_sdk" not in v or "bare" not in v:
+            return ""
+        added = (v["no_sdk"] - v["bare"]) * 1e6
+        resolution = max(self.spread["no_sdk"], self.spread["bare"]) * 1e6
+        if added <= NO_SDK_BUDGET_US:
+            verdict = "met"
+        elif added <= resolution:
+            verdict = f"not resolved (passes ±{resolution:.1f} µs)"
+        else:
+            verdict = "MISSED"
+        return f"{added:+.2f} µs (≤ {NO_SDK_BUDGET_US}) {verdict}"
 
 
 def run(json_path: Path, extra: list[str]) -> None:
@@ -47,80 +68,141 @@ def run(json_path: Path, extra: list[str]) -> None:
     subprocess.run(command, cwd=ROOT, check=True)
 
 
-def rows(json_path: Path) -> list[Row]:
-    data = json.loads(json_path.read_text())
-    groups: dict[str, dict[str, float]] = defaultdict(dict)
+def rows(json_paths: list[Path]) -> list[Row]:
+    """One row per scenario; each variant's figure is its lowest median over the passes (or the statistic its
+    benchmark asks for in ``extra_info["statistic"]``: the HTTP ones read the minimum)."""
+    medians: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     attempts: dict[str, int] = {}
-    for bench in data["benchmarks"]:
-        groups[bench["group"]][bench["extra_info"]["variant"]] = bench["stats"]["median"]
-        attempts[bench["group"]] = bench["extra_info"].get("attempts", 1)
-    return [Row(group, variants, attempts[group]) for group, variants in sorted(groups.items())]
+    for json_path in json_paths:
+        for bench in json.loads(json_path.read_text())["benchmarks"]:
+            statistic = bench["stats"][bench["extra_info"].get("statistic", "median")]
+            medians[bench["group"]][bench["extra_info"]["variant"]].append(statistic)
+            attempts[bench["group"]] = bench["extra_info"].get("attempts", 1)
+    return [
+        Row(
+            group,
+            {name: min(values) for name, values in variants.items()},
+            {name: max(values) - min(values) for name, values in variants.items()},
+            attempts[group],
+        )
+        for group, variants in sorted(medians.items())
+    ]
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.2f} µs"
 
 
-def render(table: list[Row]) -> str:
+def _verdict(ratio: float, target: float) -> str:
+    return f"{ratio:.2f}× (≤ {target:.2f}) {'met' if ratio <= target else 'MISSED'}"
+
+
+def render(table: list[Row], passes: int) -> str:
     lines = [
         "# Performance",
         "",
-        "Measured by `python -m benchmarks.report` (pytest-benchmark, medians) on "
+        f"Measured by `python -m benchmarks.report` (pytest-benchmark; {passes} passes of the whole suite, each figure "
+        "the variant's lowest median over the passes) on "
         f"{datetime.now(timezone.utc):%Y-%m-%d}, Python {platform.python_version()}, {platform.machine()}, "
         "on a shared 2-core machine: read the ratios, not the absolute times.",
         "",
         "- **vs hand-built**: instrumented call ÷ the same library call with the same spans (names, attributes, events,",
         "  status) and metric points built by hand with the OpenTelemetry API, same SDK set-up (SimpleSpanProcessor to an",
-        "  exporter that drops spans). 1.00 means our instrumentation costs exactly what its telemetry costs.",
-        "- **no SDK, added**: instrumented with no SDK configured − bare library call, per call.",
-        "- **HTTP**: client CPU time against a server in another process. *per attempt vs contrib*: (ours − bare) ÷",
-        "  attempts per call, against (contrib's requests instrumentation − bare) per request.",
+        "  exporter that drops spans). 1.00 means our instrumentation costs exactly what its telemetry costs: for a",
+        "  breaker call, one span and its counter point (the *≤ 1.1 spans' cost* target).",
+        "- **no SDK, added**: instrumented with no SDK configured − bare library call, per call. A difference smaller",
+        "  than the spread of the two variants' medians over the passes is reported as not resolved.",
         "",
         "| scenario | bare | hand-built | instrumented | vs hand-built (target) | no SDK, added (target) |",
         "|---|---|---|---|---|---|",
     ]
+    http = [row for row in table if "contrib" in row.variants]
     for row in table:
+        if row in http:
+            continue
         v = row.variants
-        us = {k: f"{s * 1e6:.2f} µs" for k, s in v.items()}
-        ratio = ""
-        if "instrumented" in v and "hand_built" in v:
-            r = v["instrumented"] / v["hand_built"]
-            ratio = f"{r:.2f}× (≤ {row.ratio_target():.2f}) {'met' if r <= row.ratio_target() else 'MISSED'}"
-        added = ""
-        if "no_sdk" in v and "bare" in v:
-            a = (v["no_sdk"] - v["bare"]) * 1e6
-            verdict = "within noise" if a < 0 else ("met" if a <= NO_SDK_BUDGET_US else "MISSED")
-            added = f"{a:+.2f} µs (≤ {NO_SDK_BUDGET_US}) {verdict}"
+        ratio = _verdict(v["instrumented"] / v["hand_built"], row.ratio_target()) if "hand_built" in v else ""
         lines.append(
-            f"| {row.group} | {us.get('bare', '')} | {us.get('hand_built', '')} | {us.get('instrumented', '')} "
-            f"| {ratio} | {added} |"
+            f"| {row.group} | {_us(v['bare'])} | {_us(v['hand_built'])} | {_us(v['instrumented'])} | {ratio} "
+            f"| {row.no_sdk_added()} |"
         )
-    http = [row for row in table if "contrib" in row.variants and "instrumented" in row.variants]
-    if http:
-        lines += [
-            "",
-            "| HTTP scenario | attempts | contrib (one span per request) | ours + contrib | per attempt vs contrib (target) |",
-            "|---|---|---|---|---|",
-        ]
-        for row in http:
-            v = row.variants
-            ours = (v["instrumented"] - v["bare"]) / row.attempts
-            theirs = v["contrib"] - v["bare"]
-            target = HTTP_ATTEMPT_VS_CONTRIB_TARGET
-            both = f"{v['instrumented_with_contrib'] * 1e6:.1f} µs" if "instrumented_with_contrib" in v else ""
-            if ours <= 0 or theirs <= 0:  # an instrumented run cheaper than the bare one: the noise is larger
-                ratio = "not measurable in this run (noise larger than the difference)"
-            else:
-                r = ours / theirs
-                ratio = f"{r:.2f}× (≤ {target}) {'met' if r <= target else 'MISSED'}"
-            lines.append(f"| {row.group} | {row.attempts} | {v['contrib'] * 1e6:.1f} µs | {both} | {ratio} |")
+    lines += _extra_attempts(table)
+    lines += _http(http)
     lines.append("")
     return "\n".join(lines)
 
 
+def _extra_attempts(table: list[Row]) -> list[str]:
+    """Each extra attempt against the span it adds: (fail_twice − first_try) ÷ 2, the bare library's own difference
+    taken out, instrumented against hand-built."""
+    by_group = {row.group: row.variants for row in table}
+    lines = [
+        "",
+        "**Each extra attempt** (issue 6: at most 1.2 spans' cost): what one more attempt adds, (fail_twice −",
+        "first_try − the bare library's own difference) ÷ 2, instrumented against the same extra attempt span",
+        "(attributes, exception event, status) built by hand.",
+        "",
+        "| library | per extra attempt, hand-built | per extra attempt, instrumented | vs the span it adds (target) |",
+        "|---|---|---|---|",
+    ]
+    for group in sorted(by_group):
+        library, _, scenario = group.partition(" ")
+        if scenario != "fail_twice" or f"{library} first_try" not in by_group:
+            continue
+        twice, once = by_group[group], by_group[f"{library} first_try"]
+        bare = twice["bare"] - once["bare"]
+        hand = (twice["hand_built"] - once["hand_built"] - bare) / 2
+        ours = (twice["instrumented"] - once["instrumented"] - bare) / 2
+        lines.append(f"| {library} | {_us(hand)} | {_us(ours)} | {_verdict(ours / hand, EXTRA_ATTEMPT_TARGET)} |")
+    return lines
+
+
+def _http(http: list[Row]) -> list[str]:
+    if not http:
+        return []
+    lines = [
+        "",
+        "**HTTP** (requests over urllib3): client CPU time (`time.process_time`) against a server in another process,",
+        "each variant's least disturbed request (the scheduler's interference only ever adds; `bench_http.STATISTIC`).",
+        "*per attempt vs contrib* (issue 5: at most 0.6): (ours − bare) ÷ attempts per call, against (contrib's",
+        "requests instrumentation − bare) per request. *hand-built vs contrib*: the same for our attempt span's",
+        "telemetry made by hand (the CLIENT span with its attributes, the injected context, the two metric points):",
+        "the floor no instrumentation of this contract goes below.",
+        "",
+        "| HTTP scenario | attempts | bare | contrib | hand-built | ours | ours + contrib | per attempt vs contrib "
+        "(target) | hand-built vs contrib | ours vs hand-built | no SDK, added (target) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in http:
+        v = row.variants
+        ours = (v["instrumented"] - v["bare"]) / row.attempts
+        theirs = v["contrib"] - v["bare"]
+        if ours <= 0 or theirs <= 0:  # an instrumented run cheaper than the bare one: the noise is larger
+            per_attempt = "not resolved (noise larger than the difference)"
+        else:
+            per_attempt = _verdict(ours / theirs, HTTP_ATTEMPT_VS_CONTRIB_TARGET)
+        floor = vs_hand = hand = ""
+        if "hand_built" in v:
+            hand = _us(v["hand_built"])
+            floor = f"{(v['hand_built'] - v['bare']) / theirs:.2f}×" if theirs > 0 else ""
+            vs_hand = f"{v['instrumented'] / v['hand_built']:.2f}×"
+        both = _us(v["instrumented_with_contrib"]) if "instrumented_with_contrib" in v else ""
+        lines.append(
+            f"| {row.group} | {row.attempts} | {_us(v['bare'])} | {_us(v['contrib'])} | {hand} "
+            f"| {_us(v['instrumented'])} | {both} | {per_attempt} | {floor} | {vs_hand} | {row.no_sdk_added()} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passes", type=int, default=3, help="runs of the whole suite (default 3)")
+    options, extra = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        json_path = Path(tmp) / "bench.json"
-        run(json_path, list(argv if argv is not None else sys.argv[1:]))
-        report = render(rows(json_path))
+        json_paths = [Path(tmp) / f"pass{n}.json" for n in range(options.passes)]
+        for json_path in json_paths:
+            run(json_path, extra)  # further arguments go to pytest, e.g. -k http
+        report = render(rows(json_paths), options.passes)
     out = ROOT / "docs" / "performance.md"
-    out.parent.mkdir(exist_ok=True)
     out.write_text(report)
     print(report)
     return 0
