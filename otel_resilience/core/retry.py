@@ -61,6 +61,7 @@ class RetryOperation:
         "_attempt_start_ns",
         "_pending",
         "_pending_end_ns",
+        "_pending_attributes",
         "_pending_needs_delay",
         "_measured_delays",
         "_metrics_on_first_success",
@@ -73,6 +74,7 @@ class RetryOperation:
         self._pending: Span | None = None
         self._attempt_span: Span | None = None
         self._pending_end_ns = 0
+        self._pending_attributes: dict[str, Any] = {}
         self._pending_needs_delay = False
         self._last_error_type: str | None = None
         self._in_attempt = False
@@ -234,9 +236,8 @@ class RetryOperation:
                 span.add_event(
                     semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
                 )
-        if outcome:
-            span.set_attributes(outcome)  # one call: the SDK takes its span lock per call
         self._pending = span
+        self._pending_attributes = outcome  # written when the span ends, with what the end adds: one call, one lock
         self._pending_end_ns = end_ns
         self._pending_needs_delay = self._measured_delays and next_delay is None
 
@@ -258,10 +259,13 @@ class RetryOperation:
         if span is None:
             return None
         self._pending = None
+        attributes = self._pending_attributes
         if self._pending_needs_delay and next_start_ns is not None:
             delay = max(0, next_start_ns - self._pending_end_ns) / _NS
             self.total_delay += delay
-            span.set_attribute(semconv.RETRY_DELAY, delay)
+            attributes[semconv.RETRY_DELAY] = delay
+        if attributes:
+            span.set_attributes(attributes)
         span.end(self._pending_end_ns)
         return span
 
@@ -295,7 +299,7 @@ class RetryOperation:
             last = self._pending
             self._pending = None
             if last is not None:
-                last.set_attributes(outcome)
+                last.set_attributes({**self._pending_attributes, **outcome})
                 last.end(self._pending_end_ns)
         else:
             self._finish_pending(None)
