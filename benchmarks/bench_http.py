@@ -22,13 +22,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import requests
 from opentelemetry import propagate
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import SpanKind, Tracer, set_span_in_context
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -74,14 +75,22 @@ ATTEMPTS = {"keep-alive GET": 1, "503,503,200": 3}
 CPU = pytest.mark.benchmark(timer=time.process_time)
 
 
+@contextmanager
+def serving() -> Iterator[str]:
+    """The scripted server, in a process of its own, for the duration of the block: its base URL."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        yield f"http://127.0.0.1:{int(server.stdout.readline())}"
+    finally:
+        server.terminate()
+        server.wait(5)
+
+
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    port = int(server.stdout.readline())
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(5)
+    with serving() as url:
+        yield url
 
 
 def session_for(base_url: str, scenario: str) -> tuple[requests.Session, str]:
@@ -157,14 +166,10 @@ def test_instrumented_with_contrib(benchmark: Any, scenario: str, base_url: str,
     measure(benchmark, scenario, "instrumented_with_contrib", base_url)
 
 
-@CPU
-def test_hand_built(benchmark: Any, base_url: str, sdk: Sdk) -> None:
+def hand_built(tracer: Tracer, base_url: str) -> Callable[[], int]:
     """The one-attempt GET with our attempt span's telemetry made by hand: the CLIENT span with the same name and
     attributes, its context injected into the request's headers (a first-attempt success records no metric point)."""
-    scenario = "keep-alive GET"
-    http_variant(benchmark, scenario, "hand_built")
-    session, url = session_for(base_url, scenario)
-    tracer = sdk.tracer_provider.get_tracer("hand")
+    session, url = session_for(base_url, "keep-alive GET")
     host, port = "127.0.0.1", int(base_url.rsplit(":", 1)[1])
     attributes = {
         semconv.RETRY_NAME: f"GET {host}", semconv.RETRY_ATTEMPT: 1, semconv.HTTP_REQUEST_METHOD: "GET",
@@ -182,4 +187,10 @@ def test_hand_built(benchmark: Any, base_url: str, sdk: Sdk) -> None:
         span.end()
         return status
 
-    assert benchmark(call) == 200
+    return call
+
+
+@CPU
+def test_hand_built(benchmark: Any, base_url: str, sdk: Sdk) -> None:
+    http_variant(benchmark, "keep-alive GET", "hand_built")
+    assert benchmark(hand_built(sdk.tracer_provider.get_tracer("hand"), base_url)) == 200

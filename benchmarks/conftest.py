@@ -10,6 +10,7 @@ alone plus the same spans and metric points made by hand), ``instrumented`` (ins
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -43,14 +44,24 @@ class Sdk:
         return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
 
 
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
+@contextmanager
+def sdk_for_benchmarks() -> Iterator[Sdk]:
+    """The SDK every instrumented and hand-built variant uses: spans go through a SimpleSpanProcessor to an exporter
+    that drops them, metric points to an in-memory reader."""
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(NullExporter()))
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    yield Sdk(tracer_provider, meter_provider)
-    tracer_provider.shutdown()
-    meter_provider.shutdown()
+    try:
+        yield Sdk(tracer_provider, meter_provider)
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    with sdk_for_benchmarks() as made:
+        yield made
 
 
 def instrumented_fixtures(

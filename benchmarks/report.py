@@ -2,6 +2,8 @@
 
     python -m benchmarks.report            # or: python -m benchmarks.report --passes 5 -k http
 
+It ends with the deterministic count of Python work per HTTP request from `benchmarks.opcodes`.
+
 All variants of a scenario run in the same process and the same run, and only ratios (or differences) between them
 are reported, so the machine's speed mostly cancels out. The machine is shared and noisy, and variants measured a
 minute apart see different neighbours: so the suite runs several times (``--passes``, default 3) and each variant
@@ -22,6 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks import opcodes
+from benchmarks.opcodes import HTTP_ATTEMPT_VS_CONTRIB_TARGET
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Targets from issue 6: span-tree ratios by scenario (default 1.10), each extra attempt at most 1.2 times the span it
@@ -30,7 +35,6 @@ RATIO_TARGETS = {"fail_twice": 1.15}
 DEFAULT_RATIO_TARGET = 1.10
 EXTRA_ATTEMPT_TARGET = 1.2
 NO_SDK_BUDGET_US = 0.5
-HTTP_ATTEMPT_VS_CONTRIB_TARGET = 0.6  # issue 5: CPU of one attempt span of ours ÷ contrib's per-request cost
 
 
 @dataclass
@@ -96,7 +100,7 @@ def _verdict(ratio: float, target: float) -> str:
     return f"{ratio:.2f}× (≤ {target:.2f}) {'met' if ratio <= target else 'MISSED'}"
 
 
-def render(table: list[Row], passes: int) -> str:
+def render(table: list[Row], passes: int, python_work: list[str]) -> str:
     lines = [
         "# Performance",
         "",
@@ -127,6 +131,7 @@ def render(table: list[Row], passes: int) -> str:
         )
     lines += _extra_attempts(table)
     lines += _http(http)
+    lines += python_work
     lines.append("")
     return "\n".join(lines)
 
@@ -201,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         json_paths = [Path(tmp) / f"pass{n}.json" for n in range(options.passes)]
         for json_path in json_paths:
             run(json_path, extra)  # further arguments go to pytest, e.g. -k http
-        report = render(rows(json_paths), options.passes)
+        report = render(rows(json_paths), options.passes, opcodes.render(opcodes.measure()))
     out = ROOT / "docs" / "performance.md"
     out.write_text(report)
     print(report)
