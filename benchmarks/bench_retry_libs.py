@@ -10,6 +10,7 @@ beyond its telemetry; no_sdk - bare is what it costs an app with no SDK.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -56,15 +57,24 @@ def retried(group: str) -> Callable[[], str]:
     return LIBRARIES[library][0](make_work(FAILURES[scenario]))
 
 
-@pytest.fixture(autouse=True)
-def quiet_libraries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+@contextmanager
+def quiet() -> Iterator[None]:
     """No sleeping (backoff's and tenacity's sleeps are no-ops) and none of stamina's own hooks."""
     no_sleep = SimpleNamespace(sleep=lambda seconds: None)
-    monkeypatch.setattr(backoff._sync, "time", no_sleep)
-    monkeypatch.setattr(tenacity.nap, "time", no_sleep)
+    saved = backoff._sync.time, tenacity.nap.time
+    backoff._sync.time, tenacity.nap.time = no_sleep, no_sleep  # type: ignore[assignment]
     set_on_retry_hooks([])
-    yield
-    set_on_retry_hooks(None)
+    try:
+        yield
+    finally:
+        set_on_retry_hooks(None)
+        backoff._sync.time, tenacity.nap.time = saved
+
+
+@pytest.fixture(autouse=True)
+def quiet_libraries() -> Iterator[None]:
+    with quiet():
+        yield
 
 
 def instrumentor(request: pytest.FixtureRequest) -> ResilienceInstrumentor:

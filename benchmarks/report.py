@@ -2,7 +2,8 @@
 
     python -m benchmarks.report            # or: python -m benchmarks.report --passes 5 -k http
 
-It ends with the deterministic count of Python work per HTTP request from `benchmarks.opcodes`.
+Beside the pytest-benchmark figures it reports `benchmarks.no_sdk` (bare and no-SDK alternated, for a budget smaller
+than the machine's drift) and `benchmarks.opcodes` (the Python work per HTTP request, counted, not timed).
 
 All variants of a scenario run in the same process and the same run, and only ratios (or differences) between them
 are reported, so the machine's speed mostly cancels out. The machine is shared and noisy, and variants measured a
@@ -24,17 +25,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import opcodes
+from benchmarks import no_sdk, opcodes
 from benchmarks.opcodes import HTTP_ATTEMPT_VS_CONTRIB_TARGET
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Targets from issue 6: span-tree ratios by scenario (default 1.10), each extra attempt at most 1.2 times the span it
-# adds, and at most 0.5 µs added per call with no SDK.
+# Targets from issue 6: span-tree ratios by scenario (default 1.10) and each extra attempt at most 1.2 times the span
+# it adds (its no-SDK budget is `benchmarks.no_sdk`'s, issue 5's HTTP target `benchmarks.opcodes`').
 RATIO_TARGETS = {"fail_twice": 1.15}
 DEFAULT_RATIO_TARGET = 1.10
 EXTRA_ATTEMPT_TARGET = 1.2
-NO_SDK_BUDGET_US = 0.5
 
 
 READING = [
@@ -46,8 +46,8 @@ READING = [
     "  reported. The Python-work table does not move: it counts instructions, not time.",
     "- *vs hand-built* below 1.0×: the hand-built code, written with the API's `start_as_current_span` context",
     "  managers, costs more than the core's direct calls.",
-    "- *No SDK*: the added cost is a few tenths of a µs, at the edge of what this machine resolves; a difference within",
-    "  the passes' spread is reported as not resolved rather than as met or missed.",
+    "- *No SDK*: the added cost is a few tenths of a µs, less than what separates two medians of the same code measured",
+    "  a minute apart here; hence the alternating measurement, whose fastest rounds carry the verdict.",
     "- *HTTP*: a loopback request costs the client ~0.5 ms of CPU, most of it the socket round trip, and that part",
     "  varies with what the scheduler ran in between; differences of a few tens of µs are read at the least disturbed",
     "  request, and checked against the instruction counts. *hand-built vs contrib* is the floor: the telemetry our",
@@ -61,29 +61,23 @@ READING = [
 @dataclass
 class Row:
     group: str
-    variants: dict[str, float]  # variant -> seconds per call: the lowest median over the passes
-    spread: dict[str, float]  # variant -> highest minus lowest median over the passes: what a run resolves
+    variants: dict[str, float]  # variant -> seconds per call: the lowest median over the passes (see `rows`)
+    fastest: dict[str, float]  # variant -> its fastest call over the passes
     attempts: int = 1  # attempts one call makes (HTTP scenarios)
 
     def ratio_target(self) -> float:
         return next((t for key, t in RATIO_TARGETS.items() if key in self.group), DEFAULT_RATIO_TARGET)
 
     def no_sdk_added(self) -> str:
-        """No SDK minus bare, per call, with its verdict; a difference within the passes' spread is not resolved."""
-        v = self.variants
+        """No SDK minus bare, per call, between the fastest calls and between the medians: information only. Two
+        variants pytest runs a minute apart differ by more than the 0.5 µs budget from the machine's load alone;
+        the verdict is `benchmarks.no_sdk`'s, which alternates them."""
+        v, f = self.variants, self.fastest
         if "no_sdk" not in v or "bare" not in v:
             return ""
-        added = (v["no_sdk"] - v["bare"]) * 1e6
-        resolution = max(self.spread["no_sdk"], self.spread["bare"]) * 1e6
-        if added < 0:
-            verdict = "not resolved (below bare)"
-        elif added <= NO_SDK_BUDGET_US:
-            verdict = "met"
-        elif added <= resolution:
-            verdict = f"not resolved (passes ±{resolution:.1f} µs)"
-        else:
-            verdict = "MISSED"
-        return f"{added:+.2f} µs (≤ {NO_SDK_BUDGET_US}) {verdict}"
+        fastest = f"{(f['no_sdk'] - f['bare']) * 1e6:+.2f} µs"
+        # (rows whose benchmarks read the fastest calls throughout, the HTTP ones, have no separate median)
+        return fastest if v == f else f"{fastest}, median {(v['no_sdk'] - v['bare']) * 1e6:+.2f} µs"
 
 
 def run(json_path: Path, extra: list[str]) -> None:
@@ -98,22 +92,18 @@ def run(json_path: Path, extra: list[str]) -> None:
 def rows(json_paths: list[Path]) -> list[Row]:
     """One row per scenario; each variant's figure is its lowest median over the passes (or the statistic its
     benchmark asks for in ``extra_info["statistic"]``: the HTTP ones read the minimum)."""
-    medians: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    figures: dict[str, dict[str, float]] = defaultdict(dict)
+    fastest: dict[str, dict[str, float]] = defaultdict(dict)
     attempts: dict[str, int] = {}
     for json_path in json_paths:
         for bench in json.loads(json_path.read_text())["benchmarks"]:
-            statistic = bench["stats"][bench["extra_info"].get("statistic", "median")]
-            medians[bench["group"]][bench["extra_info"]["variant"]].append(statistic)
-            attempts[bench["group"]] = bench["extra_info"].get("attempts", 1)
-    return [
-        Row(
-            group,
-            {name: min(values) for name, values in variants.items()},
-            {name: max(values) - min(values) for name, values in variants.items()},
-            attempts[group],
-        )
-        for group, variants in sorted(medians.items())
-    ]
+            group, name = bench["group"], bench["extra_info"]["variant"]
+            figure = bench["stats"][bench["extra_info"].get("statistic", "median")]
+            figures[group][name] = min(figure, figures[group].get(name, figure))
+            fastest[group][name] = min(bench["stats"]["min"], fastest[group].get(name, figure))
+            attempts[group] = bench["extra_info"].get("attempts", 1)
+    return [Row(group, figures[group], fastest[group], attempts[group]) for group in sorted(figures)]
+
 
 def _us(seconds: float) -> str:
     return f"{seconds * 1e6:.2f} µs"
@@ -123,7 +113,7 @@ def _verdict(ratio: float, target: float) -> str:
     return f"{ratio:.2f}× (≤ {target:.2f}) {'met' if ratio <= target else 'MISSED'}"
 
 
-def render(table: list[Row], passes: int, python_work: list[str]) -> str:
+def render(table: list[Row], passes: int, no_sdk_lines: list[str], python_work: list[str]) -> str:
     lines = [
         "# Performance",
         "",
@@ -136,10 +126,10 @@ def render(table: list[Row], passes: int, python_work: list[str]) -> str:
         "  status) and metric points built by hand with the OpenTelemetry API, same SDK set-up (SimpleSpanProcessor to an",
         "  exporter that drops spans). 1.00 means our instrumentation costs exactly what its telemetry costs: for a",
         "  breaker call, one span and its counter point (the *≤ 1.1 spans' cost* target).",
-        "- **no SDK, added**: instrumented with no SDK configured − bare library call, per call. A difference smaller",
-        "  than the spread of the two variants' medians over the passes is reported as not resolved.",
+        "- **no SDK, added**: instrumented with no SDK configured − bare library call, per call, between the fastest",
+        "  calls and between the medians; information only: the verdict is the alternating measurement's, below.",
         "",
-        "| scenario | bare | hand-built | instrumented | vs hand-built (target) | no SDK, added (target) |",
+        "| scenario | bare | hand-built | instrumented | vs hand-built (target) | no SDK, added |",
         "|---|---|---|---|---|---|",
     ]
     http = [row for row in table if "contrib" in row.variants]
@@ -153,6 +143,7 @@ def render(table: list[Row], passes: int, python_work: list[str]) -> str:
             f"| {row.no_sdk_added()} |"
         )
     lines += _extra_attempts(table)
+    lines += no_sdk_lines
     lines += _http(http)
     lines += python_work
     lines += READING
@@ -230,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         json_paths = [Path(tmp) / f"pass{n}.json" for n in range(options.passes)]
         for json_path in json_paths:
             run(json_path, extra)  # further arguments go to pytest, e.g. -k http
-        report = render(rows(json_paths), options.passes, opcodes.render(opcodes.measure()))
+        report = render(
+            rows(json_paths), options.passes, no_sdk.render(no_sdk.measure()), opcodes.render(opcodes.measure())
+        )
     out = ROOT / "docs" / "performance.md"
     out.write_text(report)
     print(report)
