@@ -189,7 +189,7 @@ def _http(http: list[Row]) -> list[str]:
         "records no metric point): the floor no instrumentation of this contract goes below.",
         "",
         "| HTTP scenario | attempts | bare | contrib | hand-built | ours | ours + contrib | per attempt vs contrib "
-        "(target) | hand-built vs contrib | ours vs hand-built | no SDK, added (target) |",
+        "(target) | hand-built vs contrib | ours vs hand-built | no SDK, added |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in http:
