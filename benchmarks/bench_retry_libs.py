@@ -21,13 +21,7 @@ import stamina
 import tenacity.nap
 from stamina.instrumentation import set_on_retry_hooks
 
-from benchmarks.conftest import (
-    Sdk,
-    hand_built_retry,
-    instrumented_fixtures,
-    make_work,
-    variant,
-)
+from benchmarks.conftest import Sdk, hand_built_retry, instrumented_fixtures, make_work, variant
 from otel_resilience.instrumentation._base import ResilienceInstrumentor
 from otel_resilience.instrumentation.backoff import BackoffInstrumentor
 from otel_resilience.instrumentation.stamina import StaminaInstrumentor

@@ -8,13 +8,7 @@ from typing import Any
 import pytest
 import tenacity
 
-from benchmarks.conftest import (
-    Sdk,
-    hand_built_retry,
-    instrumented_fixtures,
-    make_work,
-    variant,
-)
+from benchmarks.conftest import Sdk, hand_built_retry, instrumented_fixtures, make_work, variant
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 
 FAILURES = {"first_try": 0, "fail_twice": 2}

@@ -18,11 +18,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    SimpleSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-)
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 
 from otel_resilience import semconv
@@ -64,6 +60,16 @@ def sdk() -> Iterator[Sdk]:
         yield made
 
 
+@contextmanager
+def instrumenting(instrumentor: BaseInstrumentor, **kwargs: object) -> Iterator[None]:
+    """`instrumentor` on for the block (with `kwargs`, e.g. ``Sdk.kwargs()``; none: the no-SDK path), off after."""
+    instrumentor.instrument(**kwargs)
+    try:
+        yield
+    finally:
+        instrumentor.uninstrument()
+
+
 def instrumented_fixtures(
     instrumentor: Callable[[pytest.FixtureRequest], BaseInstrumentor],
 ) -> tuple[Callable[..., Iterator[Sdk]], Callable[..., Iterator[None]]]:
@@ -73,15 +79,13 @@ def instrumented_fixtures(
 
     @pytest.fixture
     def instrumented(request: pytest.FixtureRequest, sdk: Sdk) -> Iterator[Sdk]:
-        instrumentor(request).instrument(**sdk.kwargs())
-        yield sdk
-        instrumentor(request).uninstrument()
+        with instrumenting(instrumentor(request), **sdk.kwargs()):
+            yield sdk
 
     @pytest.fixture
     def instrumented_no_sdk(request: pytest.FixtureRequest) -> Iterator[None]:
-        instrumentor(request).instrument()
-        yield
-        instrumentor(request).uninstrument()
+        with instrumenting(instrumentor(request)):
+            yield
 
     return instrumented, instrumented_no_sdk
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import statistics
 import timeit
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from benchmarks import bench_breakers, bench_pybreaker, bench_retry_libs, bench_tenacity
-from benchmarks.conftest import make_work
+from benchmarks.conftest import instrumenting, make_work
 from benchmarks.opcodes import count
 from otel_resilience.instrumentation._base import ResilienceInstrumentor
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
@@ -92,22 +92,13 @@ def measure_one(scenario: Scenario, rounds: int = ROUNDS) -> Result:
         number = max(1, int(SECONDS_PER_REPEAT / _per_call(call, 100)))
         for _ in range(rounds):
             bare.append(_per_call(scenario.make(), number))
-            with _no_sdk(scenario):
+            with instrumenting(scenario.instrumentor()):  # no providers, none set globally
                 no_sdk.append(_per_call(scenario.make(), number))
         bare_work = sum(count(scenario.make()).values())
-        with _no_sdk(scenario):
+        with instrumenting(scenario.instrumentor()):  # no providers, none set globally
             added_work = sum(count(scenario.make()).values()) - bare_work
     return Result(min(bare), min(no_sdk), [n - b for b, n in zip(bare, no_sdk, strict=True)], added_work)
 
-
-@contextmanager
-def _no_sdk(scenario: Scenario) -> Iterator[None]:
-    instrumentor = scenario.instrumentor()
-    instrumentor.instrument()  # no providers given, none set globally: the no-SDK path
-    try:
-        yield
-    finally:
-        instrumentor.uninstrument()
 
 
 def measure() -> dict[str, Result]:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
 from benchmarks.bench_http import ATTEMPTS, SCENARIOS, getter, hand_built, serving
-from benchmarks.conftest import Sdk, sdk_for_benchmarks
+from benchmarks.conftest import instrumenting, sdk_for_benchmarks
 from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
 
 REQUESTS = 30
@@ -56,24 +55,15 @@ def count(call: Callable[[], Any], requests: int = REQUESTS) -> Counter[str]:
     return Counter({place: n // requests for place, n in counts.items()})
 
 
-@contextmanager
-def _instrumented(instrumentor: Any, sdk: Sdk) -> Iterator[None]:
-    instrumentor.instrument(**sdk.kwargs())
-    try:
-        yield
-    finally:
-        instrumentor.uninstrument()
-
-
 def measure() -> dict[str, dict[str, Counter[str]]]:
     """scenario -> variant -> instructions per request by place."""
     results: dict[str, dict[str, Counter[str]]] = {}
     with serving() as base_url, sdk_for_benchmarks() as sdk:
         for scenario in SCENARIOS:
             variants = results[scenario] = {"bare": count(getter(base_url, scenario))}
-            with _instrumented(RequestsInstrumentor(), sdk):
+            with instrumenting(RequestsInstrumentor(), **sdk.kwargs()):
                 variants["contrib"] = count(getter(base_url, scenario))
-            with _instrumented(Urllib3RetryInstrumentor(), sdk):
+            with instrumenting(Urllib3RetryInstrumentor(), **sdk.kwargs()):
                 variants["ours"] = count(getter(base_url, scenario))
             if scenario == "keep-alive GET":
                 variants["hand_built"] = count(hand_built(sdk.tracer_provider.get_tracer("hand"), base_url))

@@ -100,7 +100,8 @@ def rows(json_paths: list[Path]) -> list[Row]:
             group, name = bench["group"], bench["extra_info"]["variant"]
             figure = bench["stats"][bench["extra_info"].get("statistic", "median")]
             figures[group][name] = min(figure, figures[group].get(name, figure))
-            fastest[group][name] = min(bench["stats"]["min"], fastest[group].get(name, figure))
+            quickest = bench["stats"]["min"]
+            fastest[group][name] = min(quickest, fastest[group].get(name, quickest))
             attempts[group] = bench["extra_info"].get("attempts", 1)
     return [Row(group, figures[group], fastest[group], attempts[group]) for group in sorted(figures)]
 
