@@ -29,7 +29,10 @@ that writes state, notifies listeners or reads storage."""
 class BreakerEntry:
     """What we know of one breaker: its name, library, last seen state and failure count, last transition time."""
 
-    __slots__ = ("name", "span_name", "library", "state", "failure_count", "last_transition", "_owner", "_read_state", "__weakref__")
+    __slots__ = (
+        "name", "span_name", "library", "state", "failure_count", "last_transition", "_owner", "_read_state",
+        "__weakref__",
+    )
 
     def __init__(self, owner: Any, name: str, library: str, read_state: StateReader | None) -> None:
         self.name = name
