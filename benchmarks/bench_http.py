@@ -172,7 +172,7 @@ def hand_built(tracer: Tracer, base_url: str) -> Callable[[], int]:
     session, url = session_for(base_url, "keep-alive GET")
     host, port = "127.0.0.1", int(base_url.rsplit(":", 1)[1])
     attributes = {
-        semconv.RETRY_NAME: f"GET {host}", semconv.RETRY_ATTEMPT: 1, semconv.HTTP_REQUEST_METHOD: "GET",
+        semconv.RETRY_ATTEMPT: 1, semconv.HTTP_REQUEST_METHOD: "GET",
         semconv.URL_FULL: url, semconv.SERVER_ADDRESS: host, semconv.SERVER_PORT: port,
     }
 

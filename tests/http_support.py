@@ -147,7 +147,6 @@ def assert_no_client_in_client(spans: Sequence[ReadableSpan]) -> None:
 def loopback_attempt(port: int, number: int, path: str = "/", **extra: Any) -> dict[str, Any]:
     """The attributes of our CLIENT span for attempt `number` of a GET to ``127.0.0.1:{port}{path}``, plus `extra`."""
     attributes: dict[str, Any] = {
-        semconv.RETRY_NAME: "GET 127.0.0.1",
         semconv.RETRY_ATTEMPT: number,
         semconv.HTTP_REQUEST_METHOD: "GET",
         semconv.URL_FULL: f"http://127.0.0.1:{port}{path}",

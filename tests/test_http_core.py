@@ -50,9 +50,9 @@ def test_credentials_host() -> None:
 
 
 def test_a_scope_runs_the_call_whatever_its_url() -> None:
-    assert http.call_in_scope("lib", lambda x: x * 2, (21,), {}, join=False, url="http://u@[bad/") == 42
+    assert http.call_in_scope("lib", lambda x: x * 2, (21,), {}, url="http://u@[bad/") == 42
     with pytest.raises(KeyError):
-        http.call_in_scope("lib", {}.__getitem__, ("k",), {}, join=False, url=None)
+        http.call_in_scope("lib", {}.__getitem__, ("k",), {}, url=None)
 
 
 def test_status_error_type() -> None:

@@ -4,6 +4,7 @@ contrib instrumentation (all four combinations). Real loopback servers, scripted
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from otel_resilience import semconv
+from otel_resilience.core import Telemetry
+from otel_resilience.core import http as http_core
 from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
+from otel_resilience.instrumentation.urllib3 import _adapter as adapter_module
 from tests.conftest import Otel, instrumented_fixture
 from tests.http_support import (
     Reply,
@@ -121,7 +125,7 @@ def test_429_retry_after_is_the_delay(instrumented: Otel, server: ScriptedServer
     assert_attributes(spans[1], attempt(server, 2, **{semconv.HTTP_RESPONSE_STATUS_CODE: 200}, **last(2, "success")))
 
 
-def test_retry_subclass_computing_its_own_backoff_is_measured_not_guessed(
+def test_retry_subclass_computing_its_own_backoff_shows_the_wait_urllib3_slept(
     instrumented: Otel, server: ScriptedServer, sleeps: list[float]
 ) -> None:
     class FixedBackoff(Retry):
@@ -132,8 +136,33 @@ def test_retry_subclass_computing_its_own_backoff_is_measured_not_guessed(
     pool = urllib3.PoolManager(retries=FixedBackoff(total=2, status_forcelist=[503]))
     assert pool.request("GET", server.url()).status == 200
     assert sleeps == [0.25]
-    delay = client_spans(instrumented.spans())[0].attributes[semconv.RETRY_DELAY]
-    assert type(delay) is float and 0.0 <= delay < 0.25  # the time urllib3 spent in sleep() (recorded, not waited)
+    assert client_spans(instrumented.spans())[0].attributes[semconv.RETRY_DELAY] == 0.25
+
+
+def test_retry_subclass_waiting_its_own_way_has_its_wait_measured(instrumented: Otel, server: ScriptedServer) -> None:
+    """A subclass whose ``sleep`` does not go through urllib3's ``time.sleep``: what we cannot read is measured."""
+    waited = threading.Event()
+
+    class OwnWait(Retry):
+        def sleep(self, response: Any = None) -> None:
+            waited.wait(0.05)  # never set: a 50 ms wait that urllib3's time.sleep never sees
+
+    server.reply(Reply(503))
+    pool = urllib3.PoolManager(retries=OwnWait(total=2, status_forcelist=[503]))
+    assert pool.request("GET", server.url()).status == 200
+    first, second = client_spans(instrumented.spans())
+    assert 0.04 <= first.attributes[semconv.RETRY_DELAY] < 5.0
+    assert semconv.RETRY_DELAY not in second.attributes
+
+
+def test_time_in_urllib3s_retry_module_is_the_real_module_for_everything_else(instrumented: Otel, server: ScriptedServer) -> None:
+    from urllib3.util import retry as retry_module
+
+    session().get(server.url())  # goes live: the wait observer is in place
+    assert retry_module.time is not time
+    assert retry_module.time.time is time.time and retry_module.time.monotonic is time.monotonic
+    parsed = Retry().parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT")  # urllib3 reads time.time() here
+    assert parsed == 0
 
 
 def test_connection_refused_exhausts(instrumented: Otel, sleeps: list[float]) -> None:
@@ -185,7 +214,10 @@ def test_post_read_error_is_not_retried(instrumented: Otel, server: ScriptedServ
     assert span.name == "POST"
     assert span.attributes[semconv.RETRY_RESULT] == "not_retried"
     assert span.attributes[semconv.RETRY_ATTEMPTS] == 1
-    assert span.attributes[semconv.RETRY_NAME] == "POST 127.0.0.1"
+    assert semconv.RETRY_NAME not in span.attributes  # on the metric points only (docs/telemetry.md, "Decisions")
+    (point,) = instrumented.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
+    assert point.attributes[semconv.RETRY_NAME] == "POST 127.0.0.1"
+    assert point.attributes[semconv.RETRY_RESULT] == "not_retried"
 
 
 def test_status_not_retried_is_not_retried(instrumented: Otel, server: ScriptedServer) -> None:
@@ -529,13 +561,16 @@ def test_threads_sharing_one_adapter_keep_their_own_attempts(instrumented: Otel,
 
 def test_uninstrument_restores_originals(otel: Otel, server: ScriptedServer) -> None:
     from urllib3.connectionpool import HTTPConnectionPool
+    from urllib3.util import retry as retry_module
 
     owners = [
         (HTTPConnectionPool, "_make_request"),
         (urllib3.PoolManager, "urlopen"),
         (requests.Session, "request"),
         (HTTPAdapter, "send"),
-        *((Retry, name) for name in ("is_retry", "increment", "sleep", "sleep_for_retry", "get_retry_after", "get_backoff_time")),
+        (Retry, "is_retry"),
+        (Retry, "increment"),
+        (retry_module, "time"),  # the wait observer stands in for the module's `time`
     ]
     originals = {(owner, name): vars(owner)[name] for owner, name in owners}
     Urllib3RetryInstrumentor().instrument(**otel.kwargs())
@@ -595,3 +630,59 @@ def test_sessions_made_before_instrumenting_are_traced_and_no_sdk_records_nothin
     finally:
         Urllib3RetryInstrumentor().uninstrument()
     assert len(client_spans(otel.spans())) == 1
+
+
+# --- errors inside otel_resilience itself --------------------------------------------------------------------------------
+
+# Where a failure of ours is injected: what the guarded entry points (the adapter's hooks, `core.http`'s requests and
+# scopes) call, so that the guard under test is the one in place, and every step of a retried request is covered.
+HTTP_FAULTS: list[tuple[Any, str]] = [
+    (http_core, "credentials_host"),  # a scope opens
+    (http_core, "attempt_attributes"),  # an attempt starts
+    (adapter_module, "_headers_copy"),  # its context is injected
+    (http_core, "status_error_type"),  # it ends
+    (adapter_module._Chain, "attempt_over"),  # urllib3 is to decide
+    (http_core.HttpRequest, "retrying"),  # urllib3 waits
+    (http_core.HttpRequest, "_report"),  # the ended attempt's span is finished
+    (http_core.HttpRequest, "_write_outcome"),  # the request settles or ends
+    (Telemetry, "record_retry"),  # its metric points
+]
+
+
+@pytest.mark.parametrize("owner,name", HTTP_FAULTS, ids=[name for _, name in HTTP_FAULTS])
+def test_an_error_in_our_code_never_reaches_the_app(
+    owner: Any,
+    name: str,
+    otel: Otel,
+    server: ScriptedServer,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from otel_resilience.core import _safety
+
+    def run() -> tuple[int, int, list[float]]:
+        server.received.clear()
+        sleeps.clear()
+        server.reply(Reply(503), Reply(503))
+        response = session(total=3, status_forcelist=[503], backoff_factor=0.1).get(server.url("/?a=1"))
+        return response.status_code, len(server.received), list(sleeps)
+
+    bare = run()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"injected failure in {name}")
+
+    monkeypatch.setattr(_safety, "_reported", set())
+    monkeypatch.setattr(owner, name, broken)
+    Urllib3RetryInstrumentor().instrument(**otel.kwargs())
+    try:
+        with caplog.at_level(logging.WARNING, logger="otel_resilience"):
+            traced = [run(), run()]
+    finally:
+        Urllib3RetryInstrumentor().uninstrument()
+    assert traced == [bare, bare] == [(200, 3, [0.2])] * 2  # urllib3 waits 0 before its first retry
+    logged = [r for r in caplog.records if r.name == "otel_resilience" and "internal error" in r.getMessage()]
+    assert logged, "the injected failure was never reached"
+    assert len(logged) == len({r.args for r in logged})  # once per place, not once per call
+    assert all(f"injected failure in {name}" in str(r.exc_info[1]) for r in logged if r.exc_info)

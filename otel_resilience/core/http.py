@@ -40,18 +40,19 @@ knows (its verdict) is recorded with `settle`; beside contrib, it is written on 
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Awaitable, Callable
 from time import time_ns
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, get_current_span
+from opentelemetry.context import Context, get_current
+from opentelemetry.trace import Span, SpanKind, get_current_span, set_span_in_context
 
 from otel_resilience import semconv
 from otel_resilience.core import errors
 from otel_resilience.core._safety import never_raises
-from otel_resilience.core.retry import RetryOperation
+from otel_resilience.core.retry import attempt_outcome, current_depth
 from otel_resilience.core.telemetry import Telemetry
 
 KNOWN_METHODS: Final = frozenset(
@@ -75,14 +76,26 @@ def absolute_url(scheme: str, host: str, port: int | None, target: str) -> str:
     (a proxy's absolute form) is the URL itself; the default port is left out, as in the URL the user wrote."""
     if not target.startswith("/"):
         return target
+    return _origin(scheme, host, port) + target
+
+
+@functools.lru_cache(maxsize=256)
+def _origin(scheme: str, host: str, port: int | None) -> str:
+    """``scheme://host[:port]``, cached: a client talks to few origins, and this runs on every attempt."""
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != default_port(scheme):
         netloc = f"{netloc}:{port}"
-    return f"{scheme}://{netloc}{target}"
+    return f"{scheme}://{netloc}"
+
+
+_KNOWN_METHOD_NAMES: Final = {method: (method, method, None) for method in KNOWN_METHODS}
 
 
 def method_names(method: str) -> tuple[str, str, str | None]:
     """(span name, ``http.request.method``, ``http.request.method_original`` or None) for a method as sent."""
+    names = _KNOWN_METHOD_NAMES.get(method)  # the common case, looked up: this runs on every attempt
+    if names is not None:
+        return names
     upper = method.upper()
     if upper in KNOWN_METHODS:
         return upper, upper, (None if upper == method else method)
@@ -137,49 +150,55 @@ def current_client_span(ctx: Context | None = None) -> Span | None:
     return None
 
 
-class _EndedAttempt:
-    """What an attempt's end told us, held until we know whether (and after which wait) another attempt follows."""
-
-    __slots__ = ("number", "status", "error", "end_ns")
-
-    def __init__(self, number: int, status: int | None, error: BaseException | None, end_ns: int) -> None:
-        self.number = number
-        self.status = status
-        self.error = error
-        self.end_ns = end_ns
-
-
 class HttpRequest:
-    """One logical HTTP request and its attempts. Created by `start_request` or `request_in_scope`."""
+    """One logical HTTP request and its attempts. Created by `start_request` or `request_in_scope`.
+
+    Not a `RetryOperation`, on purpose: an HTTP request has no operation span, its attempts are CLIENT spans (or facts
+    on contrib's span), and nearly every request is one successful attempt made on the client's hot path, where all of
+    our work must stay a fraction of what contrib's own span costs (docs/performance.md). So the request keeps its
+    attempts itself. An ended attempt's span stays open until we know what followed it (the wait before the next
+    attempt, or the request's outcome); then it gets its attributes in one call and ends at the time the attempt ended.
+    """
 
     __slots__ = (
-        "_op",
-        "_ended_attempt",
+        "_telemetry",
+        "_name",
+        "_parent",
+        "_start_ns",
+        "attempts",
+        "is_ended",
+        "credentials_host",
+        "_in_attempt",
+        "_span",
+        "container",
+        "_resend_event",
+        "_end_ns",
+        "_status",
+        "_error",
+        "_error_type",
         "_delay",
         "_result",
-        "_own_span",
-        "_container",
-        "_resend_event",
-        "credentials_host",
     )
 
-    def __init__(self, op: RetryOperation) -> None:
-        self._op = op
+    def __init__(self, telemetry: Telemetry, name: str, parent: Context) -> None:
+        self._telemetry = telemetry
+        self._name = name  # retry.name
+        self._parent = parent  # the caller's context: the attempt spans are siblings under its span
+        self._start_ns = time_ns()
+        self.attempts = 0
+        self.is_ended = False
         self.credentials_host: str | None = None  # the app's URL named credentials for this host (see attributes)
-        self._ended_attempt: _EndedAttempt | None = None
+        self._in_attempt = False
+        self._span: Span | None = None  # ours, for the running attempt, or the ended one until it is reported
+        self.container: Span | None = None
+        """Contrib's span holding the running (or last) attempt, if it is shown there rather than on a span of ours."""
+        self._resend_event: tuple[dict[str, Any], int] | None = None  # the previous attempt, for the next container
+        self._end_ns: int | None = None  # set while an ended attempt waits to be reported (`_report`)
+        self._status: int | None = None
+        self._error: BaseException | None = None
+        self._error_type: str | None = None  # the last ended attempt's
         self._delay: float | None = None
         self._result: str | None = None
-        self._own_span = False  # whether the running (or last) attempt is a span of ours
-        self._container: Span | None = None  # contrib's span holding the running (or last) attempt
-        self._resend_event: tuple[dict[str, Any], int] | None = None  # the previous attempt, for the next container
-
-    @property
-    def attempts(self) -> int:
-        return self._op.attempts
-
-    @property
-    def is_ended(self) -> bool:
-        return self._op.is_ended
 
     @never_raises
     def attempt_started(
@@ -188,26 +207,32 @@ class HttpRequest:
         """An attempt begins now. Returns the context to inject into (a copy of) this attempt's headers, or None when
         no span of ours represents it (beside contrib, whose span carries the trace context already).
         `beside_contrib=True`: contrib will make this attempt's CLIENT span itself, later (see `contrib_span`)."""
-        self._report_ended_attempt(follows=True)
-        op = self._op
-        container = None if beside_contrib else current_client_span()
-        if container is None and not beside_contrib:
-            span_name, attributes = attempt_attributes(
-                method, url, host, port, had_credentials=host == self.credentials_host
-            )
-            if op.attempts >= 1:
-                attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = op.attempts
-            op.attempt_started(span_name=span_name, attributes=attributes)
-            self._own_span = True
-            self._container = None
-            self._resend_event = None
-            return op.attempt_context
-        op.attempt_started(span=False)
-        self._own_span = False
-        self._container = None
+        if self._in_attempt:  # the previous attempt was never reported as ended: close it as it stands
+            self._attempt_over(None, None, time_ns())
+        if self._end_ns is not None:
+            self._report(follows=True)
+        self.attempts += 1
+        self._in_attempt = True
+        self._result = None  # what an inner layer settled before this attempt is no longer the outcome
+        self.container = None
+        if beside_contrib:
+            return None
+        container = current_client_span()
         if container is not None:
             self._enrich(container)
-        return None
+            return None
+        span_name, attributes = attempt_attributes(
+            method, url, host, port, had_credentials=host == self.credentials_host
+        )
+        attributes[semconv.RETRY_ATTEMPT] = self.attempts
+        if self.attempts > 1:
+            attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = self.attempts - 1
+        self._resend_event = None
+        parent = self._parent
+        span = self._span = self._telemetry.tracer.start_span(
+            span_name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+        )
+        return set_span_in_context(span, parent)
 
     @never_raises
     def contrib_span(self, span: Span) -> None:
@@ -216,8 +241,8 @@ class HttpRequest:
             self._enrich(span)
 
     def _enrich(self, container: Span) -> None:
-        self._container = container
-        resends = self._op.attempts - 1
+        self.container = container
+        resends = self.attempts - 1
         if resends >= 1:
             container.set_attribute(semconv.HTTP_REQUEST_RESEND_COUNT, resends)
         event = self._resend_event
@@ -231,10 +256,16 @@ class HttpRequest:
     ) -> None:
         """The running attempt got a response with `status`, or failed with `error`. Whether another attempt follows
         (and after which wait) is for the library to decide: reported by `retrying`, the next `attempt_started`, or
-        `settle`/`ended`."""
-        if not self._op.in_attempt:
-            return
-        self._ended_attempt = _EndedAttempt(self._op.attempts, status, error, time_ns() if end_ns is None else end_ns)
+        `settle`/`ended`. Ignored when no attempt is running, so an adapter may report an end it is unsure of."""
+        if self._in_attempt:
+            self._attempt_over(status, error, time_ns() if end_ns is None else end_ns)
+
+    def _attempt_over(self, status: int | None, error: BaseException | None, end_ns: int) -> None:
+        self._in_attempt = False
+        self._status = status
+        self._error = error
+        self._error_type = status_error_type(status) if error is None else errors.error_type(error)
+        self._end_ns = end_ns
         self._delay = None
 
     def retrying(self, delay: float | None) -> None:
@@ -242,30 +273,32 @@ class HttpRequest:
         jitter, or the server's ``Retry-After``), never recomputed. None when it waits without saying how long."""
         self._delay = delay
 
-    def _report_ended_attempt(self, follows: bool) -> None:
-        ended = self._ended_attempt
-        if ended is None:
-            return
-        self._ended_attempt = None
+    def _report(self, follows: bool, outcome: dict[str, Any] | None = None) -> None:
+        """Tell of the ended attempt: another one follows (after the wait `retrying` gave), or it was the last and
+        `outcome` is the request's. Our span gets it all in one call and ends; beside contrib, an attempt that is
+        followed becomes the ``http.request.resend`` event of the next attempt's contrib span."""
+        end_ns = self._end_ns
+        self._end_ns = None
         delay = (0.0 if self._delay is None else float(self._delay)) if follows else None
-        self._delay = None
-        error_type = status_error_type(ended.status)
-        attributes = None if ended.status is None else {semconv.HTTP_RESPONSE_STATUS_CODE: ended.status}
-        self._op.attempt_ended(
-            ended.error, error_type=error_type, next_delay=delay, attributes=attributes, end_ns=ended.end_ns
-        )
+        status, error, error_type = self._status, self._error, self._error_type
         self._resend_event = None
-        if follows and not self._own_span:  # shown beside contrib: the next attempt's contrib span tells of it
-            event: dict[str, Any] = {semconv.RETRY_ATTEMPT: ended.number}
-            if ended.status is not None:
-                event[semconv.HTTP_RESPONSE_STATUS_CODE] = ended.status
-            if error_type is None and ended.error is not None:
-                error_type = errors.error_type(ended.error)
+        span = self._span
+        if span is not None:
+            self._span = None
+            attributes = {} if outcome is None else outcome
+            if status is not None:
+                attributes[semconv.HTTP_RESPONSE_STATUS_CODE] = status
+            attempt_outcome(span, attributes, delay, error_type, error, self._telemetry.settings, end_ns)
+            span.set_attributes(attributes)
+            span.end(end_ns)
+        elif follows:
+            event: dict[str, Any] = {semconv.RETRY_ATTEMPT: self.attempts}
+            if status is not None:
+                event[semconv.HTTP_RESPONSE_STATUS_CODE] = status
             if error_type is not None:
                 event[semconv.ERROR_TYPE] = error_type
-            if delay is not None:
-                event[semconv.RETRY_DELAY] = delay
-            self._resend_event = (event, ended.end_ns)
+            event[semconv.RETRY_DELAY] = delay
+            self._resend_event = (event, end_ns)  # type: ignore[assignment]
 
     @never_raises
     def settle(self, result: str) -> None:
@@ -275,16 +308,22 @@ class HttpRequest:
         self._write_outcome(result)
 
     def _write_outcome(self, result: str) -> None:
-        container = self._container
+        container = self.container
         if container is not None and container.is_recording():
-            container.set_attributes({semconv.RETRY_ATTEMPTS: self._op.attempts, semconv.RETRY_RESULT: result})
+            container.set_attributes({semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
 
     @never_raises
     def ended(
         self, result: str | None = None, error: BaseException | None = None, error_result: ErrorResult | None = None
     ) -> None:
-        """The request is over: `result` (default: what `settle` said, else inferred) and `error`, the exception that
-        escaped to the caller. An error escaping after a settled success was not retried by anyone."""
+        """The request is over: `result` (default: what `settle` said, else inferred from the last attempt:
+        ``exhausted`` if it failed, else ``success``) and `error`, the exception that escaped to the caller. An error
+        escaping after an attempt that did not fail was not retried by anyone (``not_retried``); a `BaseException`
+        that is not an `Exception` makes it ``aborted``. A request that succeeded at its first attempt records no retry
+        metric points (docs/telemetry.md, "Decisions")."""
+        if self.is_ended:
+            return
+        self.is_ended = True
         if result is None:
             result = self._result
         if error is not None:
@@ -293,25 +332,30 @@ class HttpRequest:
                 result = mapped
             elif result == semconv.RESULT_SUCCESS:
                 result = semconv.RESULT_NOT_RETRIED
-        self._report_ended_attempt(follows=False)
-        recorded = self._op.ended(result, error)
-        if recorded is not None:
-            self._write_outcome(recorded)
+        if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands, with `error`
+            self._attempt_over(None, error, time_ns())
+        if result is None:
+            if self._error_type is not None:
+                result = semconv.RESULT_EXHAUSTED
+            else:
+                result = semconv.RESULT_SUCCESS if error is None else semconv.RESULT_NOT_RETRIED
+        if errors.is_abort(error):
+            result = semconv.RESULT_ABORTED
+        if self._end_ns is not None:
+            self._report(False, {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
+        self._write_outcome(result)
+        if self.attempts != 1 or result != semconv.RESULT_SUCCESS:
+            self._telemetry.record_retry(
+                self._name, result, current_depth(self._parent) + 1, self.attempts, (time_ns() - self._start_ns) / 1e9
+            )
 
 
 def start_request(telemetry: Telemetry, method: str, host: str) -> HttpRequest | None:
     """Start observing one logical request (None when nothing records). ``retry.name`` is ``{METHOD} {host}``: what
-    was retried, at a cardinality the metrics can carry. A request that succeeds at its first attempt records no
-    retry metric points: recording them was most of an attempt's cost (docs/telemetry.md, "Decisions")."""
-    span_name, method_attribute, _ = method_names(method)
-    op = telemetry.start_retry(
-        f"{method_attribute} {host}",
-        span_name=span_name,
-        operation_span=False,
-        attempt_kind=SpanKind.CLIENT,
-        metrics_on_first_success=False,  # the common request: its count and latency are HTTP metrics' job
-    )
-    return None if op is None else HttpRequest(op)
+    was retried, at a cardinality the metrics can carry."""
+    if not telemetry.recording():
+        return None
+    return HttpRequest(telemetry, f"{method_names(method)[1]} {host}", get_current())
 
 
 # --- scopes: the library's outer loop --------------------------------------------------------------------------------
@@ -351,15 +395,23 @@ def request_in_scope(telemetry: Telemetry, method: str, host: str) -> tuple[Http
     return start_request(telemetry, method, host), False
 
 
+def opens_scope(telemetry: Telemetry) -> Callable[[], bool]:
+    """The ``enabled`` check of a patched outer call that joins the scope it runs in (a pool manager's redirect
+    recursion, an adapter inside a session): the wrapper, which opens a scope, runs only outside any scope of this
+    library and when something may record. Made for the hot path: joining costs this check and nothing else."""
+    library = telemetry.library
+    may_record = telemetry.may_record
+
+    def check() -> bool:
+        scope = _SCOPE.get()
+        return (scope is None or scope.library != library) and may_record()
+
+    return check
+
+
 @never_raises
-def _enter(
-    library: str, join: bool, url: str | None
-) -> tuple[RequestScope, contextvars.Token[RequestScope | None]] | None:
-    """A new scope made current, or None to run the call as it is (joining the current scope, or after an error of
-    ours)."""
-    current = _SCOPE.get()
-    if join and current is not None and current.library == library:
-        return None
+def _enter(library: str, url: str | None) -> tuple[RequestScope, contextvars.Token[RequestScope | None]] | None:
+    """A new scope made current (None after an error of ours: the call then runs as it is)."""
     scope = RequestScope(library, url)
     return scope, _SCOPE.set(scope)
 
@@ -380,15 +432,14 @@ def call_in_scope(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
-    join: bool,
     error_result: ErrorResult | None = None,
     url: str | None = None,
 ) -> Any:
-    """Run the library's outer call as a scope. `join=True`: inside a scope of the same library already (a pool
-    manager's redirect recursion, an adapter inside a session), just take part in it; `join=False`: always a new
-    request (a session request made by a hook while another is in progress is a request of its own). `url` is the
-    URL the app gave, if the call has one: credentials in it are shown as ``REDACTED:REDACTED@`` on the attempts."""
-    entered = _enter(library, join, url)
+    """Run the library's outer call as a scope: a new request, also inside a scope of the same library (a session
+    request made by a hook while another is in progress is a request of its own; an outer call that joins the scope
+    it runs in is patched with `opens_scope` as its check). `url` is the URL the app gave, if the call has one:
+    credentials in it are shown as ``REDACTED:REDACTED@`` on the attempts."""
+    entered = _enter(library, url)
     if entered is None:
         return wrapped(*args, **kwargs)
     try:
@@ -406,12 +457,11 @@ async def acall_in_scope(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
-    join: bool,
     error_result: ErrorResult | None = None,
     url: str | None = None,
 ) -> Any:
     """`call_in_scope` for a coroutine function (the scope lives in the task's context)."""
-    entered = _enter(library, join, url)
+    entered = _enter(library, url)
     if entered is None:
         return await wrapped(*args, **kwargs)
     try:

@@ -12,8 +12,8 @@ An adapter reports what its library did; this module alone decides what that loo
     op.ended(semconv.RESULT_EXHAUSTED, exc)
 
 An attempt's span is finished when the next attempt starts or the operation ends (with the end time recorded when the
-attempt ended), because some facts about it are only known then: the measured delay of a drop-in target, or the
-`retry.attempts`/`retry.result` that the last HTTP attempt carries when there is no operation span.
+attempt ended), because the measured delay of a drop-in target is only known then. HTTP attempts, which have no
+operation span, are `core.http`'s.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from opentelemetry.util.types import AttributeValue
 from otel_resilience import semconv
 from otel_resilience.core import errors
 from otel_resilience.core._safety import never_raises
+from otel_resilience.core.config import Settings
 
 if TYPE_CHECKING:
     from otel_resilience.core.telemetry import Telemetry
@@ -36,6 +37,29 @@ if TYPE_CHECKING:
 _DEPTH_KEY: Final = context.create_key("otel_resilience.retry_depth")
 _ERROR: Final = Status(StatusCode.ERROR)
 _NS: Final = 1e9
+
+
+def attempt_outcome(
+    span: Span,
+    attributes: dict[str, Any],
+    delay: float | None,
+    error_type: str | None,
+    error: BaseException | None,
+    settings: Settings,
+    end_ns: int,
+) -> dict[str, Any]:
+    """How an attempt ended, on its span (a retried call's or an HTTP attempt's): `retry.delay` and `error.type` join
+    `attributes`, which the caller writes with the span's other end attributes in one call; a failure sets status
+    ERROR, and a raised error adds its ``exception`` event (with a stacktrace only when the policy is ``all``)."""
+    if delay is not None:
+        attributes[semconv.RETRY_DELAY] = delay
+    if error_type is not None:
+        attributes[semconv.ERROR_TYPE] = error_type
+        span.set_status(_ERROR)
+        if error is not None:
+            stacktrace = settings.stacktraces == "all"
+            span.add_event(semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns)
+    return attributes
 
 
 def current_depth(ctx: Context | None = None) -> int:
@@ -56,7 +80,6 @@ class RetryOperation:
         "_span",
         "_ctx",
         "_start_ns",
-        "_attempt_kind",
         "_attempt_span",
         "_attempt_start_ns",
         "_pending",
@@ -64,7 +87,6 @@ class RetryOperation:
         "_pending_attributes",
         "_pending_needs_delay",
         "_measured_delays",
-        "_metrics_on_first_success",
         "_last_error_type",
         "_in_attempt",
         "_ended",
@@ -90,11 +112,8 @@ class RetryOperation:
         *,
         span_name: str | None,
         max_attempts: int | None,
-        operation_span: bool,
-        attempt_kind: SpanKind,
         parent: Context | None,
         measured_delays: bool = False,
-        metrics_on_first_success: bool = True,
     ) -> RetryOperation:
         self = cls()
         self._telemetry = telemetry
@@ -102,43 +121,27 @@ class RetryOperation:
         self.span_name = span_name or name
         parent_ctx = context.get_current() if parent is None else parent
         self.depth = current_depth(parent_ctx) + 1
-        self._attempt_kind = attempt_kind
         self._measured_delays = measured_delays
-        self._metrics_on_first_success = metrics_on_first_success
         self._start_ns = time_ns()
-        if operation_span:
-            attributes: dict[str, AttributeValue] = {semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: self.depth}
-            if max_attempts is not None:
-                attributes[semconv.RETRY_MAX_ATTEMPTS] = max_attempts
-            self._span: Span | None = telemetry.tracer.start_span(
-                f"{semconv.RETRY_OPERATION_SPAN_PREFIX} {self.span_name}",
-                context=parent_ctx,
-                kind=SpanKind.INTERNAL,
-                attributes=attributes,
-                start_time=self._start_ns,
-            )
-            parent_ctx = set_span_in_context(self._span, parent_ctx)
-        else:
-            self._span = None
-        self._ctx = context.set_value(_DEPTH_KEY, self.depth, parent_ctx)
+        attributes: dict[str, AttributeValue] = {semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: self.depth}
+        if max_attempts is not None:
+            attributes[semconv.RETRY_MAX_ATTEMPTS] = max_attempts
+        self._span = telemetry.tracer.start_span(
+            f"{semconv.RETRY_OPERATION_SPAN_PREFIX} {self.span_name}",
+            context=parent_ctx,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            start_time=self._start_ns,
+        )
+        self._ctx = context.set_value(_DEPTH_KEY, self.depth, set_span_in_context(self._span, parent_ctx))
         return self
 
     # --- attempts ----------------------------------------------------------------------------------------------
 
     @never_raises
-    def attempt_started(
-        self,
-        *,
-        span_name: str | None = None,
-        attributes: dict[str, Any] | None = None,
-        start_ns: int | None = None,
-        span: bool = True,
-    ) -> None:
-        """An attempt begins now. `span_name` and `attributes` let an HTTP attempt be a ``GET`` CLIENT span.
-        `start_ns` is for an adapter that learns of an attempt only after it began (backoff decorations made before
-        instrumentation report each attempt when it ended): the attempt's real start time. `span=False`: the attempt
-        is counted (attempt numbers, metrics) but shown elsewhere, e.g. on the CLIENT span contrib's HTTP
-        instrumentation already made for it (see `core.http`)."""
+    def attempt_started(self, *, start_ns: int | None = None) -> None:
+        """An attempt begins now. `start_ns` is for an adapter that learns of an attempt only after it began (backoff
+        decorations made before instrumentation report each attempt when it ended): the attempt's real start time."""
         now = time_ns() if start_ns is None else start_ns
         if self._in_attempt:  # the previous attempt was never reported as ended: close it as it stands
             self.attempt_ended()
@@ -147,23 +150,17 @@ class RetryOperation:
         self.attempts += 1
         self._attempt_start_ns = now
         mode = self._telemetry.settings.attempt_spans
-        if mode == "none" and self._span is not None:
-            self._attempt_span = None
+        if mode == "none" or mode == "on_retry" and self.attempts == 1:
+            self._attempt_span = None  # on_retry: created only if this first attempt fails, with its real times
             return
-        if mode == "on_retry" and self.attempts == 1 and self._span is not None:
-            self._attempt_span = None  # created only if this first attempt fails, with its real times
-            return
-        self._attempt_span = self._new_attempt_span(now, span_name, attributes) if span else None
+        self._attempt_span = self._new_attempt_span(now)
 
-    def _new_attempt_span(self, start_ns: int, span_name: str | None, attributes: dict[str, Any] | None) -> Span:
-        span_attributes: dict[str, Any] = {semconv.RETRY_NAME: self.name, semconv.RETRY_ATTEMPT: self.attempts}
-        if attributes:
-            span_attributes.update(attributes)
+    def _new_attempt_span(self, start_ns: int) -> Span:
         return self._telemetry.tracer.start_span(
-            span_name or self.span_name,
+            self.span_name,
             context=self._ctx,
-            kind=self._attempt_kind,
-            attributes=span_attributes,
+            kind=SpanKind.INTERNAL,
+            attributes={semconv.RETRY_NAME: self.name, semconv.RETRY_ATTEMPT: self.attempts},
             start_time=start_ns,
         )
 
@@ -212,8 +209,6 @@ class RetryOperation:
         span = self._attempt_span
         self._attempt_span = None
         if span is None:
-            if self._span is None:
-                return
             mode = self._telemetry.settings.attempt_spans
             if mode == "none":
                 self._span.add_event(
@@ -224,18 +219,10 @@ class RetryOperation:
                 return
             if error_type is None:
                 return  # on_retry: a first attempt that succeeded gets no span
-            span = self._new_attempt_span(self._attempt_start_ns, None, None)
-        outcome: dict[str, Any] = dict(attributes) if attributes else {}
-        if next_delay is not None:
-            outcome[semconv.RETRY_DELAY] = next_delay
-        if error_type is not None:
-            outcome[semconv.ERROR_TYPE] = error_type
-            span.set_status(_ERROR)
-            if error is not None:
-                stacktrace = self._telemetry.settings.stacktraces == "all"
-                span.add_event(
-                    semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
-                )
+            span = self._new_attempt_span(self._attempt_start_ns)
+        outcome = attempt_outcome(
+            span, dict(attributes) if attributes else {}, next_delay, error_type, error, self._telemetry.settings, end_ns
+        )
         self._pending = span
         self._pending_attributes = outcome  # written when the span ends, with what the end adds: one call, one lock
         self._pending_end_ns = end_ns
@@ -253,11 +240,11 @@ class RetryOperation:
             attributes[semconv.RETRY_DELAY] = next_delay
         return attributes
 
-    def _finish_pending(self, next_start_ns: int | None) -> Span | None:
+    def _finish_pending(self, next_start_ns: int | None) -> None:
         """End the previous attempt's span; when delays are measured, its delay is the gap until `next_start_ns`."""
         span = self._pending
         if span is None:
-            return None
+            return
         self._pending = None
         attributes = self._pending_attributes
         if self._pending_needs_delay and next_start_ns is not None:
@@ -267,20 +254,19 @@ class RetryOperation:
         if attributes:
             span.set_attributes(attributes)
         span.end(self._pending_end_ns)
-        return span
 
     # --- the end -------------------------------------------------------------------------------------------------
 
     @never_raises
     def ended(
         self, result: str | None = None, error: BaseException | None = None, *, error_type: str | None = None
-    ) -> str | None:
+    ) -> None:
         """The operation is over. `result` is one of ``semconv.RETRY_RESULTS`` (inferred when None: success unless
         the last attempt failed or `error` escaped); a `BaseException` that is not an `Exception` makes it
-        ``aborted`` whatever else was said. `error` is the exception that escaped to the caller, if any. Returns the
-        result recorded (None if the operation had already ended), for an adapter that shows it elsewhere too."""
+        ``aborted`` whatever else was said. `error` is the exception that escaped to the caller, if any. Ignored
+        once the operation has ended."""
         if self._ended:
-            return None
+            return
         self._ended = True
         end_ns = time_ns()
         if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): close the attempt as it stands
@@ -292,40 +278,25 @@ class RetryOperation:
             result = semconv.RESULT_EXHAUSTED if failed else semconv.RESULT_SUCCESS
         if result != semconv.RESULT_SUCCESS and error_type is None:
             error_type = errors.error_type(error) if error is not None else self._last_error_type
-        outcome: dict[str, Any] = {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result}
-
+        outcome: dict[str, Any] = {
+            semconv.RETRY_ATTEMPTS: self.attempts,
+            semconv.RETRY_RESULT: result,
+            semconv.RETRY_TOTAL_DELAY: self.total_delay,
+        }
+        self._finish_pending(None)
         span = self._span
-        if span is None:
-            last = self._pending
-            self._pending = None
-            if last is not None:
-                last.set_attributes({**self._pending_attributes, **outcome})
-                last.end(self._pending_end_ns)
-        else:
-            self._finish_pending(None)
-            outcome[semconv.RETRY_TOTAL_DELAY] = self.total_delay
-            if result != semconv.RESULT_SUCCESS:
-                if error_type is not None:
-                    outcome[semconv.ERROR_TYPE] = error_type
-                span.set_status(_ERROR)
-                if error is not None:
-                    stacktrace = self._telemetry.settings.stacktraces != "none"
-                    span.add_event(
-                        semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
-                    )
-            span.set_attributes(outcome)
-            span.end(end_ns)
-
-        if self.attempts == 1 and result == semconv.RESULT_SUCCESS and not self._metrics_on_first_success:
-            return result
-        telemetry = self._telemetry
-        telemetry.retry_attempts.record(
-            self.attempts, {semconv.RETRY_NAME: self.name, semconv.RETRY_RESULT: result, semconv.RETRY_DEPTH: self.depth}
-        )
-        telemetry.retry_duration.record(
-            (end_ns - self._start_ns) / _NS, {semconv.RETRY_NAME: self.name, semconv.RETRY_RESULT: result}
-        )
-        return result
+        if result != semconv.RESULT_SUCCESS:
+            if error_type is not None:
+                outcome[semconv.ERROR_TYPE] = error_type
+            span.set_status(_ERROR)
+            if error is not None:
+                stacktrace = self._telemetry.settings.stacktraces != "none"
+                span.add_event(
+                    semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
+                )
+        span.set_attributes(outcome)
+        span.end(end_ns)
+        self._telemetry.record_retry(self.name, result, self.depth, self.attempts, (end_ns - self._start_ns) / _NS)
 
     @property
     def is_ended(self) -> bool:

@@ -16,7 +16,7 @@ from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_current
 from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-from opentelemetry.trace import SpanKind, TracerProvider
+from opentelemetry.trace import TracerProvider
 
 from otel_resilience import semconv
 from otel_resilience.core._safety import report_internal_error
@@ -178,31 +178,26 @@ class Telemetry:
         *,
         span_name: str | None = None,
         max_attempts: int | None = None,
-        operation_span: bool = True,
-        attempt_kind: SpanKind = SpanKind.INTERNAL,
         parent: Context | None = None,
         measured_delays: bool = False,
-        metrics_on_first_success: bool = True,
     ) -> RetryOperation | None:
         """Start observing one retried operation, or return None when nothing records (the adapter then stays out
         of the way entirely). `name` is ``retry.name`` (``module.qualname``); `span_name` the bare qualname.
-        `operation_span=False` makes the attempts siblings under the caller (HTTP attempts); `measured_delays=True`
-        records the gap between attempts as `retry.delay` when the library's chosen wait cannot be read.
-        `metrics_on_first_success=False`: an operation that succeeded at its first attempt records no metric
-        points (HTTP requests: see docs/telemetry.md, "Decisions")."""
+        `measured_delays=True` records the gap between attempts as `retry.delay` when the library's chosen wait
+        cannot be read. (HTTP requests are `core.http.start_request`'s.)"""
         if not self.recording():
             return None
         return RetryOperation.start(
-            self,
-            name,
-            span_name=span_name,
-            max_attempts=max_attempts,
-            operation_span=operation_span,
-            attempt_kind=attempt_kind,
-            parent=parent,
-            measured_delays=measured_delays,
-            metrics_on_first_success=metrics_on_first_success,
+            self, name, span_name=span_name, max_attempts=max_attempts, parent=parent, measured_delays=measured_delays
         )
+
+    def record_retry(self, name: str, result: str, depth: int, attempts: int, seconds: float) -> None:
+        """The metric points of one retried operation (or HTTP request) that ended: `retry.attempts` and
+        `retry.duration`."""
+        self.retry_attempts.record(
+            attempts, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result, semconv.RETRY_DEPTH: depth}
+        )
+        self.retry_duration.record(seconds, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result})
 
     def start_breaker_call(
         self, entry_of: Callable[[], BreakerEntry], state: str | None, subject: object = None

@@ -204,14 +204,14 @@ class HttpxAdapter:
 
     def _client_send(self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return http.call_in_scope(
-            LIBRARY, wrapped, args, kwargs, join=False, error_result=_httpx_error_result, url=self._app_url(args, kwargs)
+            LIBRARY, wrapped, args, kwargs, error_result=_httpx_error_result, url=self._app_url(args, kwargs)
         )
 
     async def _async_client_send(
         self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         return await http.acall_in_scope(
-            LIBRARY, wrapped, args, kwargs, join=False, error_result=_httpx_error_result, url=self._app_url(args, kwargs)
+            LIBRARY, wrapped, args, kwargs, error_result=_httpx_error_result, url=self._app_url(args, kwargs)
         )
 
     @staticmethod

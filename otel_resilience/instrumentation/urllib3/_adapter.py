@@ -3,15 +3,20 @@
 urllib3 makes one attempt per ``HTTPConnectionPool._make_request`` call and decides in ``HTTPConnectionPool.urlopen``,
 which calls itself once per resend: ``Retry.is_retry`` (is this status retried?), ``Retry.increment`` (the next
 ``Retry``; ``MaxRetryError`` when the budget is spent; the error re-raised when the policy does not retry it), then
-``Retry.sleep`` / ``Retry.sleep_for_retry`` (the wait: ``get_retry_after`` or ``get_backoff_time``, whose results we
-observe, never recompute: the backoff has random jitter). We hook exactly those and never ``urlopen`` itself: contrib's
-urllib3 instrumentation wraps it, and its ``unwrap`` removes the outermost layer, whoever owns it. Nor requests'
-``Session.send``, which contrib's requests instrumentation patches by hand.
+``Retry.sleep`` / ``Retry.sleep_for_retry`` (the wait, see below). We hook the attempts and the verdicts, never
+``urlopen`` itself: contrib's urllib3 instrumentation wraps it, and its ``unwrap`` removes the outermost layer, whoever
+owns it. Nor requests' ``Session.send``, which contrib's requests instrumentation patches by hand.
 
 Outer loops are scopes (`core.http.call_in_scope`), so their resends join the same request: requests'
 ``Session.request`` (its redirect loop, and auth handlers resending after a 401), ``HTTPAdapter.send`` when called
 directly, and ``PoolManager.urlopen`` (cross-host redirects). A pool used directly (``pool.urlopen``, ``pool.request``)
 is followed through the ``Retry`` object each resend receives from ``increment``.
+
+The wait urllib3 chose is the argument of its ``time.sleep`` call (in ``Retry.sleep_for_retry`` for ``Retry-After``,
+``Retry._sleep_backoff`` for the backoff with its random jitter): the ``time`` name of ``urllib3.util.retry`` is
+`_RetryModuleTime`, which passes every call on to the real module and notes what ``sleep`` was given. So the value is
+urllib3's own, whatever a subclass's getters computed, and nothing is recomputed; a subclass that waits in its own
+way, not through that module, has its wait measured instead.
 
 State lives in a context variable: urllib3 is synchronous, and its whole loop runs in the caller's thread.
 """
@@ -19,6 +24,7 @@ State lives in a context variable: urllib3 is synchronous, and its whole loop ru
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Final
@@ -28,10 +34,11 @@ import urllib3
 from opentelemetry import propagate
 from urllib3 import connectionpool
 from urllib3.exceptions import MaxRetryError
+from urllib3.util import retry as retry_module
 from urllib3.util.retry import Retry
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, errors, http, never_raises
+from otel_resilience.core import Telemetry, errors, http, never_raises, report_internal_error
 from otel_resilience.instrumentation._base import Patches
 
 LIBRARY: Final = "urllib3"
@@ -48,27 +55,71 @@ _HANDED_TO_RETRY: Final = tuple(
     if isinstance(cls, type)
 )
 
-_WAIT_GETTERS: Final = ("get_retry_after", "get_backoff_time")
+try:
+    from requests.structures import CaseInsensitiveDict as _RequestsHeaders
+except ImportError:  # urllib3 without requests
+    _RequestsHeaders = None  # type: ignore[assignment,misc]
+
 
 
 class _Chain:
     """One run of urllib3's retry loop in this thread: the request it belongs to, and where urllib3 is in it."""
 
-    __slots__ = ("request", "scoped", "awaiting", "decided", "status", "next_retry", "sleeping", "chosen", "observed")
+    __slots__ = (
+        "request",
+        "scoped",
+        "awaiting",
+        "decided",
+        "verdict_needed",
+        "status",
+        "next_retry",
+        "waited",
+        "measured_from",
+    )
 
     def __init__(self, request: http.HttpRequest, scoped: bool) -> None:
         self.request = request
         self.scoped = scoped  # a scope (session, adapter, pool manager) ends the request; we only settle it
         self.awaiting = False  # an attempt ended and urllib3 has not yet decided what follows
         self.decided = False  # urllib3 gave its verdict (an outer loop may still go on, inside a scope)
+        self.verdict_needed = True  # whether Retry.is_retry accepting the response tells us anything (`_verdict_pending`)
         self.status: int | None = None
         self.next_retry: Retry | None = None  # what increment returned: the Retry the next resend receives
-        self.sleeping = False
-        self.chosen: float | None = None
-        self.observed = False
+        self.waited: float | None = None  # what urllib3 slept since the attempt ended (`_RetryModuleTime`)
+        self.measured_from: float | None = None  # when a Retry that waits its own way was made (`_increment`)
+
+    def attempt_over(self, status: int | None) -> None:
+        """The running attempt got `status` (None: it raised): what urllib3 does next is yet to be seen."""
+        self.status = status
+        self.decided = False
+        self.next_retry = None
+        self.waited = None
+        self.measured_from = None
 
 
 _CHAIN: contextvars.ContextVar[_Chain | None] = contextvars.ContextVar("otel_resilience_urllib3_chain", default=None)
+
+
+def _verdict_pending() -> bool:
+    """The check of the ``Retry.is_retry`` hook, which urllib3 calls on every response. Inside a scope, a response
+    that is not a failure, on a span of ours, needs no verdict: the request is a success unless urllib3 goes on (which
+    `Retry.increment` shows), and the scope ends it. Only a failing status (``not_retried`` if accepted), a request we
+    end ourselves, or contrib's span (written while it is open) need to hear that urllib3 accepted the response."""
+    chain = _CHAIN.get()
+    return chain is not None and chain.awaiting and chain.verdict_needed
+
+
+def _headers_copy(headers: Any) -> Any:
+    """A copy of an attempt's headers to inject into: the caller's own stay as they were. requests'
+    ``CaseInsensitiveDict`` copies itself in Python, key by key, at a cost above that of the whole span; its state is
+    one ``OrderedDict`` (``_store``, annotated in the class), copied in C here into an object of the same class."""
+    if headers is None:
+        return {}
+    if type(headers) is _RequestsHeaders:
+        copy = _RequestsHeaders.__new__(_RequestsHeaders)
+        copy._store = headers._store.copy()
+        return copy
+    return headers.copy() if hasattr(headers, "copy") else dict(headers)
 
 
 def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
@@ -89,55 +140,48 @@ class Urllib3Adapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """Attempts and outer loops now; the Retry hooks once something records (they only matter inside a run)."""
-        # The full check (suppression included) is made once per request, where the request starts (start_retry).
+        """Attempts and outer loops now; the Retry hooks once something records (they only matter inside a run).
+        An outer call that joins the scope it runs in (an adapter inside a session, a pool manager's redirect
+        recursion) costs only its check."""
+        # The full check (suppression included) is made once per request, where the request starts (start_request).
         recording = self.telemetry.may_record
+        opens_scope = http.opens_scope(self.telemetry)
         patches.wrap(connectionpool.HTTPConnectionPool, "_make_request", self._attempt, enabled=recording)
-        patches.wrap(urllib3.PoolManager, "urlopen", self._pool_manager_scope, enabled=recording)
+        patches.wrap(urllib3.PoolManager, "urlopen", self._pool_manager_scope, enabled=opens_scope)
         try:
             import requests
         except ImportError:
             pass
         else:
             patches.wrap(requests.Session, "request", self._session_scope, enabled=recording)
-            patches.wrap(requests.adapters.HTTPAdapter, "send", self._adapter_scope, enabled=recording)
+            patches.wrap(requests.adapters.HTTPAdapter, "send", self._adapter_scope, enabled=opens_scope)
         self.telemetry.when_live(lambda: self._patch_retry_hooks(patches))
 
     def _patch_retry_hooks(self, patches: Patches) -> None:
-        active = _CHAIN.get
-        patches.wrap(Retry, "is_retry", self._is_retry, enabled=active)
-        patches.wrap(Retry, "increment", self._increment, enabled=active)
-        patches.wrap(Retry, "sleep", self._sleep, enabled=active)
-        patches.wrap(Retry, "sleep_for_retry", self._sleep, enabled=active)
-        for name in _WAIT_GETTERS:
-            patches.wrap(Retry, name, self._wait_observer(vars(Retry), name), enabled=active)
+        patches.wrap(Retry, "is_retry", self._is_retry, enabled=_verdict_pending)
+        patches.wrap(Retry, "increment", self._increment, enabled=_CHAIN.get)
+        patches.replace(retry_module, "time", _RetryModuleTime(self))
 
     # --- outer loops ---------------------------------------------------------------------------------------------
 
     def _session_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``Session.request(method, url, ...)``: a new request, also when a hook of another request makes it."""
-        return self._scope(wrapped, args, kwargs, join=False, url=_arg(args, kwargs, 1, "url"))
+        return self._scope(wrapped, args, kwargs, _arg(args, kwargs, 1, "url"))
 
     def _adapter_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``HTTPAdapter.send(request, ...)``: part of the session's request, or one of its own when called directly."""
-        return self._scope(wrapped, args, kwargs, join=True, url=getattr(_arg(args, kwargs, 0, "request"), "url", None))
+        """``HTTPAdapter.send(request, ...)`` called directly (inside a session, it is part of the session's request)."""
+        return self._scope(wrapped, args, kwargs, getattr(_arg(args, kwargs, 0, "request"), "url", None))
 
     def _pool_manager_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``PoolManager.urlopen(method, url, ...)``: follows redirects across hosts by calling itself; one request."""
-        return self._scope(wrapped, args, kwargs, join=True, url=_arg(args, kwargs, 1, "url"))
+        return self._scope(wrapped, args, kwargs, _arg(args, kwargs, 1, "url"))
 
     @staticmethod
-    def _scope(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, join: bool, url: Any) -> Any:
+    def _scope(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], url: Any) -> Any:
         token = _CHAIN.set(None)  # a loop of urllib3's inside this call starts afresh, in the scope's request
         try:
             return http.call_in_scope(
-                LIBRARY,
-                wrapped,
-                args,
-                kwargs,
-                join=join,
-                error_result=_requests_error_result,
-                url=url if isinstance(url, str) else None,
+                LIBRARY, wrapped, args, kwargs, error_result=_requests_error_result, url=url if isinstance(url, str) else None
             )
         finally:
             _CHAIN.reset(token)
@@ -145,7 +189,8 @@ class Urllib3Adapter:
     # --- attempts ------------------------------------------------------------------------------------------------
 
     def _attempt(self, wrapped: Callable[..., Any], pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``_make_request(conn, method, url, body=None, headers=None, retries=None, ...)``: one attempt."""
+        """``_make_request(conn, method, url, body=None, headers=None, retries=None, ...)``: one attempt. urlopen passes
+        all but the first three by keyword."""
         started = self._start_attempt(pool, args, kwargs)
         if started is None:
             return wrapped(*args, **kwargs)
@@ -162,8 +207,12 @@ class Urllib3Adapter:
     def _start_attempt(
         self, pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[_Chain, tuple[Any, ...], dict[str, Any]] | None:
-        method = str(_arg(args, kwargs, 1, "method"))
-        target = str(_arg(args, kwargs, 2, "url"))
+        if len(args) == 3:  # as urlopen calls it
+            method, target, headers, retries = args[1], args[2], kwargs.get("headers"), kwargs.get("retries")
+        else:
+            method, target = _arg(args, kwargs, 1, "method"), _arg(args, kwargs, 2, "url")
+            headers, retries = _arg(args, kwargs, 4, "headers"), _arg(args, kwargs, 5, "retries")
+        method, target = str(method), str(target)
         scheme = pool.scheme or "http"
         if target.startswith("/"):
             host, port = pool.host, pool.port
@@ -171,13 +220,12 @@ class Urllib3Adapter:
             parts = urlsplit(target)
             host, port = parts.hostname or pool.host, parts.port
         port = port or http.default_port(scheme)
-        chain = self._chain_for(method, host, _arg(args, kwargs, 5, "retries"))
+        chain = self._chain_for(method, host, retries)
         if chain is None:
             return None
         ctx = chain.request.attempt_started(method, http.absolute_url(scheme, host, port, target), host, port)
         if ctx is not None:  # alone: this attempt's context goes to the server, on a copy of the headers
-            headers = _arg(args, kwargs, 4, "headers")
-            carrier = {} if headers is None else headers.copy() if hasattr(headers, "copy") else dict(headers)
+            carrier = _headers_copy(headers)
             propagate.inject(carrier, context=ctx)
             if len(args) > 4:
                 args = (*args[:4], carrier, *args[5:])
@@ -190,6 +238,8 @@ class Urllib3Adapter:
         if chain is not None and chain.awaiting:
             if retries is not None and retries is chain.next_retry:  # urlopen resending after a retry or redirect
                 chain.awaiting = False
+                if chain.measured_from is not None and chain.waited is None:
+                    chain.request.retrying(perf_counter() - chain.measured_from)
                 return chain
             self._final(chain, None)  # left urllib3's loop by a path we did not see: end it as it stands
         request, scoped = http.request_in_scope(self.telemetry, method, host)
@@ -201,18 +251,17 @@ class Urllib3Adapter:
 
     @never_raises
     def _attempt_responded(self, chain: _Chain, response: Any) -> None:
-        chain.status = status = int(response.status)
-        chain.request.attempt_ended(status=status)
+        status = int(response.status)
+        request = chain.request
+        request.attempt_ended(status=status)
+        chain.attempt_over(status)
         chain.awaiting = True
-        chain.decided = False
-        chain.next_retry = None
+        chain.verdict_needed = not chain.scoped or status >= 400 or request.container is not None
 
     @never_raises
     def _attempt_failed(self, chain: _Chain, error: BaseException) -> None:
-        chain.status = None
         chain.request.attempt_ended(error=error)
-        chain.decided = False
-        chain.next_retry = None
+        chain.attempt_over(None)
         if isinstance(error, _HANDED_TO_RETRY):
             chain.awaiting = True  # Retry.increment decides
         else:
@@ -263,52 +312,57 @@ class Urllib3Adapter:
             raise
         if chain.awaiting:
             chain.next_retry = next_retry
+            if _waits_its_own_way(type(next_retry)):
+                chain.measured_from = perf_counter()
         return next_retry
 
     @never_raises
     def _gave_up(self, chain: _Chain, result: str | None, error: BaseException | None) -> None:
         self._final(chain, result, error)
 
-    def _sleep(self, wrapped: Callable[..., Any], retry: Retry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``Retry.sleep`` / ``sleep_for_retry``: urllib3 waits before the next attempt. The wait is what the getters
-        it calls returned (observed in `_wait_observer`); a subclass computing it its own way is measured instead."""
+    def slept(self, seconds: Any) -> None:
+        """urllib3 slept `seconds` through ``time.sleep`` of its retry module (`_RetryModuleTime`)."""
         chain = _CHAIN.get()
-        if chain is None or not chain.awaiting or chain.sleeping:
-            return wrapped(*args, **kwargs)
-        chain.sleeping = True
-        chain.chosen = None
-        chain.observed = False
-        began = perf_counter()
+        if chain is not None and chain.awaiting:
+            try:
+                chain.waited = waited = (chain.waited or 0.0) + max(float(seconds), 0.0)
+                chain.request.retrying(waited)
+            except Exception:
+                report_internal_error("urllib3 adapter: the wait urllib3 chose")
+
+    def sleep_interrupted(self, error: BaseException) -> None:
+        """urllib3's sleep raised (an interrupt, a timeout of the app's): its loop is over."""
+        chain = _CHAIN.get()
+        if chain is not None and chain.awaiting:
+            self._gave_up(chain, None, error)
+
+
+class _RetryModuleTime:
+    """Stands in for the ``time`` module inside ``urllib3.util.retry``: every attribute is the real module's, looked up
+    at each use (so a test's or the app's patch of ``time.sleep`` still applies), and ``sleep`` also tells the adapter
+    what urllib3 chose to wait, as it chose it."""
+
+    __slots__ = ("_adapter",)
+
+    def __init__(self, adapter: Urllib3Adapter) -> None:
+        self._adapter = adapter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
         try:
-            value = wrapped(*args, **kwargs)
+            time.sleep(seconds)
         except BaseException as exc:
-            chain.sleeping = False
-            self._gave_up(chain, None, exc)
+            self._adapter.sleep_interrupted(exc)
             raise
-        chain.sleeping = False
-        if chain.observed:
-            chain.request.retrying(chain.chosen or 0.0)
-        else:
-            chain.request.retrying(perf_counter() - began)
-        return value
+        self._adapter.slept(seconds)
 
-    @staticmethod
-    def _wait_observer(namespace: Any, name: str) -> Callable[[Callable[..., Any], Retry, tuple[Any, ...], dict[str, Any]], Any]:
-        """Observe ``get_retry_after`` / ``get_backoff_time`` while urllib3 sleeps: what they return is what it waits
-        (``Retry-After`` when truthy; otherwise the backoff, slept when positive). A subclass overriding a getter
-        returns something else than our patched base method sees: then the sleep is measured."""
 
-        @never_raises
-        def record(retry: Retry, value: Any) -> None:
-            chain = _CHAIN.get()
-            if chain is not None and chain.sleeping and getattr(type(retry), name, None) is namespace.get(name):
-                chain.observed = True
-                if value:
-                    chain.chosen = max(float(value), 0.0)
+_WAITS: Final = ("sleep", "sleep_for_retry", "_sleep_backoff")
+_URLLIB3_WAITS: Final = tuple(getattr(Retry, name, None) for name in _WAITS)
 
-        def observe(wrapped: Callable[..., Any], retry: Retry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            value = wrapped(*args, **kwargs)
-            record(retry, value)
-            return value
 
-        return observe
+def _waits_its_own_way(cls: type[Retry]) -> bool:
+    """A ``Retry`` subclass overriding how it waits may not sleep through urllib3's ``time``: its wait is measured."""
+    return cls is not Retry and tuple(getattr(cls, name, None) for name in _WAITS) != _URLLIB3_WAITS
