@@ -638,13 +638,13 @@ def test_sessions_made_before_instrumenting_are_traced_and_no_sdk_records_nothin
 # scopes) call, so that the guard under test is the one in place, and every step of a retried request is covered.
 HTTP_FAULTS: list[tuple[Any, str]] = [
     (http_core, "credentials_host"),  # a scope opens
-    (http_core, "attempt_attributes"),  # an attempt starts
+    (http_core, "current_client_span"),  # an attempt starts: is contrib's span there?
+    (http_core, "attempt_attributes"),  # our span's attributes
     (adapter_module, "_headers_copy"),  # its context is injected
     (http_core, "status_error_type"),  # it ends
     (adapter_module._Chain, "attempt_over"),  # urllib3 is to decide
     (http_core.HttpRequest, "retrying"),  # urllib3 waits
     (http_core.HttpRequest, "_report"),  # the ended attempt's span is finished
-    (http_core.HttpRequest, "_write_outcome"),  # the request settles or ends
     (Telemetry, "record_retry"),  # its metric points
 ]
 

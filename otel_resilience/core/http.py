@@ -194,11 +194,9 @@ class HttpRequest:
         """Contrib's span holding the running (or last) attempt, if it is shown there rather than on a span of ours."""
         self._resend_event: tuple[dict[str, Any], int] | None = None  # the previous attempt, for the next container
         self._end_ns: int | None = None  # set while an ended attempt waits to be reported (`_report`)
-        self._status: int | None = None
-        self._error: BaseException | None = None
         self._error_type: str | None = None  # the last ended attempt's
-        self._delay: float | None = None
         self._result: str | None = None
+        # `_status`, `_error` and `_delay` are the ended attempt's, set by `_attempt_over` before anything reads them.
 
     @never_raises
     def attempt_started(
@@ -280,7 +278,8 @@ class HttpRequest:
         end_ns = self._end_ns
         self._end_ns = None
         delay = (0.0 if self._delay is None else float(self._delay)) if follows else None
-        status, error, error_type = self._status, self._error, self._error_type
+        status = self._status
+        error_type = self._error_type
         self._resend_event = None
         span = self._span
         if span is not None:
@@ -288,7 +287,8 @@ class HttpRequest:
             attributes = {} if outcome is None else outcome
             if status is not None:
                 attributes[semconv.HTTP_RESPONSE_STATUS_CODE] = status
-            attempt_outcome(span, attributes, delay, error_type, error, self._telemetry.settings, end_ns)
+            if delay is not None or error_type is not None:
+                attempt_outcome(span, attributes, delay, error_type, self._error, self._telemetry.settings, end_ns)
             span.set_attributes(attributes)
             span.end(end_ns)
         elif follows:
@@ -339,11 +339,12 @@ class HttpRequest:
                 result = semconv.RESULT_EXHAUSTED
             else:
                 result = semconv.RESULT_SUCCESS if error is None else semconv.RESULT_NOT_RETRIED
-        if errors.is_abort(error):
+        if error is not None and errors.is_abort(error):
             result = semconv.RESULT_ABORTED
         if self._end_ns is not None:
             self._report(False, {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
-        self._write_outcome(result)
+        if self.container is not None:
+            self._write_outcome(result)
         if self.attempts != 1 or result != semconv.RESULT_SUCCESS:
             self._telemetry.record_retry(
                 self._name, result, current_depth(self._parent) + 1, self.attempts, (time_ns() - self._start_ns) / 1e9

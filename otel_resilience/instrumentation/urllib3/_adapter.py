@@ -207,12 +207,11 @@ class Urllib3Adapter:
     def _start_attempt(
         self, pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[_Chain, tuple[Any, ...], dict[str, Any]] | None:
-        if len(args) == 3:  # as urlopen calls it
+        if len(args) == 3:  # as urlopen calls it, with the method and URL as str
             method, target, headers, retries = args[1], args[2], kwargs.get("headers"), kwargs.get("retries")
         else:
-            method, target = _arg(args, kwargs, 1, "method"), _arg(args, kwargs, 2, "url")
+            method, target = str(_arg(args, kwargs, 1, "method")), str(_arg(args, kwargs, 2, "url"))
             headers, retries = _arg(args, kwargs, 4, "headers"), _arg(args, kwargs, 5, "retries")
-        method, target = str(method), str(target)
         scheme = pool.scheme or "http"
         if target.startswith("/"):
             host, port = pool.host, pool.port
