@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, settings
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.sdk.metrics import MeterProvider
@@ -350,3 +351,23 @@ WORKLOADS: dict[str, Callable[[int], list[Any]]] = {
 
 def run_workloads(ops: int) -> dict[str, Any]:
     return {name: workload(ops) for name, workload in WORKLOADS.items()}
+
+
+def internal_error_places(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Where each logged internal error of ours happened (the `where` of `report_internal_error`)."""
+    return [
+        str(record.args[0])  # type: ignore[index]
+        for record in caplog.records
+        if record.name == "otel_resilience" and "internal error" in record.getMessage()
+    ]
+
+
+def assert_injected_failure_reported(caplog: pytest.LogCaptureFixture, failure: str) -> None:
+    """A failure injected into our code (its message contains `failure`) was reached, and logged once per place
+    where it surfaced, never once per call."""
+    places = internal_error_places(caplog)
+    assert places, "the injected failure was never reached"
+    assert len(places) == len(set(places))
+    for record in caplog.records:
+        if record.name == "otel_resilience" and record.exc_info:
+            assert failure in str(record.exc_info[1])

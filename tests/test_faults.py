@@ -39,7 +39,7 @@ from otel_resilience.core.retry import RetryOperation
 from otel_resilience.core.telemetry import Telemetry
 from otel_resilience._setup import load_instrumentor
 from tests.conftest import Otel
-from tests.evidence import WORKLOADS, run_workloads
+from tests.evidence import WORKLOADS, assert_injected_failure_reported, internal_error_places, run_workloads
 from tests.processes import checked, clean_env, run_python
 
 OPS = 300
@@ -362,19 +362,5 @@ def test_an_error_in_our_core_never_reaches_the_app(
         with instrument_all(otel.tracer_provider, otel.meter_provider):
             traced = in_worker(lambda: run_workloads(OPS))
     assert traced == bare
-    places = internal_error_places(caplog)
-    assert places, "the injected failure was never reached"
-    assert len(places) == len(set(places))  # logged once per place, not once per call
-    for record in caplog.records:
-        if record.name == "otel_resilience" and record.exc_info:
-            assert f"injected failure in {owner.__name__}.{method}" in str(record.exc_info[1])
-
-
-def internal_error_places(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """Where each logged internal error of ours happened (the `where` of `report_internal_error`)."""
-    return [
-        str(record.args[0])  # type: ignore[index]
-        for record in caplog.records
-        if record.name == "otel_resilience" and "internal error" in record.getMessage()
-    ]
+    assert_injected_failure_reported(caplog, f"injected failure in {owner.__name__}.{method}")
 
