@@ -38,7 +38,7 @@ from urllib3.util import retry as retry_module
 from urllib3.util.retry import Retry
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, errors, http, never_raises, report_internal_error
+from otel_resilience.core import Telemetry, errors, http, never_raises
 from otel_resilience.instrumentation._base import Patches
 
 LIBRARY: Final = "urllib3"
@@ -70,7 +70,6 @@ class _Chain:
         "scoped",
         "awaiting",
         "decided",
-        "verdict_needed",
         "status",
         "next_retry",
         "waited",
@@ -82,7 +81,6 @@ class _Chain:
         self.scoped = scoped  # a scope (session, adapter, pool manager) ends the request; we only settle it
         self.awaiting = False  # an attempt ended and urllib3 has not yet decided what follows
         self.decided = False  # urllib3 gave its verdict (an outer loop may still go on, inside a scope)
-        self.verdict_needed = True  # whether Retry.is_retry accepting the response tells us anything (`_verdict_pending`)
         self.status: int | None = None
         self.next_retry: Retry | None = None  # what increment returned: the Retry the next resend receives
         self.waited: float | None = None  # what urllib3 slept since the attempt ended (`_RetryModuleTime`)
@@ -106,7 +104,10 @@ def _verdict_pending() -> bool:
     `Retry.increment` shows), and the scope ends it. Only a failing status (``not_retried`` if accepted), a request we
     end ourselves, or contrib's span (written while it is open) need to hear that urllib3 accepted the response."""
     chain = _CHAIN.get()
-    return chain is not None and chain.awaiting and chain.verdict_needed
+    if chain is None or not chain.awaiting:
+        return False
+    status = chain.status
+    return not chain.scoped or status is None or status >= 400 or chain.request.container is not None
 
 
 def _headers_copy(headers: Any) -> Any:
@@ -251,11 +252,9 @@ class Urllib3Adapter:
     @never_raises
     def _attempt_responded(self, chain: _Chain, response: Any) -> None:
         status = int(response.status)
-        request = chain.request
-        request.attempt_ended(status=status)
+        chain.request.attempt_ended(status=status)
         chain.attempt_over(status)
         chain.awaiting = True
-        chain.verdict_needed = not chain.scoped or status >= 400 or request.container is not None
 
     @never_raises
     def _attempt_failed(self, chain: _Chain, error: BaseException) -> None:
@@ -319,15 +318,13 @@ class Urllib3Adapter:
     def _gave_up(self, chain: _Chain, result: str | None, error: BaseException | None) -> None:
         self._final(chain, result, error)
 
+    @never_raises
     def slept(self, seconds: Any) -> None:
         """urllib3 slept `seconds` through ``time.sleep`` of its retry module (`_RetryModuleTime`)."""
         chain = _CHAIN.get()
         if chain is not None and chain.awaiting:
-            try:
-                chain.waited = waited = (chain.waited or 0.0) + max(float(seconds), 0.0)
-                chain.request.retrying(waited)
-            except Exception:
-                report_internal_error("urllib3 adapter: the wait urllib3 chose")
+            chain.waited = waited = (chain.waited or 0.0) + max(float(seconds), 0.0)
+            chain.request.retrying(waited)
 
     def sleep_interrupted(self, error: BaseException) -> None:
         """urllib3's sleep raised (an interrupt, a timeout of the app's): its loop is over."""
