@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import bench_breakers, bench_pybreaker, bench_retry_libs, bench_tenacity
+from benchmarks import bench_breakers, bench_pybreaker, bench_retry_libs, bench_tenacity, verdict
 from benchmarks.conftest import instrumenting, make_work
 from benchmarks.opcodes import count
 from otel_resilience.instrumentation._base import ResilienceInstrumentor
@@ -117,13 +117,10 @@ def render(results: dict[str, Result]) -> list[str]:
     ]
     for group, result in results.items():
         added = result.added_us
-        if added < 0:
-            verdict = "not resolved (below bare)"
-        else:
-            verdict = "met" if added <= NO_SDK_BUDGET_US else "MISSED"
+        outcome = "not resolved (below bare)" if added < 0 else verdict(added, NO_SDK_BUDGET_US)
         median = statistics.median(result.differences) * 1e6
         lines.append(
-            f"| {group} | {result.bare * 1e6:.2f} µs | {added:+.2f} µs (≤ {NO_SDK_BUDGET_US}) {verdict} "
+            f"| {group} | {result.bare * 1e6:.2f} µs | {added:+.2f} µs (≤ {NO_SDK_BUDGET_US}) {outcome} "
             f"| {median:+.2f} µs | {result.instructions} |"
         )
     return lines

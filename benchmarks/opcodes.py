@@ -19,6 +19,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
+from benchmarks import verdict
 from benchmarks.bench_http import ATTEMPTS, SCENARIOS, getter, hand_built, serving
 from benchmarks.conftest import instrumenting, sdk_for_benchmarks
 from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
@@ -85,12 +86,11 @@ def render(results: dict[str, dict[str, Counter[str]]]) -> list[str]:
         added = {name: sum(counts.values()) - bare for name, counts in variants.items()}
         contrib, ours = added["contrib"], added["ours"]
         per_attempt = ours / ATTEMPTS[scenario] / contrib
-        verdict = "met" if per_attempt <= HTTP_ATTEMPT_VS_CONTRIB_TARGET else "MISSED"
         hand = f"{added['hand_built']:,}" if "hand_built" in added else ""
         floor = f"{added['hand_built'] / contrib:.2f}×" if "hand_built" in added else ""
         lines.append(
             f"| http requests {scenario} | {ATTEMPTS[scenario]} | {bare:,} | {contrib:,} | {hand} "
-            f"| {ours:,} ({variants['ours']['ours']:,}) | {per_attempt:.2f}× (≤ {HTTP_ATTEMPT_VS_CONTRIB_TARGET}) {verdict} | {floor} |"
+            f"| {ours:,} ({variants['ours']['ours']:,}) | {per_attempt:.2f}× (≤ {HTTP_ATTEMPT_VS_CONTRIB_TARGET}) {verdict(per_attempt, HTTP_ATTEMPT_VS_CONTRIB_TARGET)} | {floor} |"
         )
     return lines
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import no_sdk, opcodes
+from benchmarks import no_sdk, opcodes, verdict
 from benchmarks.opcodes import HTTP_ATTEMPT_VS_CONTRIB_TARGET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ def _us(seconds: float) -> str:
 
 
 def _verdict(ratio: float, target: float) -> str:
-    return f"{ratio:.2f}× (≤ {target:.2f}) {'met' if ratio <= target else 'MISSED'}"
+    return f"{ratio:.2f}× (≤ {target:.2f}) {verdict(ratio, target)}"
 
 
 def render(table: list[Row], passes: int, no_sdk_lines: list[str], python_work: list[str]) -> str:
