@@ -51,7 +51,7 @@ from opentelemetry.trace import Span, SpanKind, get_current_span, set_span_in_co
 
 from otel_resilience import semconv
 from otel_resilience.core import errors
-from otel_resilience.core._safety import never_raises
+from otel_resilience.core._safety import never_raises, report_internal_error
 from otel_resilience.core.retry import attempt_outcome, current_depth
 from otel_resilience.core.telemetry import Telemetry
 
@@ -109,7 +109,7 @@ def attempt_attributes(
     sensitive query parameters the conventions name are ``REDACTED``. `had_credentials`: the URL the app gave carried
     ``user:password@``, which the client moved into a header before this layer; the conventions want it shown as
     ``REDACTED:REDACTED@``."""
-    span_name, method_attribute, original = method_names(method)
+    span_name, method_attribute, original = _KNOWN_METHOD_NAMES.get(method) or method_names(method)
     if had_credentials and "@" not in url and "://" in url:
         scheme, rest = url.split("://", 1)
         url = f"{scheme}://{errors.REDACTED}:{errors.REDACTED}@{rest}"
@@ -158,47 +158,37 @@ class HttpRequest:
     our work must stay a fraction of what contrib's own span costs (docs/performance.md). So the request keeps its
     attempts itself. An ended attempt's span stays open until we know what followed it (the wait before the next
     attempt, or the request's outcome); then it gets its attributes in one call and ends at the time the attempt ended.
+
+    Its methods are not guarded, unlike `RetryOperation`'s: an HTTP adapter calls them only from its own hooks, each
+    guarded by `never_raises`, and a second guard on every call of the per-attempt path was a measurable part of its
+    cost. The fields below are class defaults, read until a request changes them: a request sets only what happened.
     """
 
-    __slots__ = (
-        "_telemetry",
-        "_name",
-        "_parent",
-        "_start_ns",
-        "attempts",
-        "is_ended",
-        "credentials_host",
-        "_in_attempt",
-        "_span",
-        "container",
-        "_resend_event",
-        "_end_ns",
-        "_status",
-        "_error",
-        "_error_type",
-        "_delay",
-        "_result",
-    )
+    attempts = 0
+    is_ended = False
+    credentials_host: str | None = None
+    """The host of the app's URL when that URL named ``user:password@`` (see `attempt_attributes`)."""
+    container: Span | None = None
+    """Contrib's span holding the running (or last) attempt, if it is shown there rather than on a span of ours."""
+    _in_attempt = False
+    _span: Span | None = None  # ours, for the running attempt, or the ended one until it is reported
+    _resend_event: tuple[dict[str, Any], int] | None = None  # the previous attempt, for the next container
+    _end_ns: int | None = None  # set while an ended attempt waits to be reported (`_report`)
+    _status: int | None = None  # the last ended attempt's
+    _error: BaseException | None = None
+    _error_type: str | None = None
+    _delay: float | None = None  # the wait `retrying` gave after the last ended attempt
+    _result: str | None = None  # what `settle` said
+    _looked_in: Context | None = None  # the context the last attempt started in, and the client span found there
+    _client_span: Span | None = None
 
-    def __init__(self, telemetry: Telemetry, name: str, parent: Context) -> None:
+    def __init__(self, telemetry: Telemetry, method: str, host: str, parent: Context) -> None:
         self._telemetry = telemetry
-        self._name = name  # retry.name
+        self._method = method  # with `_host`, ``retry.name`` of the metric points (`start_request`)
+        self._host = host
         self._parent = parent  # the caller's context: the attempt spans are siblings under its span
         self._start_ns = time_ns()
-        self.attempts = 0
-        self.is_ended = False
-        self.credentials_host: str | None = None  # the app's URL named credentials for this host (see attributes)
-        self._in_attempt = False
-        self._span: Span | None = None  # ours, for the running attempt, or the ended one until it is reported
-        self.container: Span | None = None
-        """Contrib's span holding the running (or last) attempt, if it is shown there rather than on a span of ours."""
-        self._resend_event: tuple[dict[str, Any], int] | None = None  # the previous attempt, for the next container
-        self._end_ns: int | None = None  # set while an ended attempt waits to be reported (`_report`)
-        self._error_type: str | None = None  # the last ended attempt's
-        self._result: str | None = None
-        # `_status`, `_error` and `_delay` are the ended attempt's, set by `_attempt_over` before anything reads them.
 
-    @never_raises
     def attempt_started(
         self, method: str, url: str, host: str, port: int | None, *, beside_contrib: bool = False
     ) -> Context | None:
@@ -206,25 +196,25 @@ class HttpRequest:
         no span of ours represents it (beside contrib, whose span carries the trace context already).
         `beside_contrib=True`: contrib will make this attempt's CLIENT span itself, later (see `contrib_span`)."""
         if self._in_attempt:  # the previous attempt was never reported as ended: close it as it stands
-            self._attempt_over(None, None, time_ns())
+            self.attempt_ended()
         if self._end_ns is not None:
             self._report(follows=True)
-        self.attempts += 1
+        attempts = self.attempts = self.attempts + 1
         self._in_attempt = True
         self._result = None  # what an inner layer settled before this attempt is no longer the outcome
         self.container = None
         if beside_contrib:
             return None
-        container = current_client_span()
+        container = self._current_client_span()
         if container is not None:
             self._enrich(container)
             return None
         span_name, attributes = attempt_attributes(
             method, url, host, port, had_credentials=host == self.credentials_host
         )
-        attributes[semconv.RETRY_ATTEMPT] = self.attempts
-        if self.attempts > 1:
-            attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = self.attempts - 1
+        attributes[semconv.RETRY_ATTEMPT] = attempts
+        if attempts > 1:
+            attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = attempts - 1
         self._resend_event = None
         parent = self._parent
         span = self._span = self._telemetry.tracer.start_span(
@@ -232,7 +222,16 @@ class HttpRequest:
         )
         return set_span_in_context(span, parent)
 
-    @never_raises
+    def _current_client_span(self) -> Span | None:
+        """`current_client_span`, looked up again only when the current context changed since the last attempt:
+        the attempts of one urllib3 loop start in the same context, and the lookup costs more than the comparison."""
+        ctx = get_current()
+        if ctx is not self._looked_in:
+            self._looked_in = ctx
+            self._client_span = current_client_span(ctx)
+        span = self._client_span
+        return span if span is None or span.is_recording() else None
+
     def contrib_span(self, span: Span) -> None:
         """Contrib's instrumentation made the CLIENT span of the running attempt (``beside_contrib=True``)."""
         if span.is_recording() and getattr(span, "kind", None) is SpanKind.CLIENT:
@@ -248,7 +247,6 @@ class HttpRequest:
             self._resend_event = None
             container.add_event(semconv.HTTP_RESEND_EVENT, event[0], timestamp=event[1])
 
-    @never_raises
     def attempt_ended(
         self, *, status: int | None = None, error: BaseException | None = None, end_ns: int | None = None
     ) -> None:
@@ -256,15 +254,12 @@ class HttpRequest:
         (and after which wait) is for the library to decide: reported by `retrying`, the next `attempt_started`, or
         `settle`/`ended`. Ignored when no attempt is running, so an adapter may report an end it is unsure of."""
         if self._in_attempt:
-            self._attempt_over(status, error, time_ns() if end_ns is None else end_ns)
-
-    def _attempt_over(self, status: int | None, error: BaseException | None, end_ns: int) -> None:
-        self._in_attempt = False
-        self._status = status
-        self._error = error
-        self._error_type = status_error_type(status) if error is None else errors.error_type(error)
-        self._end_ns = end_ns
-        self._delay = None
+            self._in_attempt = False
+            self._status = status
+            self._error = error
+            self._error_type = status_error_type(status) if error is None else errors.error_type(error)
+            self._end_ns = time_ns() if end_ns is None else end_ns
+            self._delay = None
 
     def retrying(self, delay: float | None) -> None:
         """The library will make another attempt after waiting `delay` seconds: the value it chose (backoff with its
@@ -300,7 +295,6 @@ class HttpRequest:
             event[semconv.RETRY_DELAY] = delay
             self._resend_event = (event, end_ns)  # type: ignore[assignment]
 
-    @never_raises
     def settle(self, result: str) -> None:
         """The layer that made the attempts is done with `result`; an outer loop (a redirect, a resend by an auth
         handler) may still continue the request. Beside contrib, written on contrib's span while it is open."""
@@ -312,7 +306,6 @@ class HttpRequest:
         if container is not None and container.is_recording():
             container.set_attributes({semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
 
-    @never_raises
     def ended(
         self, result: str | None = None, error: BaseException | None = None, error_result: ErrorResult | None = None
     ) -> None:
@@ -333,7 +326,7 @@ class HttpRequest:
             elif result == semconv.RESULT_SUCCESS:
                 result = semconv.RESULT_NOT_RETRIED
         if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands, with `error`
-            self._attempt_over(None, error, time_ns())
+            self.attempt_ended(error=error)
         if result is None:
             if self._error_type is not None:
                 result = semconv.RESULT_EXHAUSTED
@@ -347,16 +340,21 @@ class HttpRequest:
             self._write_outcome(result)
         if self.attempts != 1 or result != semconv.RESULT_SUCCESS:
             self._telemetry.record_retry(
-                self._name, result, current_depth(self._parent) + 1, self.attempts, (time_ns() - self._start_ns) / 1e9
+                f"{method_names(self._method)[1]} {self._host}",
+                result,
+                current_depth(self._parent) + 1,
+                self.attempts,
+                (time_ns() - self._start_ns) / 1e9,
             )
 
 
 def start_request(telemetry: Telemetry, method: str, host: str) -> HttpRequest | None:
-    """Start observing one logical request (None when nothing records). ``retry.name`` is ``{METHOD} {host}``: what
-    was retried, at a cardinality the metrics can carry."""
-    if not telemetry.recording():
+    """Start observing one logical request (None when nothing records). Its metric points carry ``retry.name``
+    ``{METHOD} {host}``: what was retried, at a cardinality the metrics can carry."""
+    ctx = get_current()
+    if not telemetry.recording(ctx):
         return None
-    return HttpRequest(telemetry, f"{method_names(method)[1]} {host}", get_current())
+    return HttpRequest(telemetry, method, host, ctx)
 
 
 # --- scopes: the library's outer loop --------------------------------------------------------------------------------
@@ -364,16 +362,26 @@ def start_request(telemetry: Telemetry, method: str, host: str) -> HttpRequest |
 
 class RequestScope:
     """One outer call of an HTTP library in progress in this thread or task (requests' ``Session.request``, a pool
-    manager's ``urlopen``, httpx's ``Client.send``): every attempt made inside belongs to its one request."""
+    manager's ``urlopen``, httpx's ``Client.send``): every attempt made inside belongs to its one request. Made
+    current when created; `leave` restores what was current before."""
 
-    __slots__ = ("library", "request", "credentials_host")
+    __slots__ = ("library", "request", "credentials_host", "_token", "_afresh", "_afresh_token")
 
-    def __init__(self, library: str, url: str | None) -> None:
+    def __init__(self, library: str, url: str | None, afresh: contextvars.ContextVar[Any] | None) -> None:
         self.library = library
         self.request: HttpRequest | None = None
-        self.credentials_host = credentials_host(url)
+        self.credentials_host = credentials_host(url) if url is not None and "@" in url else None
+        self._token = _SCOPE.set(self)
+        self._afresh = afresh
+        if afresh is not None:
+            self._afresh_token = afresh.set(None)
 
-    def close(self, error: BaseException | None, error_result: ErrorResult | None) -> None:
+    @never_raises
+    def leave(self, error: BaseException | None, error_result: ErrorResult | None) -> None:
+        """The outer call returned (or raised `error`): the scope's request, if any attempt was made, is over."""
+        _SCOPE.reset(self._token)
+        if self._afresh is not None:
+            self._afresh.reset(self._afresh_token)
         request = self.request
         if request is not None:
             request.ended(error=error, error_result=error_result)
@@ -410,23 +418,6 @@ def opens_scope(telemetry: Telemetry) -> Callable[[], bool]:
     return check
 
 
-@never_raises
-def _enter(library: str, url: str | None) -> tuple[RequestScope, contextvars.Token[RequestScope | None]] | None:
-    """A new scope made current (None after an error of ours: the call then runs as it is)."""
-    scope = RequestScope(library, url)
-    return scope, _SCOPE.set(scope)
-
-
-def _leave(
-    entered: tuple[RequestScope, contextvars.Token[RequestScope | None]],
-    error: BaseException | None,
-    error_result: ErrorResult | None,
-) -> None:
-    scope, token = entered
-    _SCOPE.reset(token)
-    scope.close(error, error_result)
-
-
 def call_in_scope(
     library: str,
     wrapped: Callable[..., Any],
@@ -435,20 +426,24 @@ def call_in_scope(
     *,
     error_result: ErrorResult | None = None,
     url: str | None = None,
+    afresh: contextvars.ContextVar[Any] | None = None,
 ) -> Any:
     """Run the library's outer call as a scope: a new request, also inside a scope of the same library (a session
     request made by a hook while another is in progress is a request of its own; an outer call that joins the scope
     it runs in is patched with `opens_scope` as its check). `url` is the URL the app gave, if the call has one:
-    credentials in it are shown as ``REDACTED:REDACTED@`` on the attempts."""
-    entered = _enter(library, url)
-    if entered is None:
+    credentials in it are shown as ``REDACTED:REDACTED@`` on the attempts. `afresh` is the adapter's own context
+    variable for the state of one run of the library's inner loop: None inside the scope, restored after it."""
+    try:  # inline, not `never_raises`: this runs on every request
+        scope = RequestScope(library, url, afresh)
+    except Exception:
+        report_internal_error("core.http.call_in_scope")
         return wrapped(*args, **kwargs)
     try:
         value = wrapped(*args, **kwargs)
     except BaseException as exc:
-        _leave(entered, exc, error_result)
+        scope.leave(exc, error_result)
         raise
-    _leave(entered, None, error_result)
+    scope.leave(None, error_result)
     return value
 
 
@@ -462,13 +457,15 @@ async def acall_in_scope(
     url: str | None = None,
 ) -> Any:
     """`call_in_scope` for a coroutine function (the scope lives in the task's context)."""
-    entered = _enter(library, url)
-    if entered is None:
+    try:
+        scope = RequestScope(library, url, None)
+    except Exception:
+        report_internal_error("core.http.acall_in_scope")
         return await wrapped(*args, **kwargs)
     try:
         value = await wrapped(*args, **kwargs)
     except BaseException as exc:
-        _leave(entered, exc, error_result)
+        scope.leave(exc, error_result)
         raise
-    _leave(entered, None, error_result)
+    scope.leave(None, error_result)
     return value

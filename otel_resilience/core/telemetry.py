@@ -30,14 +30,6 @@ if TYPE_CHECKING:
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 
 
-def _instrumentation_enabled() -> bool:
-    """`opentelemetry.instrumentation.utils.is_instrumentation_enabled()` with one context read instead of two: it
-    runs on every traced call. Only the general suppression counts (contrib's HTTP suppression must not silence us);
-    it also keeps our own OTLP export from tracing itself."""
-    ctx = get_current()
-    return not (ctx.get(_SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(_SUPPRESS_INSTRUMENTATION_KEY_PLAIN))
-
-
 def _run_guarded(callback: Callable[[], None]) -> None:
     try:
         callback()
@@ -104,19 +96,28 @@ class Telemetry:
             description="1 for the state each circuit breaker is in, 0 for the others.",
         )
 
-    def recording(self) -> bool:
+    def recording(self, ctx: Context | None = None) -> bool:
         """Whether anything would record: decided cheaply, so that with no SDK we create nothing at all.
 
         Once a real provider is in place it stays (OpenTelemetry sets global providers once), so a positive answer
         is cached; a negative one is re-checked, because the app may configure its SDK after instrumenting. With the
         global providers, "no SDK yet" is two module attribute reads, inline: it is every call's cost with no SDK.
+
+        Then, is instrumentation suppressed in `ctx` (default: the current context)? This is
+        `opentelemetry.instrumentation.utils.is_instrumentation_enabled()` with one context read instead of two. Only
+        the general suppression counts (contrib's HTTP suppression must not silence us); it also keeps our own OTLP
+        export from tracing itself. A caller that needs the current context afterwards passes it in.
         """
         if not self._live:
             if self._uses_globals and trace._TRACER_PROVIDER is None and _metrics_internal._METER_PROVIDER is None:
                 return False
             if not self._became_live():
                 return False
-        return not self.disabled and _instrumentation_enabled()
+        if self.disabled:
+            return False
+        if ctx is None:
+            ctx = get_current()
+        return not (ctx.get(_SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(_SUPPRESS_INSTRUMENTATION_KEY_PLAIN))
 
     def may_record(self) -> bool:
         """`recording()` without its context read (is instrumentation suppressed here?): the first check of a patched

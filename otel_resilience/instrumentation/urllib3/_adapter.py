@@ -24,6 +24,7 @@ State lives in a context variable: urllib3 is synchronous, and its whole loop ru
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 from collections.abc import Callable
 from time import perf_counter
@@ -63,51 +64,49 @@ except ImportError:  # urllib3 without requests
 
 
 class _Chain:
-    """One run of urllib3's retry loop in this thread: the request it belongs to, and where urllib3 is in it."""
+    """One run of urllib3's retry loop in this thread: the request it belongs to, and where urllib3 is in it. The
+    fields below are class defaults, read until the run sets them (most runs are one attempt)."""
 
-    __slots__ = (
-        "request",
-        "scoped",
-        "awaiting",
-        "decided",
-        "status",
-        "next_retry",
-        "waited",
-        "measured_from",
-    )
+    awaiting = False  # an attempt ended and urllib3 has not yet decided what follows
+    verdict_wanted = False  # ... and `Retry.is_retry`'s answer matters (`_verdict_pending`)
+    decided = False  # urllib3 gave its verdict (an outer loop may still go on, inside a scope)
+    status: int | None = None
+    next_retry: Retry | None = None  # what increment returned: the Retry the next resend receives
+    waited: float | None = None  # what urllib3 slept since the attempt ended (`_RetryModuleTime`)
+    measured_from: float | None = None  # when a Retry that waits its own way was made (`_increment`)
 
     def __init__(self, request: http.HttpRequest, scoped: bool) -> None:
         self.request = request
         self.scoped = scoped  # a scope (session, adapter, pool manager) ends the request; we only settle it
-        self.awaiting = False  # an attempt ended and urllib3 has not yet decided what follows
-        self.decided = False  # urllib3 gave its verdict (an outer loop may still go on, inside a scope)
-        self.status: int | None = None
-        self.next_retry: Retry | None = None  # what increment returned: the Retry the next resend receives
-        self.waited: float | None = None  # what urllib3 slept since the attempt ended (`_RetryModuleTime`)
-        self.measured_from: float | None = None  # when a Retry that waits its own way was made (`_increment`)
 
-    def attempt_over(self, status: int | None) -> None:
-        """The running attempt got `status` (None: it raised): what urllib3 does next is yet to be seen."""
+    def attempt_over(self, status: int | None, awaiting: bool) -> None:
+        """The running attempt got `status` (None: it raised); `awaiting`: what urllib3 does next is yet to be seen.
+        Inside a scope, a response that is not a failure, on a span of ours, needs no verdict from ``is_retry``: the
+        request is a success unless urllib3 goes on (which `Retry.increment` shows), and the scope ends it. Only a
+        failing status (``not_retried`` if accepted), a request we end ourselves, or contrib's span (written while it
+        is open) need to hear that urllib3 accepted the response."""
         self.status = status
+        self.awaiting = awaiting
+        self.verdict_wanted = awaiting and (
+            not self.scoped or status is None or status >= 400 or self.request.container is not None
+        )
         self.decided = False
         self.next_retry = None
         self.waited = None
         self.measured_from = None
+
+    def decide(self) -> None:
+        """urllib3 went on or gave its verdict: nothing is awaited any more."""
+        self.awaiting = self.verdict_wanted = False
 
 
 _CHAIN: contextvars.ContextVar[_Chain | None] = contextvars.ContextVar("otel_resilience_urllib3_chain", default=None)
 
 
 def _verdict_pending() -> bool:
-    """The check of the ``Retry.is_retry`` hook, which urllib3 calls on every response. Inside a scope, a response
-    that is not a failure, on a span of ours, needs no verdict: the request is a success unless urllib3 goes on (which
-    `Retry.increment` shows), and the scope ends it. Only a failing status (``not_retried`` if accepted), a request we
-    end ourselves, or contrib's span (written while it is open) need to hear that urllib3 accepted the response."""
+    """The check of the ``Retry.is_retry`` hook, which urllib3 calls on every response (see `_Chain.attempt_over`)."""
     chain = _CHAIN.get()
-    if chain is None or not chain.awaiting:
-        return False
-    status = chain.status
-    return not chain.scoped or status is None or status >= 400 or chain.request.container is not None
+    return chain is not None and chain.verdict_wanted
 
 
 def _headers_copy(headers: Any) -> Any:
@@ -132,6 +131,19 @@ def _requests_error_result(error: BaseException) -> str | None:
     from requests.exceptions import TooManyRedirects
 
     return semconv.RESULT_EXHAUSTED if isinstance(error, TooManyRedirects) else None
+
+
+def _scope(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], url: Any) -> Any:
+    """An outer loop as a scope: a run of urllib3's loop inside it starts afresh (`_CHAIN`), in the scope's request."""
+    return http.call_in_scope(
+        LIBRARY,
+        wrapped,
+        args,
+        kwargs,
+        error_result=_requests_error_result,
+        url=url if isinstance(url, str) else None,
+        afresh=_CHAIN,
+    )
 
 
 class Urllib3Adapter:
@@ -167,25 +179,16 @@ class Urllib3Adapter:
 
     def _session_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``Session.request(method, url, ...)``: a new request, also when a hook of another request makes it."""
-        return self._scope(wrapped, args, kwargs, _arg(args, kwargs, 1, "url"))
+        return _scope(wrapped, args, kwargs, args[1] if len(args) > 1 else kwargs.get("url"))
 
     def _adapter_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``HTTPAdapter.send(request, ...)`` called directly (inside a session, it is part of the session's request)."""
-        return self._scope(wrapped, args, kwargs, getattr(_arg(args, kwargs, 0, "request"), "url", None))
+        request = args[0] if args else kwargs.get("request")
+        return _scope(wrapped, args, kwargs, getattr(request, "url", None))
 
     def _pool_manager_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``PoolManager.urlopen(method, url, ...)``: follows redirects across hosts by calling itself; one request."""
-        return self._scope(wrapped, args, kwargs, _arg(args, kwargs, 1, "url"))
-
-    @staticmethod
-    def _scope(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], url: Any) -> Any:
-        token = _CHAIN.set(None)  # a loop of urllib3's inside this call starts afresh, in the scope's request
-        try:
-            return http.call_in_scope(
-                LIBRARY, wrapped, args, kwargs, error_result=_requests_error_result, url=url if isinstance(url, str) else None
-            )
-        finally:
-            _CHAIN.reset(token)
+        return _scope(wrapped, args, kwargs, args[1] if len(args) > 1 else kwargs.get("url"))
 
     # --- attempts ------------------------------------------------------------------------------------------------
 
@@ -237,7 +240,7 @@ class Urllib3Adapter:
         chain = _CHAIN.get()
         if chain is not None and chain.awaiting:
             if retries is not None and retries is chain.next_retry:  # urlopen resending after a retry or redirect
-                chain.awaiting = False
+                chain.decide()
                 if chain.measured_from is not None and chain.waited is None:
                     chain.request.retrying(perf_counter() - chain.measured_from)
                 return chain
@@ -253,22 +256,20 @@ class Urllib3Adapter:
     def _attempt_responded(self, chain: _Chain, response: Any) -> None:
         status = int(response.status)
         chain.request.attempt_ended(status=status)
-        chain.attempt_over(status)
-        chain.awaiting = True
+        chain.attempt_over(status, True)
 
     @never_raises
     def _attempt_failed(self, chain: _Chain, error: BaseException) -> None:
         chain.request.attempt_ended(error=error)
-        chain.attempt_over(None)
-        if isinstance(error, _HANDED_TO_RETRY):
-            chain.awaiting = True  # Retry.increment decides
-        else:
+        handed_to_retry = isinstance(error, _HANDED_TO_RETRY)
+        chain.attempt_over(None, handed_to_retry)  # Retry.increment decides
+        if not handed_to_retry:
             self._final(chain, semconv.RESULT_NOT_RETRIED, error)
 
     def _final(self, chain: _Chain, result: str | None, error: BaseException | None = None) -> None:
         """urllib3's verdict on its loop. Inside a scope the request may still go on (a redirect requests follows):
         settle it; otherwise the request is over."""
-        chain.awaiting = False
+        chain.decide()
         chain.decided = True
         if errors.is_abort(error):
             result = semconv.RESULT_ABORTED
@@ -359,6 +360,8 @@ _WAITS: Final = ("sleep", "sleep_for_retry", "_sleep_backoff")
 _URLLIB3_WAITS: Final = tuple(getattr(Retry, name, None) for name in _WAITS)
 
 
+@functools.lru_cache(maxsize=64)
 def _waits_its_own_way(cls: type[Retry]) -> bool:
-    """A ``Retry`` subclass overriding how it waits may not sleep through urllib3's ``time``: its wait is measured."""
+    """A ``Retry`` subclass overriding how it waits may not sleep through urllib3's ``time``: its wait is measured.
+    Asked at every retry, of the few classes an app uses: cached."""
     return cls is not Retry and tuple(getattr(cls, name, None) for name in _WAITS) != _URLLIB3_WAITS
