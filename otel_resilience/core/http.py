@@ -160,8 +160,8 @@ class HttpRequest:
     attempt, or the request's outcome); then it gets its attributes in one call and ends at the time the attempt ended.
 
     Its methods are not guarded, unlike `RetryOperation`'s: an HTTP adapter calls them only from its own hooks, each
-    guarded by `never_raises`, and a second guard on every call of the per-attempt path was a measurable part of its
-    cost. The fields below are class defaults, read until a request changes them: a request sets only what happened.
+    guarded (by `never_raises`, or inline on the per-attempt path), and a second guard on every call of that path was
+    a measurable part of its cost. The fields below are class defaults, read until a request changes them: a request sets only what happened.
     """
 
     attempts = 0
@@ -376,15 +376,18 @@ class RequestScope:
         if afresh is not None:
             self._afresh_token = afresh.set(None)
 
-    @never_raises
     def leave(self, error: BaseException | None, error_result: ErrorResult | None) -> None:
-        """The outer call returned (or raised `error`): the scope's request, if any attempt was made, is over."""
-        _SCOPE.reset(self._token)
-        if self._afresh is not None:
-            self._afresh.reset(self._afresh_token)
-        request = self.request
-        if request is not None:
-            request.ended(error=error, error_result=error_result)
+        """The outer call returned (or raised `error`): the scope's request, if any attempt was made, is over. Never
+        raises (guarded inline: a `never_raises` frame would be a call more on every request)."""
+        try:
+            _SCOPE.reset(self._token)
+            if self._afresh is not None:
+                self._afresh.reset(self._afresh_token)
+            request = self.request
+            if request is not None:
+                request.ended(error=error, error_result=error_result)
+        except Exception:
+            report_internal_error("core.http.RequestScope.leave")
 
 
 _SCOPE: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("otel_resilience_http_scope", default=None)

@@ -39,10 +39,12 @@ from urllib3.util import retry as retry_module
 from urllib3.util.retry import Retry
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, errors, http, never_raises
+from otel_resilience.core import Telemetry, errors, http, never_raises, report_internal_error
 from otel_resilience.instrumentation._base import Patches
 
 LIBRARY: Final = "urllib3"
+_STARTING: Final = f"{__name__}: starting an attempt"  # where an error of ours is reported from (`_attempt`)
+_RESPONDED: Final = f"{__name__}: recording a response"
 
 # What urlopen catches around _make_request and hands to Retry.increment: any other exception leaves urlopen at once.
 _HANDED_TO_RETRY: Final = tuple(
@@ -90,14 +92,15 @@ class _Chain:
         self.verdict_wanted = awaiting and (
             not self.scoped or status is None or status >= 400 or self.request.container is not None
         )
-        self.decided = False
-        self.next_retry = None
-        self.waited = None
-        self.measured_from = None
 
     def decide(self) -> None:
-        """urllib3 went on or gave its verdict: nothing is awaited any more."""
+        """urllib3 gave its verdict: nothing is awaited any more."""
         self.awaiting = self.verdict_wanted = False
+
+    def resume(self) -> None:
+        """urllib3 goes on with the next attempt: what it did between the two attempts is spent."""
+        self.awaiting = self.verdict_wanted = self.decided = False
+        self.next_retry = self.waited = self.measured_from = None
 
 
 _CHAIN: contextvars.ContextVar[_Chain | None] = contextvars.ContextVar("otel_resilience_urllib3_chain", default=None)
@@ -195,7 +198,13 @@ class Urllib3Adapter:
     def _attempt(self, wrapped: Callable[..., Any], pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``_make_request(conn, method, url, body=None, headers=None, retries=None, ...)``: one attempt. urlopen passes
         all but the first three by keyword."""
-        started = self._start_attempt(pool, args, kwargs)
+        # Our two steps are guarded here, inline, rather than by `never_raises`: a try block costs nothing until
+        # something raises, and a guard's frame on each of them showed in every attempt's cost.
+        try:
+            started = self._start_attempt(pool, args, kwargs)
+        except Exception:
+            report_internal_error(_STARTING)
+            started = None
         if started is None:
             return wrapped(*args, **kwargs)
         chain, args, kwargs = started
@@ -204,10 +213,14 @@ class Urllib3Adapter:
         except BaseException as exc:
             self._attempt_failed(chain, exc)
             raise
-        self._attempt_responded(chain, response)
+        try:
+            status = int(response.status)
+            chain.request.attempt_ended(status=status)
+            chain.attempt_over(status, True)
+        except Exception:
+            report_internal_error(_RESPONDED)
         return response
 
-    @never_raises
     def _start_attempt(
         self, pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[_Chain, tuple[Any, ...], dict[str, Any]] | None:
@@ -240,9 +253,9 @@ class Urllib3Adapter:
         chain = _CHAIN.get()
         if chain is not None and chain.awaiting:
             if retries is not None and retries is chain.next_retry:  # urlopen resending after a retry or redirect
-                chain.decide()
                 if chain.measured_from is not None and chain.waited is None:
                     chain.request.retrying(perf_counter() - chain.measured_from)
+                chain.resume()
                 return chain
             self._final(chain, None)  # left urllib3's loop by a path we did not see: end it as it stands
         request, scoped = http.request_in_scope(self.telemetry, method, host)
@@ -251,12 +264,6 @@ class Urllib3Adapter:
         chain = _Chain(request, scoped)
         _CHAIN.set(chain)
         return chain
-
-    @never_raises
-    def _attempt_responded(self, chain: _Chain, response: Any) -> None:
-        status = int(response.status)
-        chain.request.attempt_ended(status=status)
-        chain.attempt_over(status, True)
 
     @never_raises
     def _attempt_failed(self, chain: _Chain, error: BaseException) -> None:
