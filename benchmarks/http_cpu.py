@@ -1,0 +1,142 @@
+"""CPU time per HTTP request, with its uncertainty: issue 5's target (one attempt span of ours at most 0.6× contrib's
+per-request cost) is stated in CPU, and a loopback request's CPU time moves with the machine's load by more than the
+differences measured here.
+
+The variants of `bench_http` (bare; contrib's requests instrumentation; ours; for the GET, the hand-built telemetry)
+are measured in rounds. A round runs every variant, in a shuffled order, for a block of requests, instrumenting before
+and uninstrumenting after, so that all variants share the same stretches of the machine's load. Every request's CPU
+time (``time.process_time``, client side; the server is another process) is kept. A variant's figure is a low
+quantile of all its requests (the least disturbed ones, read more steadily than the single fastest); the ratio
+(variant − bare) ÷ attempts ÷ (contrib − bare) comes with a 95% interval from resampling whole rounds (bootstrap).
+The verdict is "met" when the whole interval is under the target, "MISSED" when it is all above, otherwise
+"not settled". Nothing here asserts on time.
+
+    python -m benchmarks.http_cpu        # about a minute; prints the table `benchmarks.report` puts in performance.md
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+from benchmarks.bench_http import ATTEMPTS, SCENARIOS, getter, hand_built, serving
+from benchmarks.conftest import Sdk, instrumenting, sdk_for_benchmarks
+from benchmarks.opcodes import HTTP_ATTEMPT_VS_CONTRIB_TARGET
+from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
+
+ROUNDS = 60
+REQUESTS = 50  # per variant and round
+QUANTILE = 0.1
+RESAMPLES = 1000
+
+Rounds = list[dict[str, list[float]]]  # per round: variant -> CPU seconds of each request
+
+
+@contextmanager
+def _bare() -> Iterator[None]:
+    yield
+
+
+def _variants(sdk: Sdk, base_url: str, scenario: str) -> dict[str, tuple[Callable[[], AbstractContextManager[Any]], Callable[[], int]]]:
+    """variant -> (what to have on while it runs, one request). One session serves all but the hand-built variant:
+    the patches are on classes, so the same keep-alive connection is measured under each."""
+    call = getter(base_url, scenario)
+    variants: dict[str, tuple[Callable[[], AbstractContextManager[Any]], Callable[[], int]]] = {
+        "bare": (_bare, call),
+        "contrib": (lambda: instrumenting(RequestsInstrumentor(), **sdk.kwargs()), call),
+        "ours": (lambda: instrumenting(Urllib3RetryInstrumentor(), **sdk.kwargs()), call),
+    }
+    if scenario == "keep-alive GET":
+        variants["hand_built"] = (_bare, hand_built(sdk.tracer_provider.get_tracer("hand"), base_url))
+    return variants
+
+
+def measure_rounds(rounds: int = ROUNDS, requests: int = REQUESTS, seed: int = 0) -> dict[str, Rounds]:
+    """scenario -> its rounds."""
+    shuffle = random.Random(seed).shuffle
+    results: dict[str, Rounds] = {}
+    with serving() as base_url, sdk_for_benchmarks() as sdk:
+        for scenario in SCENARIOS:
+            variants = _variants(sdk, base_url, scenario)
+            order = list(variants)
+            measured: Rounds = []
+            results[scenario] = measured
+            for _ in range(rounds):
+                shuffle(order)
+                this_round: dict[str, list[float]] = {}
+                for name in order:
+                    switched_on, call = variants[name]
+                    with switched_on():
+                        call()  # the first request after a switch pays for it (caches, specialisation)
+                        times = this_round[name] = []
+                        for _ in range(requests):
+                            start = time.process_time()
+                            call()
+                            times.append(time.process_time() - start)
+                measured.append(this_round)
+    return results
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))]
+
+
+def figures(rounds: Rounds, q: float = QUANTILE) -> dict[str, float]:
+    """variant -> its quantile-`q` CPU seconds per request over all the rounds."""
+    return {name: _quantile([t for r in rounds for t in r[name]], q) for name in rounds[0]}
+
+
+def ratio(rounds: Rounds, name: str, attempts: int) -> float:
+    f = figures(rounds)
+    return (f[name] - f["bare"]) / attempts / (f["contrib"] - f["bare"])
+
+
+def interval(rounds: Rounds, name: str, attempts: int, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """The 95% bootstrap interval of `ratio`: the rounds resampled with replacement."""
+    pick = random.Random(seed).choice
+    ratios = sorted(ratio([pick(rounds) for _ in rounds], name, attempts) for _ in range(resamples))
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def settled(low: float, high: float, target: float) -> str:
+    if high <= target:
+        return "met"
+    return "MISSED" if low > target else "not settled"
+
+
+def render(results: dict[str, Rounds]) -> list[str]:
+    lines = [
+        "",
+        f"**HTTP, CPU time per request, alternated** (`benchmarks/http_cpu.py`: {ROUNDS} rounds of {REQUESTS} requests "
+        f"per variant, variants shuffled in each round; each figure the {QUANTILE:.0%} quantile of all its requests; "
+        "95% interval by resampling the rounds). The verdict holds only if the whole interval is on one side.",
+        "",
+        "| HTTP scenario | attempts | bare | contrib, added | ours, added | per attempt vs contrib (target), 95% interval "
+        "| hand-built vs contrib |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    target = HTTP_ATTEMPT_VS_CONTRIB_TARGET
+    for scenario, rounds in results.items():
+        attempts = ATTEMPTS[scenario]
+        f = figures(rounds)
+        low, high = interval(rounds, "ours", attempts)
+        hand = ""
+        if "hand_built" in f:
+            hand_low, hand_high = interval(rounds, "hand_built", 1)
+            hand = f"{ratio(rounds, 'hand_built', 1):.2f}× ({hand_low:.2f}–{hand_high:.2f})"
+        lines.append(
+            f"| http requests {scenario} | {attempts} | {f['bare'] * 1e6:.1f} µs | {(f['contrib'] - f['bare']) * 1e6:+.1f} µs "
+            f"| {(f['ours'] - f['bare']) * 1e6:+.1f} µs | {ratio(rounds, 'ours', attempts):.2f}× ({low:.2f}–{high:.2f}; "
+            f"≤ {target}) {settled(low, high, target)} | {hand} |"
+        )
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(render(measure_rounds())))
