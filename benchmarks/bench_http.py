@@ -18,6 +18,7 @@ attempt span of ours against contrib's per-request cost (issue 5's target: at mo
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -76,9 +77,12 @@ CPU = pytest.mark.benchmark(timer=time.process_time)
 
 
 @contextmanager
-def serving() -> Iterator[str]:
-    """The scripted server, in a process of its own, for the duration of the block: its base URL."""
+def serving(cpu: int | None = None) -> Iterator[str]:
+    """The scripted server, in a process of its own, for the duration of the block: its base URL. `cpu`: the one
+    CPU it may run on (`benchmarks.http_cpu` keeps it off the client's)."""
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    if cpu is not None:
+        os.sched_setaffinity(server.pid, {cpu})
     try:
         assert server.stdout is not None
         yield f"http://127.0.0.1:{int(server.stdout.readline())}"
