@@ -161,7 +161,8 @@ class HttpRequest:
 
     Its methods are not guarded, unlike `RetryOperation`'s: an HTTP adapter calls them only from its own hooks, each
     guarded (by `never_raises`, or inline on the per-attempt path), and a second guard on every call of that path was
-    a measurable part of its cost. The fields below are class defaults, read until a request changes them: a request sets only what happened.
+    a measurable part of its cost. The fields below are class defaults, read until a request changes them: a request
+    sets only what happened.
     """
 
     attempts = 0
