@@ -51,7 +51,7 @@ from opentelemetry.trace import Span, SpanKind, get_current_span, set_span_in_co
 
 from otel_resilience import semconv
 from otel_resilience.core import errors
-from otel_resilience.core._safety import never_raises, report_internal_error
+from otel_resilience.core._safety import report_internal_error
 from otel_resilience.core.retry import attempt_outcome, current_depth
 from otel_resilience.core.telemetry import Telemetry
 
@@ -109,7 +109,7 @@ def attempt_attributes(
     sensitive query parameters the conventions name are ``REDACTED``. `had_credentials`: the URL the app gave carried
     ``user:password@``, which the client moved into a header before this layer; the conventions want it shown as
     ``REDACTED:REDACTED@``."""
-    span_name, method_attribute, original = _KNOWN_METHOD_NAMES.get(method) or method_names(method)
+    span_name, method_attribute, original = method_names(method)
     if had_credentials and "@" not in url and "://" in url:
         scheme, rest = url.split("://", 1)
         url = f"{scheme}://{errors.REDACTED}:{errors.REDACTED}@{rest}"
@@ -371,7 +371,7 @@ class RequestScope:
     def __init__(self, library: str, url: str | None, afresh: contextvars.ContextVar[Any] | None) -> None:
         self.library = library
         self.request: HttpRequest | None = None
-        self.credentials_host = credentials_host(url) if url is not None and "@" in url else None
+        self.credentials_host = credentials_host(url)
         self._token = _SCOPE.set(self)
         self._afresh = afresh
         if afresh is not None:

@@ -70,7 +70,6 @@ class _Chain:
     fields below are class defaults, read until the run sets them (most runs are one attempt)."""
 
     awaiting = False  # an attempt ended and urllib3 has not yet decided what follows
-    verdict_wanted = False  # ... and `Retry.is_retry`'s answer matters (`_verdict_pending`)
     decided = False  # urllib3 gave its verdict (an outer loop may still go on, inside a scope)
     status: int | None = None
     next_retry: Retry | None = None  # what increment returned: the Retry the next resend receives
@@ -82,24 +81,13 @@ class _Chain:
         self.scoped = scoped  # a scope (session, adapter, pool manager) ends the request; we only settle it
 
     def attempt_over(self, status: int | None, awaiting: bool) -> None:
-        """The running attempt got `status` (None: it raised); `awaiting`: what urllib3 does next is yet to be seen.
-        Inside a scope, a response that is not a failure, on a span of ours, needs no verdict from ``is_retry``: the
-        request is a success unless urllib3 goes on (which `Retry.increment` shows), and the scope ends it. Only a
-        failing status (``not_retried`` if accepted), a request we end ourselves, or contrib's span (written while it
-        is open) need to hear that urllib3 accepted the response."""
+        """The running attempt got `status` (None: it raised); `awaiting`: what urllib3 does next is yet to be seen."""
         self.status = status
         self.awaiting = awaiting
-        self.verdict_wanted = awaiting and (
-            not self.scoped or status is None or status >= 400 or self.request.container is not None
-        )
-
-    def decide(self) -> None:
-        """urllib3 gave its verdict: nothing is awaited any more."""
-        self.awaiting = self.verdict_wanted = False
 
     def resume(self) -> None:
         """urllib3 goes on with the next attempt: what it did between the two attempts is spent."""
-        self.awaiting = self.verdict_wanted = self.decided = False
+        self.awaiting = self.decided = False
         self.next_retry = self.waited = self.measured_from = None
 
 
@@ -107,9 +95,15 @@ _CHAIN: contextvars.ContextVar[_Chain | None] = contextvars.ContextVar("otel_res
 
 
 def _verdict_pending() -> bool:
-    """The check of the ``Retry.is_retry`` hook, which urllib3 calls on every response (see `_Chain.attempt_over`)."""
+    """The check of the ``Retry.is_retry`` hook, which urllib3 calls on every response. Inside a scope, a response
+    that is not a failure, on a span of ours, needs no verdict: the request is a success unless urllib3 goes on (which
+    `Retry.increment` shows), and the scope ends it. Only a failing status (``not_retried`` if accepted), a request we
+    end ourselves, or contrib's span (written while it is open) need to hear that urllib3 accepted the response."""
     chain = _CHAIN.get()
-    return chain is not None and chain.verdict_wanted
+    if chain is None or not chain.awaiting:
+        return False
+    status = chain.status
+    return not chain.scoped or status is None or status >= 400 or chain.request.container is not None
 
 
 def _headers_copy(headers: Any) -> Any:
@@ -276,7 +270,7 @@ class Urllib3Adapter:
     def _final(self, chain: _Chain, result: str | None, error: BaseException | None = None) -> None:
         """urllib3's verdict on its loop. Inside a scope the request may still go on (a redirect requests follows):
         settle it; otherwise the request is over."""
-        chain.decide()
+        chain.awaiting = False
         chain.decided = True
         if errors.is_abort(error):
             result = semconv.RESULT_ABORTED
