@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
@@ -39,22 +39,21 @@ RESAMPLES = 1000
 Rounds = list[dict[str, list[float]]]  # per round: variant -> CPU seconds of each request
 
 
-@contextmanager
-def _bare() -> Iterator[None]:
-    yield
+Variant = tuple[Callable[[], AbstractContextManager[Any]], Callable[[], int]]
+"""What to have on while a variant runs, and one request."""
 
 
-def _variants(sdk: Sdk, base_url: str, scenario: str) -> dict[str, tuple[Callable[[], AbstractContextManager[Any]], Callable[[], int]]]:
+def variants_of(sdk: Sdk, base_url: str, scenario: str) -> dict[str, Variant]:
     """variant -> (what to have on while it runs, one request). One session serves all but the hand-built variant:
     the patches are on classes, so the same keep-alive connection is measured under each."""
     call = getter(base_url, scenario)
-    variants: dict[str, tuple[Callable[[], AbstractContextManager[Any]], Callable[[], int]]] = {
-        "bare": (_bare, call),
+    variants: dict[str, Variant] = {
+        "bare": (nullcontext, call),
         "contrib": (lambda: instrumenting(RequestsInstrumentor(), **sdk.kwargs()), call),
         "ours": (lambda: instrumenting(Urllib3RetryInstrumentor(), **sdk.kwargs()), call),
     }
     if scenario == "keep-alive GET":
-        variants["hand_built"] = (_bare, hand_built(sdk.tracer_provider.get_tracer("hand"), base_url))
+        variants["hand_built"] = (nullcontext, hand_built(sdk.tracer_provider.get_tracer("hand"), base_url))
     return variants
 
 
@@ -83,7 +82,7 @@ def measure_rounds(rounds: int = ROUNDS, requests: int = REQUESTS, seed: int = 0
     results: dict[str, Rounds] = {}
     with _own_cpus() as (_client, server_cpu), serving(server_cpu) as base_url, sdk_for_benchmarks() as sdk:
         for scenario in SCENARIOS:
-            variants = _variants(sdk, base_url, scenario)
+            variants = variants_of(sdk, base_url, scenario)
             order = list(variants)
             measured: Rounds = []
             results[scenario] = measured

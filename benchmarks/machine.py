@@ -22,11 +22,10 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from benchmarks import verdict
-from benchmarks.bench_http import ATTEMPTS, SCENARIOS, getter, hand_built, serving
+from benchmarks.bench_http import ATTEMPTS, SCENARIOS, serving
 from benchmarks.opcodes import HTTP_ATTEMPT_VS_CONTRIB_TARGET
 
 FEW, MANY = 10, 210
@@ -45,23 +44,12 @@ def modelled_cycles(c: Counts) -> float:
 
 def _requests(variant: str, scenario: str, count: int) -> None:
     """The child: `count` requests of `scenario` in `variant` (run under cachegrind by `_cachegrind`)."""
-    from benchmarks.conftest import instrumenting, sdk_for_benchmarks
+    from benchmarks.conftest import sdk_for_benchmarks
+    from benchmarks.http_cpu import variants_of
 
     with serving() as base_url, sdk_for_benchmarks() as sdk:
-        switched_on: AbstractContextManager[object] = nullcontext()
-        if variant == "contrib":
-            from opentelemetry.instrumentation.requests import RequestsInstrumentor
-
-            switched_on = instrumenting(RequestsInstrumentor(), **sdk.kwargs())
-        elif variant == "ours":
-            from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
-
-            switched_on = instrumenting(Urllib3RetryInstrumentor(), **sdk.kwargs())
-        with switched_on:
-            if variant == "hand_built":
-                call = hand_built(sdk.tracer_provider.get_tracer("hand"), base_url)
-            else:
-                call = getter(base_url, scenario)
+        switched_on, call = variants_of(sdk, base_url, scenario)[variant]
+        with switched_on():
             for _ in range(5 + count):  # 5 to warm up, in both runs
                 call()
 
