@@ -49,10 +49,14 @@ def test_credentials_host() -> None:
     assert http.credentials_host(None) is None
 
 
-def test_a_scope_runs_the_call_whatever_its_url() -> None:
-    assert http.call_in_scope("lib", lambda x: x * 2, (21,), {}, url="http://u@[bad/") == 42
+@pytest.mark.parametrize("url", ["http://u@[bad/", None, b"http://u:p@h/"])
+def test_a_scope_runs_the_call_whatever_its_url(otel: Otel, url: object) -> None:
+    telemetry = Telemetry("test", otel.tracer_provider, otel.meter_provider)
+    wrapper = http.scope_wrapper(telemetry, lambda args, kwargs: url)
+    assert wrapper(lambda x: x * 2, None, (21,), {}) == 42
     with pytest.raises(KeyError):
-        http.call_in_scope("lib", {}.__getitem__, ("k",), {}, url=None)
+        wrapper({}.__getitem__, None, ("k",), {})
+    assert otel.spans() == [] and otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS) == []  # no attempt: no request to tell of
 
 
 def test_status_error_type() -> None:

@@ -638,7 +638,7 @@ def test_sessions_made_before_instrumenting_are_traced_and_no_sdk_records_nothin
 # Where a failure of ours is injected: what the guarded entry points (the adapter's hooks, `core.http`'s requests and
 # scopes) call, so that the guard under test is the one in place, and every step of a retried request is covered.
 HTTP_FAULTS: list[tuple[Any, str]] = [
-    (http_core.RequestScope, "__init__"),  # a scope opens
+    (http_core, "credentials_host"),  # a scope opens
     (http_core, "current_client_span"),  # an attempt starts: is contrib's span there?
     (http_core, "attempt_attributes"),  # our span's attributes
     (adapter_module, "_headers_copy"),  # its context is injected

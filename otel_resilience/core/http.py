@@ -3,7 +3,7 @@ one CLIENT span, or, beside contrib's HTTP instrumentation, facts on the CLIENT 
 
 An HTTP adapter reports what its client did; this module alone decides the shape (``docs/http.md`` has the reasons):
 
-    request = request_in_scope(telemetry, "GET", "api.example.com")       # None: nothing records, stay out of the way
+    request = start_request(telemetry, "GET", "api.example.com")          # None: nothing records, stay out of the way
     ctx = request.attempt_started("GET", url, "api.example.com", 443)
     if ctx is not None:
         inject(headers_copy, context=ctx)                                  # the server's spans hang under this attempt
@@ -32,9 +32,10 @@ Shapes:
   ``http.request.resend`` event that attempt *k+1*'s span carries.
 
 Where the library has an outer loop of its own (requests' redirects, a pool manager's cross-host redirects, httpx's
-``Client.send``), the adapter brackets it with `call_in_scope`/`acall_in_scope`: attempts made inside join one request,
-so redirects count as resends, and the request ends when the outer call returns. Inside a scope, what the inner layer
-knows (its verdict) is recorded with `settle`; beside contrib, it is written on contrib's span while that is open.
+``Client.send``), the adapter patches it with `scope_wrapper`/`async_scope_wrapper`: the scope's request is made when
+the call starts, attempts made inside join it (`request_in_scope`), so redirects count as resends, and it ends when the
+call returns. Inside a scope, what the inner layer knows (its verdict) is recorded with `settle`; beside contrib, it is
+written on contrib's span while that is open.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def current_client_span(ctx: Context | None = None) -> Span | None:
 
 
 class HttpRequest:
-    """One logical HTTP request and its attempts. Created by `start_request` or `request_in_scope`.
+    """One logical HTTP request and its attempts. Created by `start_request`, or by a scope when it opens.
 
     Not a `RetryOperation`, on purpose: an HTTP request has no operation span, its attempts are CLIENT spans (or facts
     on contrib's span), and nearly every request is one successful attempt made on the client's hot path, where all of
@@ -183,7 +184,7 @@ class HttpRequest:
     _looked_in: Context | None = None  # the context the last attempt started in, and the client span found there
     _client_span: Span | None = None
 
-    def __init__(self, telemetry: Telemetry, method: str, host: str, parent: Context) -> None:
+    def __init__(self, telemetry: Telemetry, method: str | None, host: str | None, parent: Context) -> None:
         self._telemetry = telemetry
         self._method = method  # with `_host`, ``retry.name`` of the metric points (`start_request`)
         self._host = host
@@ -349,9 +350,10 @@ class HttpRequest:
             )
 
 
-def start_request(telemetry: Telemetry, method: str, host: str) -> HttpRequest | None:
+def start_request(telemetry: Telemetry, method: str | None, host: str | None) -> HttpRequest | None:
     """Start observing one logical request (None when nothing records). Its metric points carry ``retry.name``
-    ``{METHOD} {host}``: what was retried, at a cardinality the metrics can carry."""
+    ``{METHOD} {host}``: what was retried, at a cardinality the metrics can carry. A scope's request is named by its
+    first attempt (`request_in_scope`)."""
     ctx = get_current()
     if not telemetry.recording(ctx):
         return None
@@ -360,50 +362,25 @@ def start_request(telemetry: Telemetry, method: str, host: str) -> HttpRequest |
 
 # --- scopes: the library's outer loop --------------------------------------------------------------------------------
 
+_SCOPE: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar("otel_resilience_http_scope", default=None)
+"""The request of the outer call in progress in this thread or task (requests' ``Session.request``, a pool manager's
+``urlopen``, httpx's ``Client.send``): every attempt made inside belongs to it. None inside an outer call while
+nothing records there (instrumentation suppressed), so that its attempts do not join a request of an outer call."""
 
-class RequestScope:
-    """One outer call of an HTTP library in progress in this thread or task (requests' ``Session.request``, a pool
-    manager's ``urlopen``, httpx's ``Client.send``): every attempt made inside belongs to its one request. Made
-    current when created; `leave` restores what was current before."""
+UrlOf = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+"""The URL the app gave to an outer call, read from its arguments (anything but a str counts as none)."""
 
-    __slots__ = ("library", "request", "credentials_host", "_token", "_afresh", "_afresh_token")
-
-    def __init__(self, library: str, url: str | None, afresh: contextvars.ContextVar[Any] | None) -> None:
-        self.library = library
-        self.request: HttpRequest | None = None
-        self.credentials_host = credentials_host(url)
-        self._token = _SCOPE.set(self)
-        self._afresh = afresh
-        if afresh is not None:
-            self._afresh_token = afresh.set(None)
-
-    def leave(self, error: BaseException | None, error_result: ErrorResult | None) -> None:
-        """The outer call returned (or raised `error`): the scope's request, if any attempt was made, is over. Never
-        raises (guarded inline: a `never_raises` frame would be a call more on every request)."""
-        try:
-            _SCOPE.reset(self._token)
-            if self._afresh is not None:
-                self._afresh.reset(self._afresh_token)
-            request = self.request
-            if request is not None:
-                request.ended(error=error, error_result=error_result)
-        except Exception:
-            report_internal_error("core.http.RequestScope.leave")
-
-
-_SCOPE: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("otel_resilience_http_scope", default=None)
+ScopeWrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
 def request_in_scope(telemetry: Telemetry, method: str, host: str) -> tuple[HttpRequest | None, bool]:
     """The request an attempt starting now belongs to, and whether a scope owns it (then the scope ends it; the
     adapter only `settle`s). Outside any scope of this library, a new request the adapter ends itself."""
-    scope = _SCOPE.get()
-    if scope is not None and scope.library == telemetry.library:
-        request = scope.request
-        if request is None or request.is_ended:
-            request = scope.request = start_request(telemetry, method, host)
-            if request is not None:
-                request.credentials_host = scope.credentials_host
+    request = _SCOPE.get()
+    if request is not None and request._telemetry is telemetry:
+        if request._method is None:  # its first attempt names it
+            request._method = method
+            request._host = host
         return request, True
     return start_request(telemetry, method, host), False
 
@@ -412,64 +389,96 @@ def opens_scope(telemetry: Telemetry) -> Callable[[], bool]:
     """The ``enabled`` check of a patched outer call that joins the scope it runs in (a pool manager's redirect
     recursion, an adapter inside a session): the wrapper, which opens a scope, runs only outside any scope of this
     library and when something may record. Made for the hot path: joining costs this check and nothing else."""
-    library = telemetry.library
     may_record = telemetry.may_record
 
     def check() -> bool:
-        scope = _SCOPE.get()
-        return (scope is None or scope.library != library) and may_record()
+        request = _SCOPE.get()
+        return (request is None or request._telemetry is not telemetry) and may_record()
 
     return check
 
 
-def call_in_scope(
-    library: str,
-    wrapped: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+def _open(
+    telemetry: Telemetry, url: Any, afresh: contextvars.ContextVar[Any] | None
+) -> tuple[HttpRequest | None, contextvars.Token[Any], contextvars.Token[Any] | None]:
+    """A scope opens: its request (None when nothing records here) is made current, and `afresh` is None inside."""
+    ctx = get_current()
+    request = None
+    if telemetry.recording(ctx):
+        request = HttpRequest(telemetry, None, None, ctx)
+        request.credentials_host = credentials_host(url if isinstance(url, str) else None)
+    return request, _SCOPE.set(request), (None if afresh is None else afresh.set(None))
+
+
+def _leave(
+    opened: tuple[HttpRequest | None, contextvars.Token[Any], contextvars.Token[Any] | None],
+    afresh: contextvars.ContextVar[Any] | None,
+    error: BaseException | None,
+    error_result: ErrorResult | None,
+) -> None:
+    """The outer call returned (or raised `error`): what was current before is again, and the scope's request, if
+    any attempt was made, is over. Never raises (guarded inline: a `never_raises` frame would be a call more on every
+    request)."""
+    try:
+        request, token, afresh_token = opened
+        _SCOPE.reset(token)
+        if afresh_token is not None:
+            afresh.reset(afresh_token)  # type: ignore[union-attr]
+        if request is not None and request.attempts:
+            request.ended(error=error, error_result=error_result)
+    except Exception:
+        report_internal_error("core.http: a scope closes")
+
+
+def scope_wrapper(
+    telemetry: Telemetry,
+    url_of: UrlOf,
     *,
     error_result: ErrorResult | None = None,
-    url: str | None = None,
     afresh: contextvars.ContextVar[Any] | None = None,
-) -> Any:
-    """Run the library's outer call as a scope: a new request, also inside a scope of the same library (a session
-    request made by a hook while another is in progress is a request of its own; an outer call that joins the scope
-    it runs in is patched with `opens_scope` as its check). `url` is the URL the app gave, if the call has one:
-    credentials in it are shown as ``REDACTED:REDACTED@`` on the attempts. `afresh` is the adapter's own context
+) -> ScopeWrapper:
+    """The patch wrapper of a library's outer call: each call is a scope, a new request, also inside a scope of the
+    same library (a session request made by a hook while another is in progress is a request of its own; an outer
+    call that joins the scope it runs in is patched with `opens_scope` as its check). Credentials in the URL the app
+    gave (`url_of`) are shown as ``REDACTED:REDACTED@`` on the attempts. `afresh` is the adapter's own context
     variable for the state of one run of the library's inner loop: None inside the scope, restored after it."""
-    try:  # inline, not `never_raises`: this runs on every request
-        scope = RequestScope(library, url, afresh)
-    except Exception:
-        report_internal_error("core.http.call_in_scope")
-        return wrapped(*args, **kwargs)
-    try:
-        value = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        scope.leave(exc, error_result)
-        raise
-    scope.leave(None, error_result)
-    return value
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:  # inline, not `never_raises`: this runs on every request
+            opened = _open(telemetry, url_of(args, kwargs), afresh)
+        except Exception:
+            report_internal_error("core.http: a scope opens")
+            return wrapped(*args, **kwargs)
+        try:
+            value = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _leave(opened, afresh, exc, error_result)
+            raise
+        _leave(opened, afresh, None, error_result)
+        return value
+
+    return wrapper
 
 
-async def acall_in_scope(
-    library: str,
-    wrapped: Callable[..., Awaitable[Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    error_result: ErrorResult | None = None,
-    url: str | None = None,
-) -> Any:
-    """`call_in_scope` for a coroutine function (the scope lives in the task's context)."""
-    try:
-        scope = RequestScope(library, url, None)
-    except Exception:
-        report_internal_error("core.http.acall_in_scope")
-        return await wrapped(*args, **kwargs)
-    try:
-        value = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        scope.leave(exc, error_result)
-        raise
-    scope.leave(None, error_result)
-    return value
+def async_scope_wrapper(
+    telemetry: Telemetry, url_of: UrlOf, *, error_result: ErrorResult | None = None
+) -> ScopeWrapper:
+    """`scope_wrapper` for a coroutine function (the scope lives in the task's context)."""
+
+    async def wrapper(
+        wrapped: Callable[..., Awaitable[Any]], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            opened = _open(telemetry, url_of(args, kwargs), None)
+        except Exception:
+            report_internal_error("core.http: a scope opens")
+            return await wrapped(*args, **kwargs)
+        try:
+            value = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _leave(opened, None, exc, error_result)
+            raise
+        _leave(opened, None, None, error_result)
+        return value
+
+    return wrapper

@@ -184,6 +184,12 @@ def _httpx_error_result(error: BaseException) -> str | None:
     return semconv.RESULT_EXHAUSTED if isinstance(error, httpx.TooManyRedirects) else None
 
 
+def _app_url(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The URL of ``Client.send(request, ...)``: the request's, as the app built it."""
+    url = getattr(args[0] if args else kwargs.get("request"), "url", None)
+    return None if url is None else str(url)
+
+
 class HttpxAdapter:
     """Holds the Telemetry for httpx and installs the hooks."""
 
@@ -191,34 +197,27 @@ class HttpxAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        recording = self.telemetry.recording
+        telemetry = self.telemetry
+        recording = telemetry.recording
         patches.wrap(httpcore.ConnectionPool, "handle_request", self._pool_request, enabled=recording)
         patches.wrap(httpcore.AsyncConnectionPool, "handle_async_request", self._async_pool_request, enabled=recording)
-        patches.wrap(httpx.Client, "send", self._client_send, enabled=recording)
-        patches.wrap(httpx.AsyncClient, "send", self._async_client_send, enabled=recording)
+        # The redirect loop (``Client.send``) is a scope: the requests of its hops are one request. The scope opens
+        # also where instrumentation is suppressed (it then holds no request), so that what is sent inside does not
+        # join the request of an outer scope.
+        may_record = telemetry.may_record
+        patches.wrap(
+            httpx.Client, "send", http.scope_wrapper(telemetry, _app_url, error_result=_httpx_error_result),
+            enabled=may_record,
+        )
+        patches.wrap(
+            httpx.AsyncClient, "send", http.async_scope_wrapper(telemetry, _app_url, error_result=_httpx_error_result),
+            enabled=may_record,
+        )
         for module in (sync_connection, async_connection):
             if "exponential_backoff" in vars(module):
                 patches.wrap(module, "exponential_backoff", self._observe_delays, enabled=_CURRENT.get)
 
     # --- the redirect loop ---------------------------------------------------------------------------------------
-
-    def _client_send(self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return http.call_in_scope(
-            LIBRARY, wrapped, args, kwargs, error_result=_httpx_error_result, url=self._app_url(args, kwargs)
-        )
-
-    async def _async_client_send(
-        self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        return await http.acall_in_scope(
-            LIBRARY, wrapped, args, kwargs, error_result=_httpx_error_result, url=self._app_url(args, kwargs)
-        )
-
-    @staticmethod
-    def _app_url(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-        request = args[0] if args else kwargs.get("request")
-        url = getattr(request, "url", None)
-        return None if url is None else str(url)
 
     # --- requests through the pool -------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ which calls itself once per resend: ``Retry.is_retry`` (is this status retried?)
 ``urlopen`` itself: contrib's urllib3 instrumentation wraps it, and its ``unwrap`` removes the outermost layer, whoever
 owns it. Nor requests' ``Session.send``, which contrib's requests instrumentation patches by hand.
 
-Outer loops are scopes (`core.http.call_in_scope`), so their resends join the same request: requests'
+Outer loops are scopes (`core.http.scope_wrapper`), so their resends join the same request: requests'
 ``Session.request`` (its redirect loop, and auth handlers resending after a 401), ``HTTPAdapter.send`` when called
 directly, and ``PoolManager.urlopen`` (cross-host redirects). A pool used directly (``pool.urlopen``, ``pool.request``)
 is followed through the ``Retry`` object each resend receives from ``increment``.
@@ -130,17 +130,14 @@ def _requests_error_result(error: BaseException) -> str | None:
     return semconv.RESULT_EXHAUSTED if isinstance(error, TooManyRedirects) else None
 
 
-def _scope(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], url: Any) -> Any:
-    """An outer loop as a scope: a run of urllib3's loop inside it starts afresh (`_CHAIN`), in the scope's request."""
-    return http.call_in_scope(
-        LIBRARY,
-        wrapped,
-        args,
-        kwargs,
-        error_result=_requests_error_result,
-        url=url if isinstance(url, str) else None,
-        afresh=_CHAIN,
-    )
+def _method_url(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The URL of ``Session.request(method, url, ...)`` and ``PoolManager.urlopen(method, url, ...)``."""
+    return args[1] if len(args) > 1 else kwargs.get("url")
+
+
+def _prepared_url(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The URL of ``HTTPAdapter.send(request, ...)``: the prepared request's."""
+    return getattr(args[0] if args else kwargs.get("request"), "url", None)
 
 
 class Urllib3Adapter:
@@ -154,38 +151,29 @@ class Urllib3Adapter:
         An outer call that joins the scope it runs in (an adapter inside a session, a pool manager's redirect
         recursion) costs only its check."""
         # The full check (suppression included) is made once per request, where the request starts (start_request).
-        recording = self.telemetry.may_record
-        opens_scope = http.opens_scope(self.telemetry)
+        # An outer loop is a scope: a run of urllib3's loop inside it starts afresh (`_CHAIN`), in the scope's request.
+        telemetry = self.telemetry
+        recording = telemetry.may_record
+        opens_scope = http.opens_scope(telemetry)
         patches.wrap(connectionpool.HTTPConnectionPool, "_make_request", self._attempt, enabled=recording)
-        patches.wrap(urllib3.PoolManager, "urlopen", self._pool_manager_scope, enabled=opens_scope)
+        scope = http.scope_wrapper(telemetry, _method_url, error_result=_requests_error_result, afresh=_CHAIN)
+        patches.wrap(urllib3.PoolManager, "urlopen", scope, enabled=opens_scope)
         try:
             import requests
         except ImportError:
             pass
         else:
-            patches.wrap(requests.Session, "request", self._session_scope, enabled=recording)
-            patches.wrap(requests.adapters.HTTPAdapter, "send", self._adapter_scope, enabled=opens_scope)
+            patches.wrap(requests.Session, "request", scope, enabled=recording)
+            adapter_scope = http.scope_wrapper(
+                telemetry, _prepared_url, error_result=_requests_error_result, afresh=_CHAIN
+            )
+            patches.wrap(requests.adapters.HTTPAdapter, "send", adapter_scope, enabled=opens_scope)
         self.telemetry.when_live(lambda: self._patch_retry_hooks(patches))
 
     def _patch_retry_hooks(self, patches: Patches) -> None:
         patches.wrap(Retry, "is_retry", self._is_retry, enabled=_verdict_pending)
         patches.wrap(Retry, "increment", self._increment, enabled=_CHAIN.get)
         patches.replace(retry_module, "time", _RetryModuleTime(self))
-
-    # --- outer loops ---------------------------------------------------------------------------------------------
-
-    def _session_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``Session.request(method, url, ...)``: a new request, also when a hook of another request makes it."""
-        return _scope(wrapped, args, kwargs, args[1] if len(args) > 1 else kwargs.get("url"))
-
-    def _adapter_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``HTTPAdapter.send(request, ...)`` called directly (inside a session, it is part of the session's request)."""
-        request = args[0] if args else kwargs.get("request")
-        return _scope(wrapped, args, kwargs, getattr(request, "url", None))
-
-    def _pool_manager_scope(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``PoolManager.urlopen(method, url, ...)``: follows redirects across hosts by calling itself; one request."""
-        return _scope(wrapped, args, kwargs, args[1] if len(args) > 1 else kwargs.get("url"))
 
     # --- attempts ------------------------------------------------------------------------------------------------
 
