@@ -461,6 +461,25 @@ def test_general_suppression_silences_us_and_injects_nothing(instrumented: Otel,
     assert server.traceparents() == [None]
 
 
+def test_a_suppressed_request_inside_another_does_not_join_it(instrumented: Otel, server: ScriptedServer) -> None:
+    """A response hook of a request (its scope still open) sends one more request with instrumentation suppressed:
+    that one is not traced, and not counted as an attempt of the request whose hook sent it."""
+    s = session(**RETRY_503)
+
+    def hook(response: requests.Response, **_: Any) -> None:
+        if response.request.path_url == "/outer":
+            with suppress_instrumentation():
+                s.get(server.url("/inner"))
+
+    server.reply(Reply(503))
+    assert s.get(server.url("/outer"), hooks={"response": hook}).status_code == 200
+    assert len(server.received) == 3
+    spans = client_spans(instrumented.spans())
+    assert [s.attributes[semconv.URL_FULL] for s in spans] == [server.url("/outer")] * 2
+    assert spans[-1].attributes[semconv.RETRY_ATTEMPTS] == 2
+    assert server.traceparents()[2] is None
+
+
 def test_contribs_http_suppression_does_not_silence_us(instrumented: Otel, server: ScriptedServer) -> None:
     with suppress_http_instrumentation():
         session().get(server.url())
