@@ -227,8 +227,8 @@ class Urllib3Adapter:
             propagate.inject(carrier, context=ctx)
             if len(args) > 4:
                 args = (*args[:4], carrier, *args[5:])
-            else:
-                kwargs = {**kwargs, "headers": carrier}
+            else:  # this call's own keyword dict (made by the patch's ``**kwargs``): the caller's is not touched
+                kwargs["headers"] = carrier
         return chain, args, kwargs
 
     def _chain_for(self, method: str, host: str, retries: Any) -> _Chain | None:
