@@ -203,8 +203,9 @@ class HttpRequest:
             self._report(follows=True)
         attempts = self.attempts = self.attempts + 1
         self._in_attempt = True
-        self._result = None  # what an inner layer settled before this attempt is no longer the outcome
-        self.container = None
+        if attempts > 1:  # what the previous attempt left is no longer the request's state (the first has the defaults)
+            self._result = None  # an inner layer's verdict before this attempt is not the outcome
+            self.container = None
         if beside_contrib:
             return None
         container = self._current_client_span()
@@ -217,7 +218,7 @@ class HttpRequest:
         attributes[semconv.RETRY_ATTEMPT] = attempts
         if attempts > 1:
             attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = attempts - 1
-        self._resend_event = None
+            self._resend_event = None  # the previous attempt's, for a contrib span this attempt is not on
         parent = self._parent
         span = self._span = self._telemetry.tracer.start_span(
             span_name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
@@ -277,7 +278,6 @@ class HttpRequest:
         delay = (0.0 if self._delay is None else float(self._delay)) if follows else None
         status = self._status
         error_type = self._error_type
-        self._resend_event = None
         span = self._span
         if span is not None:
             self._span = None
