@@ -662,7 +662,7 @@ HTTP_FAULTS: list[tuple[Any, str]] = [
     (http_core, "attempt_attributes"),  # our span's attributes
     (adapter_module, "_headers_copy"),  # its context is injected
     (http_core, "status_error_type"),  # it ends
-    (adapter_module._Chain, "attempt_over"),  # urllib3 is to decide
+    (adapter_module, "_verdict_pending"),  # urllib3 is to decide (the check of its is_retry hook)
     (http_core.HttpRequest, "retrying"),  # urllib3 waits
     (http_core.HttpRequest, "_report"),  # the ended attempt's span is finished
     (Telemetry, "record_retry"),  # its metric points

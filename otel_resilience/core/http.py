@@ -178,7 +178,8 @@ class HttpRequest:
     _end_ns: int | None = None  # set while an ended attempt waits to be reported (`_report`)
     _status: int | None = None  # the last ended attempt's
     _error: BaseException | None = None
-    _error_type: str | None = None
+    error_type: str | None = None
+    """The last ended attempt's ``error.type``: its failing status code, or its error's type; None if it succeeded."""
     _delay: float | None = None  # the wait `retrying` gave after the last ended attempt
     _result: str | None = None  # what `settle` said
     _looked_in: Context | None = None  # the context the last attempt started in, and the client span found there
@@ -260,7 +261,7 @@ class HttpRequest:
             self._in_attempt = False
             self._status = status
             self._error = error
-            self._error_type = status_error_type(status) if error is None else errors.error_type(error)
+            self.error_type = status_error_type(status) if error is None else errors.error_type(error)
             self._end_ns = time_ns() if end_ns is None else end_ns
             self._delay = None
 
@@ -277,7 +278,7 @@ class HttpRequest:
         self._end_ns = None
         delay = (0.0 if self._delay is None else float(self._delay)) if follows else None
         status = self._status
-        error_type = self._error_type
+        error_type = self.error_type
         span = self._span
         if span is not None:
             self._span = None
@@ -330,7 +331,7 @@ class HttpRequest:
         if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands, with `error`
             self.attempt_ended(error=error)
         if result is None:
-            if self._error_type is not None:
+            if self.error_type is not None:
                 result = semconv.RESULT_EXHAUSTED
             else:
                 result = semconv.RESULT_SUCCESS if error is None else semconv.RESULT_NOT_RETRIED

@@ -71,7 +71,6 @@ class _Chain:
 
     awaiting = False  # an attempt ended and urllib3 has not yet decided what follows
     decided = False  # urllib3 gave its verdict (an outer loop may still go on, inside a scope)
-    status: int | None = None
     next_retry: Retry | None = None  # what increment returned: the Retry the next resend receives
     waited: float | None = None  # what urllib3 slept since the attempt ended (`_RetryModuleTime`)
     measured_from: float | None = None  # when a Retry that waits its own way was made (`_increment`)
@@ -79,11 +78,6 @@ class _Chain:
     def __init__(self, request: http.HttpRequest, scoped: bool) -> None:
         self.request = request
         self.scoped = scoped  # a scope (session, adapter, pool manager) ends the request; we only settle it
-
-    def attempt_over(self, status: int | None, awaiting: bool) -> None:
-        """The running attempt got `status` (None: it raised); `awaiting`: what urllib3 does next is yet to be seen."""
-        self.status = status
-        self.awaiting = awaiting
 
     def resume(self) -> None:
         """urllib3 goes on with the next attempt: what it did between the two attempts is spent."""
@@ -102,8 +96,8 @@ def _verdict_pending() -> bool:
     chain = _CHAIN.get()
     if chain is None or not chain.awaiting:
         return False
-    status = chain.status
-    return not chain.scoped or status is None or status >= 400 or chain.request.container is not None
+    request = chain.request
+    return not chain.scoped or request.error_type is not None or request.container is not None
 
 
 def _headers_copy(headers: Any) -> Any:
@@ -196,9 +190,8 @@ class Urllib3Adapter:
             self._attempt_failed(chain, exc)
             raise
         try:
-            status = int(response.status)
-            chain.request.attempt_ended(status=status)
-            chain.attempt_over(status, True)
+            chain.request.attempt_ended(status=int(response.status))
+            chain.awaiting = True  # urllib3 is to decide: Retry.is_retry, Retry.increment, or return the response
         except Exception:
             report_internal_error(_RESPONDED)
         return response
@@ -250,8 +243,7 @@ class Urllib3Adapter:
     @never_raises
     def _attempt_failed(self, chain: _Chain, error: BaseException) -> None:
         chain.request.attempt_ended(error=error)
-        handed_to_retry = isinstance(error, _HANDED_TO_RETRY)
-        chain.attempt_over(None, handed_to_retry)  # Retry.increment decides
+        handed_to_retry = chain.awaiting = isinstance(error, _HANDED_TO_RETRY)  # then Retry.increment decides
         if not handed_to_retry:
             self._final(chain, semconv.RESULT_NOT_RETRIED, error)
 
@@ -282,7 +274,7 @@ class Urllib3Adapter:
     def _status_accepted(self) -> None:
         chain = _CHAIN.get()
         if chain is not None and chain.awaiting:
-            failed = http.status_error_type(chain.status) is not None
+            failed = chain.request.error_type is not None
             self._final(chain, semconv.RESULT_NOT_RETRIED if failed else semconv.RESULT_SUCCESS)
 
     def _increment(self, wrapped: Callable[..., Any], retry: Retry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
