@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             run(json_path, extra)  # further arguments go to pytest, e.g. -k http
         http_measures = [
             *opcodes.render(opcodes.measure()),
-            *http_cpu.render(http_cpu.measure_rounds()),
+            *http_cpu.render(http_cpu.measure()),
             *machine.render(machine.measure()),
         ]
         report = render(rows(json_paths), options.passes, no_sdk.render(no_sdk.measure()), http_measures)
