@@ -217,8 +217,6 @@ class HttpxAdapter:
             if "exponential_backoff" in vars(module):
                 patches.wrap(module, "exponential_backoff", self._observe_delays, enabled=_CURRENT.get)
 
-    # --- the redirect loop ---------------------------------------------------------------------------------------
-
     # --- requests through the pool -------------------------------------------------------------------------------
 
     def _pool_request(self, wrapped: Callable[..., Any], pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

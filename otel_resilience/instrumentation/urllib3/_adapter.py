@@ -144,7 +144,8 @@ class Urllib3Adapter:
         """Attempts and outer loops now; the Retry hooks once something records (they only matter inside a run).
         An outer call that joins the scope it runs in (an adapter inside a session, a pool manager's redirect
         recursion) costs only its check."""
-        # The full check (suppression included) is made once per request, where the request starts (start_request).
+        # The full check (suppression included) is made once per request, where the request starts (a scope opening,
+        # or start_request).
         # An outer loop is a scope: a run of urllib3's loop inside it starts afresh (`_CHAIN`), in the scope's request.
         telemetry = self.telemetry
         recording = telemetry.may_record
