@@ -173,7 +173,7 @@ def render(statuses: Sequence[LibraryStatus], out: TextIO) -> None:
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() + "\n")
     out.write("\n")
     out.write(f"tracer provider: {providers['tracer_provider']}\n")
     out.write(f"meter provider:  {providers['meter_provider']}\n")

@@ -26,7 +26,6 @@ import pybreaker
 import pytest
 import tenacity
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_resilience import semconv
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor

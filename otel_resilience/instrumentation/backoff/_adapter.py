@@ -320,7 +320,7 @@ def _closure_codes(module: ModuleType) -> set[CodeType]:
 
 def _closure_variables(closure: Callable[..., Any]) -> dict[str, Any]:
     code = closure.__code__  # type: ignore[attr-defined]
-    return {name: cell.cell_contents for name, cell in zip(code.co_freevars, closure.__closure__ or ())}  # type: ignore[attr-defined]
+    return {name: cell.cell_contents for name, cell in zip(code.co_freevars, closure.__closure__ or (), strict=False)}  # type: ignore[attr-defined]
 
 
 def _sync_stand_in(policy: _Policy) -> Callable[..., Any]:
