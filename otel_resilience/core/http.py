@@ -351,10 +351,9 @@ class HttpRequest:
             )
 
 
-def start_request(telemetry: Telemetry, method: str | None, host: str | None) -> HttpRequest | None:
+def start_request(telemetry: Telemetry, method: str, host: str) -> HttpRequest | None:
     """Start observing one logical request (None when nothing records). Its metric points carry ``retry.name``
-    ``{METHOD} {host}``: what was retried, at a cardinality the metrics can carry. A scope's request is named by its
-    first attempt (`request_in_scope`)."""
+    ``{METHOD} {host}``: what was retried, at a cardinality the metrics can carry."""
     ctx = get_current()
     if not telemetry.recording(ctx):
         return None
@@ -379,7 +378,7 @@ def request_in_scope(telemetry: Telemetry, method: str, host: str) -> tuple[Http
     adapter only `settle`s). Outside any scope of this library, a new request the adapter ends itself."""
     request = _SCOPE.get()
     if request is not None and request._telemetry is telemetry:
-        if request._method is None:  # its first attempt names it
+        if request._method is None:  # its first attempt names it (``retry.name``: see `start_request`)
             request._method = method
             request._host = host
         return request, True
