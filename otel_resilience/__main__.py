@@ -1,9 +1,10 @@
 """``python -m otel_resilience`` (or ``otel-resilience``): the first thing to run when a span is missing.
 
 For every supported library it prints the installed version, the range otel_resilience supports, whether that
-version is within it, and whether our instrumentation is switched on in this process; then whether an SDK is
-configured and what ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` switches off. Run it the way the app runs to see the
-app's view: ``opentelemetry-instrument python -m otel_resilience`` shows what the launcher switches on.
+version is within it, and whether our instrumentation really patched it in this process; then whether an SDK is
+configured, whether its span ids leave the app's global `random` alone, and what
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` switches off. Run it the way the app runs to see the app's view:
+``opentelemetry-instrument python -m otel_resilience`` shows what the launcher switches on.
 
 `diagnose()` returns the same facts as data, for an app that wants to log them at start-up.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -24,7 +26,8 @@ from opentelemetry import trace
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from otel_resilience._setup import _disabled_names, _global_meter_provider
+from otel_resilience._environment import disabled_instrumentations, is_disabled
+from otel_resilience._setup.providers import global_meter_provider
 from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation import INSTRUMENTORS
 from otel_resilience.version import __version__
@@ -45,6 +48,8 @@ class LibraryStatus:
     in_range: bool | None
     """None when the library is not installed."""
     instrumented: bool
+    """Our instrumentor is on and patched the library (the launcher switches every entry point on, also for a library
+    that is missing or out of range: that instrumentor patched nothing)."""
     disabled: bool
     """Named in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``."""
 
@@ -80,20 +85,23 @@ def _package_range(library: str, distribution: str) -> Requirement | None:
     return None
 
 
-def _is_instrumented(entry_point: str) -> bool:
-    """Whether our instrumentor for `entry_point` is switched on in this process. Its module is looked up, never
-    imported: one that was never imported cannot be on, and importing it would import the library."""
+def _is_instrumented(entry_point: str, in_range: bool | None) -> bool:
+    """Whether our instrumentor for `entry_point` patched its library in this process: it is switched on, the library
+    is installed within its range (what the instrumentor checks before patching anything), and it holds the telemetry
+    its patches record through. Its module is looked up, never imported: one that was never imported cannot be on,
+    and importing it would import the library."""
     module_name, _, attribute = INSTRUMENTORS[entry_point].partition(":")
     module = sys.modules.get(module_name)
     cls = getattr(module, attribute, None) if module is not None else None
     instance = getattr(cls, "_instance", None) if cls is not None else None
-    return bool(getattr(instance, "_is_instrumented_by_opentelemetry", False))
+    switched_on = bool(getattr(instance, "_is_instrumented_by_opentelemetry", False))
+    return switched_on and in_range is True and getattr(instance, "telemetry", None) is not None
 
 
 def diagnose() -> list[LibraryStatus]:
     """The status of every supported library, in the order of `INSTRUMENTORS`."""
     declared = _declared_ranges()
-    disabled = _disabled_names()
+    disabled = disabled_instrumentations()
     statuses = []
     for entry_point in INSTRUMENTORS:
         library = entry_point.removeprefix(_PREFIX)
@@ -114,23 +122,39 @@ def diagnose() -> list[LibraryStatus]:
                 supported=str(requirement.specifier) if requirement is not None else "unknown",
                 installed=installed,
                 in_range=in_range,
-                instrumented=_is_instrumented(entry_point),
-                disabled="*" in disabled or entry_point in disabled,
+                instrumented=_is_instrumented(entry_point, in_range),
+                disabled=is_disabled(entry_point, disabled),
             )
         )
     return statuses
 
 
+def _qualified(value: object) -> str:
+    return type(value).__module__ + "." + type(value).__qualname__
+
+
+def _id_generator(tracer_provider: object) -> str:
+    """Where the provider's span ids come from: ``global random`` is the SDK's default generator, which consumes the
+    app's seeded `random` sequence (tracing then changes what such an app does)."""
+    generator = getattr(tracer_provider, "id_generator", None)
+    if generator is None:
+        return "-"
+    try:
+        from otel_resilience._setup.ids import draws_from_global_random
+    except ImportError:
+        return _qualified(generator)
+    return "global random (the SDK's default)" if draws_from_global_random(tracer_provider) else _qualified(generator)
+
+
 def _provider_description() -> dict[str, str]:
     tracer_provider = trace.get_tracer_provider()
-    meter_provider = _global_meter_provider()
+    meter_provider = global_meter_provider()
     return {
         "tracer_provider": "none configured"
         if isinstance(tracer_provider, trace.ProxyTracerProvider)
-        else type(tracer_provider).__module__ + "." + type(tracer_provider).__qualname__,
-        "meter_provider": "none configured"
-        if meter_provider is None
-        else type(meter_provider).__module__ + "." + type(meter_provider).__qualname__,
+        else _qualified(tracer_provider),
+        "id_generator": _id_generator(tracer_provider),
+        "meter_provider": "none configured" if meter_provider is None else _qualified(meter_provider),
     }
 
 
@@ -176,6 +200,8 @@ def render(statuses: Sequence[LibraryStatus], out: TextIO) -> None:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() + "\n")
     out.write("\n")
     out.write(f"tracer provider: {providers['tracer_provider']}\n")
+    if providers["id_generator"] != "-":
+        out.write(f"span ids:        {providers['id_generator']}\n")
     out.write(f"meter provider:  {providers['meter_provider']}\n")
     out.write(f"settings:        attempt_spans={SETTINGS.attempt_spans} stacktraces={SETTINGS.stacktraces}\n")
     out.write("opentelemetry:   " + ", ".join(f"{k.removeprefix('opentelemetry-')} {v or 'missing'}"
@@ -183,6 +209,13 @@ def render(statuses: Sequence[LibraryStatus], out: TextIO) -> None:
     notes = []
     if not versions["opentelemetry-sdk"] or not versions["opentelemetry-distro"]:
         notes.append("the SDK, OTLP exporters or distro are missing: pip install 'otel-resilience[otlp]'")
+    if providers["id_generator"].startswith("global random"):
+        from otel_resilience._setup.ids import ADVICE
+
+        notes.append(
+            "span ids come from the global random module, so tracing changes what an app that seeds random does: "
+            + ADVICE
+        )
     if any(s.in_range is False for s in statuses):
         notes.append("a library outside its supported range is not instrumented")
     if not any(s.instrumented for s in statuses):
@@ -203,7 +236,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     statuses = diagnose()
-    if args.json:
+    try:
+        _write(args.json, statuses)
+    except BrokenPipeError:
+        # The reader left (`otel-resilience --json | head`): stop quietly, as Unix tools do. Python would report the
+        # error again when it flushes stdout at exit, so stdout now points at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+    return 0
+
+
+def _write(as_json: bool, statuses: list[LibraryStatus]) -> None:
+    if as_json:
         report: dict[str, Any] = {
             "version": __version__,
             "libraries": [asdict(s) for s in statuses],
@@ -215,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("\n")
     else:
         render(statuses, sys.stdout)
-    return 0
+    sys.stdout.flush()  # a closed pipe shows up here, inside main, not in the interpreter's flush at exit
 
 
 if __name__ == "__main__":

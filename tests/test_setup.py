@@ -319,7 +319,9 @@ def describe(handle):
         "owns": [handle.owns_tracer_provider, handle.owns_meter_provider],
         "processors": [[type(p).__name__, name(exporter_of(p))] for p in processors],
         "endpoints": [getattr(exporter_of(p), "_endpoint", None) for p in processors],
-        "readers": [type(r).__name__ + ":" + type(r._exporter).__module__ for r in readers],
+        "readers": [type(r).__name__ + (":" + type(r._exporter).__module__ if hasattr(r, "_exporter") else "")
+                    for r in readers],
+        "id_generator": name(getattr(tp, "id_generator", None)),
         "service": tp.resource.attributes.get("service.name") if hasattr(tp, "resource") else None,
         "instrumented": list(handle.instrumented),
     }
@@ -328,7 +330,9 @@ def describe(handle):
 
 def _configured(code: str, **env: str) -> dict[str, Any]:
     result = checked(run_python(_REPORT + code, env=clean_env(**env)))
-    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    # The report is the last JSON line (the console summary may print after it, at exit).
+    report = next(line for line in reversed(result.stdout.splitlines()) if line.startswith("{"))
+    return json.loads(report)  # type: ignore[no-any-return]
 
 
 def _closed_port() -> int:
@@ -383,10 +387,15 @@ def test_standard_variables_choose_exporter_protocol_endpoint_and_service() -> N
     assert report["service"] == "billing"
 
 
-def test_console_exporter_prints_trees_with_a_simple_processor_and_no_metrics() -> None:
+def test_console_exporter_prints_trees_with_a_simple_processor_and_the_metrics_summary_at_exit() -> None:
     report = _configured("print(json.dumps(describe(otel_resilience.setup(exporter='console'))))")
     assert report["processors"] == [["SimpleSpanProcessor", "otel_resilience.console.ConsoleTreeSpanExporter"]]
-    assert report["meter_provider"] == "NoneType"
+    assert report["readers"] == ["ConsoleSummaryMetricReader"]
+
+
+def test_providers_setup_creates_draw_ids_from_a_private_source() -> None:
+    report = _configured("print(json.dumps(describe(otel_resilience.setup(exporter='console'))))")
+    assert report["id_generator"] == "otel_resilience._setup.ids.PrivateRandomIdGenerator"
 
 
 @pytest.mark.parametrize("name", ["resilience_console", "console"])

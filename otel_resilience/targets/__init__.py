@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import wrapt
-from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS
 
+from otel_resilience._environment import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, is_disabled
 from otel_resilience.core import Telemetry, report_internal_error
 from otel_resilience.instrumentation._base import Patches, Wrapper
 from otel_resilience.targets.breaker import breaker_wrapper
@@ -224,11 +224,6 @@ def uninstrument_targets() -> None:
         _STATE.clear()
 
 
-def _disabled_by_environment() -> bool:
-    disabled = {name.strip() for name in os.environ.get(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, "").split(",")}
-    return ENTRY_POINT_NAME in disabled or "*" in disabled
-
-
 def instrument_from_environment() -> None:
     """The ``opentelemetry_post_instrument`` entry point: trace the targets named in ``OTEL_PYTHON_RESILIENCE_*``.
 
@@ -236,7 +231,7 @@ def instrument_from_environment() -> None:
     ones are patched. Modules not imported yet are not looked for (under the launcher the app's directory may not be
     on the import path yet); a target whose module is imported later and lacks it is logged then."""
     try:
-        if _disabled_by_environment():
+        if is_disabled(ENTRY_POINT_NAME):
             _logger.debug("otel_resilience: %s disabled by %s", ENTRY_POINT_NAME, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)
             return
         retry_targets = split_targets(os.environ.get(RETRY_TARGETS_ENV, ""))

@@ -71,7 +71,7 @@ class StateReader:
 
 
 def _own_name(holder: Any) -> str | None:
-    """The breaker's ``name`` attribute, when it is a non-empty string (DESIGN's naming takes it first)."""
+    """The breaker's ``name`` attribute, when it is a non-empty string (docs/telemetry.md's naming takes it first)."""
     own = getattr(holder, "name", None)
     return own if isinstance(own, str) and own else None
 
