@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, requires, version
@@ -135,3 +137,83 @@ def test_under_the_launcher_the_console_script_shows_what_it_switched_on() -> No
     assert states["tenacity"] == (True, False)
     assert states["pybreaker"] == (False, True)
     assert report["tracer_provider"] == "opentelemetry.sdk.trace.TracerProvider"
+
+
+_HIDE_AND_LAUNCH = '''
+"""Hide one installed library (its modules and its distribution metadata), then start the launcher's work exactly
+as its own sitecustomize does."""
+import importlib.machinery
+import sys
+
+HIDDEN = "pybreaker"
+
+
+class HidingPathFinder:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == HIDDEN or name.startswith(HIDDEN + "."):
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+    @classmethod
+    def find_distributions(cls, *args, **kwargs):
+        found = importlib.machinery.PathFinder.find_distributions(*args, **kwargs)
+        return (d for d in found if (d.metadata["Name"] or "").lower() != HIDDEN)
+
+    @classmethod
+    def invalidate_caches(cls):
+        importlib.machinery.PathFinder.invalidate_caches()
+
+
+sys.meta_path[:] = [HidingPathFinder if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+
+from opentelemetry.instrumentation.auto_instrumentation import initialize
+
+initialize()
+'''
+
+
+def test_under_the_launcher_a_missing_library_is_not_instrumented(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(_HIDE_AND_LAUNCH)
+    env = clean_env(
+        PYTHONPATH=str(tmp_path),
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+    )
+    report = json.loads(checked(run([sys.executable, "-m", "otel_resilience", "--json"], env)).stdout)
+    states = {entry["library"]: (entry["installed"], entry["instrumented"]) for entry in report["libraries"]}
+    assert states["pybreaker"] == (None, False)
+    assert states["tenacity"] == (version("tenacity"), True)  # the launcher did run: the others are patched
+    assert report["id_generator"] == "otel_resilience._setup.ids.PrivateRandomIdGenerator"
+
+    text = checked(run([sys.executable, "-m", "otel_resilience"], env)).stdout
+    (row,) = [line.split() for line in text.splitlines() if line.startswith("pybreaker ")]
+    assert row[1:3] == ["not", "installed"] and row[-1] == "no"
+
+
+def test_a_closed_pipe_ends_the_report_quietly() -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write, as after `otel-resilience --json | head -0`
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "otel_resilience", "--json"], stdout=write, stderr=subprocess.PIPE, text=True,
+            env=clean_env(), timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert result.stderr == ""
+    assert result.returncode == 1
+
+
+def test_an_app_provider_with_the_sdk_s_default_ids_is_reported_with_what_to_do(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    monkeypatch.setattr(diagnostics.trace, "get_tracer_provider", TracerProvider)
+    diagnostics.main([])
+    out = capsys.readouterr().out
+    assert "span ids:        global random (the SDK's default)" in out
+    assert "TracerProvider(id_generator=otel_resilience.PrivateRandomIdGenerator())" in out
+    assert "OTEL_PYTHON_ID_GENERATOR=resilience_random" in out

@@ -64,13 +64,14 @@ def draws_from_global_random(provider: object) -> bool:
     return type(getattr(provider, "id_generator", None)) is RandomIdGenerator
 
 
-def use_private_ids() -> None:
+def use_private_ids(provider: Any = None) -> None:
     """The launcher's ``opentelemetry_pre_instrument`` hook ``resilience_ids``: it runs after the SDK configurator
     built the global tracer provider and before any instrumentor asks it for a tracer. When that provider has the
     SDK's default generator and ``OTEL_PYTHON_ID_GENERATOR`` was not set (the user chose nothing), its generator
-    becomes a `PrivateRandomIdGenerator`: ids as random, the app's `random` untouched. Never raises."""
+    becomes a `PrivateRandomIdGenerator`: ids as random, the app's `random` untouched. `provider` defaults to the
+    global one. Never raises."""
     try:
-        provider: Any = trace.get_tracer_provider()
+        provider = trace.get_tracer_provider() if provider is None else provider
         if not draws_from_global_random(provider):
             return
         if env(OTEL_PYTHON_ID_GENERATOR) is not None:
