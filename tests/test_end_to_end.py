@@ -259,7 +259,14 @@ circuitbreaker.failure_count=0
 
     -> 200 (payment-gateway: charge 50 ok)
 
+otel_resilience summary
+retries              operations  success  exhausted  attempts
+__main__.fetch_user           2        1          1         7
+
+breakers  state   calls  success  failure  rejected  transitions
+payments  closed      5        1        3         1  3 (closed→open, open→half_open, half_open→closed)
 """
+"""What `./demo` prints: the trees as each request ends, then the metrics summary when it shuts down."""
 
 
 def _normalised(text: str) -> str:
@@ -275,7 +282,7 @@ def test_the_demo_prints_its_trees_with_setup() -> None:
 
 
 def test_the_demo_prints_the_same_trees_under_the_launcher() -> None:
-    env = clean_env(OTEL_TRACES_EXPORTER="resilience_console", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
+    env = clean_env(OTEL_TRACES_EXPORTER="resilience_console", OTEL_METRICS_EXPORTER="resilience_console")
     result = checked(run([str(LAUNCHER), sys.executable, str(SERVICE)], env))
     assert _normalised(result.stdout) == DEMO_CONSOLE
 

@@ -150,3 +150,61 @@ def test_an_id_generator_the_app_chose_is_left_alone(monkeypatch: pytest.MonkeyP
 def test_the_id_generator_entry_point_and_the_public_name() -> None:
     assert isinstance(_import_id_generator("resilience_random"), PrivateRandomIdGenerator)
     assert otel_resilience.PrivateRandomIdGenerator is PrivateRandomIdGenerator
+
+
+def test_breaker_counters_in_the_app_s_spans_leave_the_global_random_alone_with_setup() -> None:
+    """The SDK's default exemplar reservoir for counters samples with the global `random`; setup()'s meter provider
+    keeps the last measurement instead (the contrast: the same calls with the SDK's default views)."""
+    code = """
+        import random, sys
+        import otel_resilience, pybreaker
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+
+        if sys.argv[1] == "sdk-default-views":
+            trace.set_tracer_provider(TracerProvider(id_generator=otel_resilience.PrivateRandomIdGenerator()))
+            metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+        otel_resilience.setup(exporter="none" if sys.argv[1] == "sdk-default-views" else "console",
+                              libraries=["pybreaker"])
+        breaker = pybreaker.CircuitBreaker(fail_max=100, name="payments")
+        random.seed(7)
+        before = random.getstate()
+        with trace.get_tracer("app").start_as_current_span("POST /payments"):
+            for _ in range(5):
+                breaker.call(lambda: None)
+        print("untouched" if random.getstate() == before else "drawn")
+    """
+    with_setup = checked(run_python(code, "setup")).stdout.splitlines()
+    assert "untouched" in with_setup and "drawn" not in with_setup
+    assert "trace " in with_setup[0]  # the console view printed the request's tree: spans were made
+    sdk_default = checked(run_python(code, "sdk-default-views")).stdout.splitlines()
+    assert sdk_default == ["drawn"]
+
+
+def test_the_exemplar_views_still_keep_exemplars() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from otel_resilience._setup.ids import exemplar_views
+
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader], views=exemplar_views())
+    tracer = TracerProvider(id_generator=PrivateRandomIdGenerator()).get_tracer("app")
+    counter = meter_provider.get_meter("m").create_counter("calls")
+    histogram = meter_provider.get_meter("m").create_histogram("attempts", explicit_bucket_boundaries_advisory=[1, 2])
+    random.seed(3)
+    before = random.getstate()
+    with tracer.start_as_current_span("request") as span:
+        for value in (1, 2, 3):
+            counter.add(value)
+            histogram.record(value)
+    assert random.getstate() == before
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {m.name: m.data.data_points[0] for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    (exemplar,) = points["calls"].exemplars
+    assert (exemplar.value, exemplar.span_id) == (3, span.get_span_context().span_id)
+    assert len(points["attempts"].exemplars) == 3  # one per bucket, as the SDK's own histogram reservoir keeps
+    meter_provider.shutdown()

@@ -7,6 +7,11 @@ OS (and seeded again in a forked child, as the global one is, so two workers nev
 created by `setup()` use, what the launcher's provider gets (`use_private_ids`, and the ``resilience_random`` id
 generator entry point), and what an app that builds its own provider should pass.
 
+The SDK's metrics draw from the global `random` too: a counter's default exemplar reservoir samples with
+`random.randrange` once it has seen more measurements than it keeps, and a breaker's counters are recorded inside the
+app's sampled spans. The meter providers `setup()` creates use `exemplar_views()`: every reservoir keeps the last
+measurement of its bucket (what the SDK already does for explicit-bucket histograms), which draws nothing.
+
 This module imports the SDK: import it only where the SDK is installed.
 """
 
@@ -19,6 +24,8 @@ from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.environment_variables import OTEL_PYTHON_ID_GENERATOR
+from opentelemetry.sdk.metrics import AlignedHistogramBucketExemplarReservoir, ExemplarReservoir
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
 from otel_resilience._environment import env
@@ -58,6 +65,18 @@ class PrivateRandomIdGenerator(IdGenerator):
         return True
 
 
+def _last_measurement_reservoir(**kwargs: Any) -> ExemplarReservoir:
+    """An exemplar reservoir that keeps the last measurement per bucket: the explicit histogram's own `boundaries`
+    when the SDK passes them, else one bucket. It never samples at random, so it never touches the global `random`."""
+    return AlignedHistogramBucketExemplarReservoir(boundaries=kwargs.get("boundaries") or ())
+
+
+def exemplar_views() -> list[View]:
+    """The views `setup()` gives the meter providers it creates: every instrument as by default, with exemplar
+    reservoirs that leave the app's global `random` alone (see the module docstring)."""
+    return [View(instrument_name="*", exemplar_reservoir_factory=lambda aggregation: _last_measurement_reservoir)]
+
+
 def draws_from_global_random(provider: object) -> bool:
     """Whether `provider` is an SDK tracer provider with the SDK's default id generator (exactly that class: a
     subclass or another generator is the app's choice)."""
@@ -82,4 +101,11 @@ def use_private_ids(provider: Any = None) -> None:
         _logger.warning("otel_resilience: could not give the tracer provider a private id generator", exc_info=True)
 
 
-__all__ = ["ADVICE", "ENTRY_POINT_NAME", "PrivateRandomIdGenerator", "draws_from_global_random", "use_private_ids"]
+__all__ = [
+    "ADVICE",
+    "ENTRY_POINT_NAME",
+    "PrivateRandomIdGenerator",
+    "draws_from_global_random",
+    "exemplar_views",
+    "use_private_ids",
+]

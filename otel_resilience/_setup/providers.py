@@ -142,5 +142,9 @@ def new_providers(plan: Plan) -> tuple[Any, Any]:
     if need_meter:
         from opentelemetry.sdk.metrics import MeterProvider
 
-        meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+        from otel_resilience._setup.ids import exemplar_views
+
+        meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, shutdown_on_exit=False, views=exemplar_views()
+        )
     return tracer_provider, meter_provider
