@@ -1,6 +1,6 @@
 """What instrumentation adds per call with no SDK configured, bare and instrumented measured alternately.
 
-The budget (issue 6: at most 0.5 µs per call) is smaller than what separates two medians of the same code measured a
+The budget (target: at most 0.5 µs per call) is smaller than what separates two medians of the same code measured a
 minute apart on this machine, so `bench_*`'s ``no_sdk`` and ``bare`` variants, which pytest runs a minute apart, cannot
 settle it. Here every scenario alternates the two, round after round, in one process: each round times the bare call,
 instruments (no SDK: the global providers are unset), times the call again, uninstruments. A variant's figure is its
@@ -108,7 +108,7 @@ def measure() -> dict[str, Result]:
 def render(results: dict[str, Result]) -> list[str]:
     lines = [
         "",
-        f"**No SDK** (issue 6: at most {NO_SDK_BUDGET_US} µs added per call; `benchmarks/no_sdk.py`): bare and",
+        f"**No SDK** (target: at most {NO_SDK_BUDGET_US} µs added per call; `benchmarks/no_sdk.py`): bare and",
         f"instrumented with no SDK measured alternately, {ROUNDS} rounds in one process; each variant's fastest round.",
         "",
         "| scenario | bare | added, fastest rounds (target) | added, rounds' median difference "

@@ -52,7 +52,7 @@ READING = [
     "- *No SDK*: the added cost is a few tenths of a µs, less than what separates two medians of the same code measured",
     "  a minute apart here; hence the alternating measurement, whose fastest rounds carry the verdict.",
     "- *HTTP*: a loopback request costs the client ~0.5 ms of CPU, most of it the socket round trip, and that part",
-    "  varies with what the scheduler ran in between; the differences of a few tens of µs that issue 5's target is",
+    "  varies with what the scheduler ran in between; the differences of a few tens of µs that the HTTP target is",
     "  about are read four ways. The pytest-benchmark table reads each variant's least disturbed request, minutes",
     "  apart. The alternated table measures the variants in the same rounds and says how sure its ratio is (its 95%",
     "  interval); it is the CPU-time verdict. The two counted tables do not move between runs: Python instructions",
@@ -164,7 +164,7 @@ def _extra_attempts(table: list[Row]) -> list[str]:
     by_group = {row.group: row.variants for row in table}
     lines = [
         "",
-        "**Each extra attempt** (issue 6: at most 1.2 spans' cost): what one more attempt adds, (fail_twice −",
+        "**Each extra attempt** (target: at most 1.2 spans' cost): what one more attempt adds, (fail_twice −",
         "first_try − the bare library's own difference) ÷ 2, instrumented against the same extra attempt span",
         "(attributes, exception event, status) built by hand.",
         "",
@@ -190,7 +190,7 @@ def _http(http: list[Row]) -> list[str]:
         "",
         "**HTTP** (requests over urllib3): client CPU time (`time.process_time`) against a server in another process,",
         "each variant's least disturbed request (the scheduler's interference only ever adds; `bench_http.STATISTIC`).",
-        "*per attempt vs contrib* (issue 5: at most 0.6): (ours − bare) ÷ attempts per call, against (contrib's",
+        "*per attempt vs contrib* (target: at most 0.6): (ours − bare) ÷ attempts per call, against (contrib's",
         "requests instrumentation − bare) per request. *hand-built vs contrib*: the same for our attempt span's",
         "telemetry made by hand (the CLIENT span with its attributes and the injected context; a first-attempt success",
         "records no metric point): the floor no instrumentation of this contract goes below.",
