@@ -27,7 +27,7 @@ def disabled_instrumentations() -> frozenset[str]:
 
 
 def is_disabled(entry_point: str, disabled: frozenset[str] | None = None) -> bool:
-    """Whether ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (or `disabled`, read from it once) switches `entry_point` off."""
+    """Whether ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (or `disabled`, read from it once) turns `entry_point` off."""
     names = disabled_instrumentations() if disabled is None else disabled
     return ALL in names or entry_point in names
 

@@ -76,7 +76,10 @@ def _add(summary: Summary, name: str, attributes: dict[str, Any], point: Any) ->
         breaker.calls[str(attributes.get(semconv.BREAKER_RESULT, "?"))] += int(point.value)
     elif name == semconv.METRIC_BREAKER_TRANSITIONS and semconv.BREAKER_NAME in attributes:
         breaker = summary.breakers[str(attributes[semconv.BREAKER_NAME])]
-        change = (str(attributes.get(semconv.BREAKER_PREVIOUS_STATE, "?")), str(attributes.get(semconv.BREAKER_STATE, "?")))
+        change = (
+            str(attributes.get(semconv.BREAKER_PREVIOUS_STATE, "?")),
+            str(attributes.get(semconv.BREAKER_STATE, "?")),
+        )
         breaker.transitions[change] += int(point.value)
     elif name == semconv.METRIC_BREAKER_STATE and semconv.BREAKER_NAME in attributes and point.value >= 1:
         summary.breakers[str(attributes[semconv.BREAKER_NAME])].state = str(attributes.get(semconv.BREAKER_STATE))

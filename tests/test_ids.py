@@ -203,7 +203,9 @@ def test_the_exemplar_views_still_keep_exemplars() -> None:
     assert random.getstate() == before
     data = reader.get_metrics_data()
     assert data is not None
-    points = {m.name: m.data.data_points[0] for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    points = {
+        m.name: m.data.data_points[0] for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+    }
     (exemplar,) = points["calls"].exemplars
     assert (exemplar.value, exemplar.span_id) == (3, span.get_span_context().span_id)
     assert len(points["attempts"].exemplars) == 3  # one per bucket, as the SDK's own histogram reservoir keeps

@@ -50,7 +50,12 @@ def _summary_rows(stdout: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in lines[lines.index("otel_resilience summary") + 1:] if line}
 
 
-APP_OUTPUT = ["{'id': 1}", "charge 10: TimeoutError", "charge 20: CircuitBreakerError", "charge 30: CircuitBreakerError"]
+APP_OUTPUT = [
+    "{'id': 1}",
+    "charge 10: TimeoutError",
+    "charge 20: CircuitBreakerError",
+    "charge 30: CircuitBreakerError",
+]
 
 
 @pytest.fixture

@@ -88,8 +88,9 @@ def setup(
     """Make retries and circuit breakers visible: configure export if the app has none, instrument every installed
     supported library (or those in `libraries`) and the app's own helpers in `retry_targets`/`breaker_targets`.
 
-    - `exporter`: ``"otlp"``, ``"console"`` (the trace trees, and a metrics summary at exit) or ``"none"``; default ``OTEL_TRACES_EXPORTER``
-      / ``OTEL_METRICS_EXPORTER``, else ``otlp``. Used only for a signal whose provider setup() creates.
+    - `exporter`: ``"otlp"``, ``"console"`` (the trace trees, and a metrics summary at exit) or ``"none"``; default
+      ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``, else ``otlp``. Used only for a signal whose provider
+      setup() creates.
     - `protocol`: ``"grpc"`` or ``"http/protobuf"``; default ``OTEL_EXPORTER_OTLP_[SIGNAL_]PROTOCOL``, else gRPC.
     - `endpoint`: the collector's base URL (``http://host:4317`` for gRPC, ``http://host:4318`` for HTTP, where
       ``/v1/traces`` and ``/v1/metrics`` are appended); default the ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variables.
@@ -99,8 +100,10 @@ def setup(
     - `attempt_spans` (``all``, ``on_retry``, ``none``) and `stacktraces` (``final``, ``all``, ``none``): default their
       ``OTEL_PYTHON_RESILIENCE_*`` variables.
 
-    Idempotent: a second call checks its arguments, then returns the same `Handle` and changes nothing. Raises `ValueError` for wrong input and
-    `ImportError` (saying ``pip install 'otel-resilience[otlp]'``) when export must be configured without the SDK.
+    Idempotent: a second call checks its arguments, then returns the same `Handle` and changes nothing. Raises
+    `ValueError` for wrong input and `ImportError` (saying ``pip install 'otel-resilience[otlp]'``) when export must
+    be configured without the SDK. A tracer provider it creates draws span ids from a private source; one it is given
+    or finds that draws them from the global `random` is left as it is, with one warning saying what to do.
     """
     global _HANDLE
     with _LOCK:
