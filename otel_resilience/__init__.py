@@ -29,4 +29,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'otel_resilience' has no attribute {name!r}")
 
 
-__all__ = ["Handle", "PrivateRandomIdGenerator", "__version__", "breakers", "setup"]
+__all__ = ["Handle", "__version__", "breakers", "setup"]  # PrivateRandomIdGenerator is lazy: it needs the SDK
