@@ -4,7 +4,7 @@
     breaker target  module:Qual.name[:argname]@state_attr    state_attr may be dotted: @_impl.state
 
 `:argname` names the parameter that receives the user's callable (the attempted one, or the guarded one); without it,
-the first callable argument is taken. Everything here only reads: nothing is patched, and a module that is not imported
+the first callable argument that is not a class is taken. Everything here only reads: nothing is patched, and a module that is not imported
 yet is looked for on the import path without importing it (the launcher must not import the app early).
 """
 
@@ -198,12 +198,13 @@ def _defining_class(cls: type, attr: str) -> type | None:
     return next((base for base in cls.__mro__ if attr in vars(base)), None)
 
 
+class Missing(ValueError):
+    """The target's name is not (yet) in its module or class: a module still executing may define it later."""
+
+
 def resolve(spec: TargetSpec, module: types.ModuleType) -> Resolved:
-    """Find the target in its (imported) module; raise a `ValueError` when it is not there or cannot be patched."""
-
-    def bad(why: str) -> ValueError:
-        return ValueError(f"{spec.kind} target {spec.text!r}: {why}")
-
+    """Find the target in its (imported) module; raise a `ValueError` when it is not there (`Missing`) or cannot be
+    patched."""
     owner: Any = module
     where = spec.module
     *path, attr = spec.qualname.split(".")
@@ -211,14 +212,25 @@ def resolve(spec: TargetSpec, module: types.ModuleType) -> Resolved:
         try:
             owner = getattr(owner, part)
         except AttributeError:
-            raise bad(f"{where} has no attribute {part!r}") from None
+            raise Missing(f"{spec.kind} target {spec.text!r}: {where} has no attribute {part!r}") from None
         where = f"{where}.{part}"
+    return resolve_on(spec, owner, where)
+
+
+def resolve_on(spec: TargetSpec, owner: Any, where: str) -> Resolved:
+    """Find the target's last name on `owner` (its module, or the class its qualified name leads to, named `where`
+    in messages)."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{spec.kind} target {spec.text!r}: {why}")
+
+    attr = spec.qualname.rpartition(".")[2]
     if not isinstance(owner, (types.ModuleType, type)):
         raise bad(f"{where} is a {type(owner).__name__} object, not a class or module: name the class (module:Class.method)")
     if attr not in vars(owner):
         defining = _defining_class(owner, attr) if isinstance(owner, type) else None
         if defining is None:
-            raise bad(f"{where} has no attribute {attr!r}")
+            raise Missing(f"{spec.kind} target {spec.text!r}: {where} has no attribute {attr!r}")
         raise bad(
             f"{where}.{attr} is inherited from {defining.__module__}.{defining.__qualname__}: name that class "
             f"({defining.__module__}:{defining.__qualname__}.{attr}), which traces every class that inherits it"
