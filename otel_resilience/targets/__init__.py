@@ -46,6 +46,8 @@ from otel_resilience.targets._definitions import (
     DefiningFinder,
     main_names,
     module_names,
+    running_as_main,
+    script_path,
     set_on_defined,
 )
 from otel_resilience.targets.breaker import breaker_wrapper
@@ -155,8 +157,16 @@ class _State:
         self.modules: dict[str, dict[str, str]] = {}
         """Modules a pending target waits for: its module-level functions' names and target keys."""
         self.class_hook = ClassHook()
-        self.finder = DefiningFinder(lambda name: self.modules.get(name), self.on_executed)
+        self.finder = DefiningFinder(self.awaited_functions, self.on_executed)
         self.exit_report_registered = False
+
+    def awaited_functions(self, module_name: str) -> dict[str, str] | None:
+        """What `DefiningFinder` watches for in a module being imported (None: the module is not awaited)."""
+        modules = self.modules
+        functions = modules.get(module_name)
+        if functions is None and MAIN in modules and running_as_main(module_name):
+            return modules[MAIN]
+        return functions
 
     def prepare(self, specs: Iterable[TargetSpec], *, find_modules: bool) -> tuple[list[_Plan], list[str]]:
         """Check every target without patching anything: resolve those already defined, and (with `find_modules`)
@@ -323,7 +333,7 @@ _STATE: Final = _State()
 def _never_found_advice(spec: TargetSpec) -> str:
     """Why a target was never seen defined, and what to do about it."""
     main = sys.modules.get(MAIN)
-    script = getattr(main, "__file__", None)
+    script = script_path()
     aliases = sorted(main_names() - {MAIN})
     module = _imported(spec.module)
     owner_path, _, name = spec.qualname.rpartition(".")

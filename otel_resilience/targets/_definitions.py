@@ -44,12 +44,33 @@ def main_names() -> set[str]:
     if isinstance(name, str) and name:
         names.add(name)
         return names
-    file = getattr(main, "__file__", None)
-    if isinstance(file, str) and file.endswith(".py"):
+    file = script_path()
+    if file is not None and file.endswith(".py"):
         stem = Path(file).stem
         if stem.isidentifier():
             names.add(stem)
     return names
+
+
+def script_path() -> str | None:
+    """The file of a script run as ``python app.py`` (``__file__`` is removed once it finished; its loader stays)."""
+    main = sys.modules.get(MAIN)
+    file = getattr(main, "__file__", None) or getattr(getattr(main, "__loader__", None), "path", None)
+    return file if isinstance(file, str) else None
+
+
+def running_as_main(name: str) -> bool:
+    """Whether `name` is the module that ``python -m`` is about to run as ``__main__`` (runpy looks it up while
+    ``sys.argv[0]`` is still ``-m``)."""
+    if sys.argv[:1] != ["-m"]:
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_get_module_details" and "runpy" in code.co_filename:  # "<frozen runpy>" in 3.11
+            return frame.f_locals.get("mod_name") == name
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def module_names(module_name: str) -> set[str]:
