@@ -50,12 +50,14 @@ from otel_resilience.targets._definitions import (
     script_path,
     set_on_defined,
 )
+from otel_resilience.targets._status import TargetStatus, static_status, target_statuses
 from otel_resilience.targets.breaker import breaker_wrapper
 from otel_resilience.targets.retry import CallTarget, DecoratorTarget
 from otel_resilience.targets.spec import (
     BREAKER,
     RETRY,
     STYLE_DECORATOR,
+    Kind,
     Missing,
     Resolved,
     TargetSpec,
@@ -354,8 +356,11 @@ def _never_found_advice(spec: TargetSpec) -> str:
 
 
 def _report_never_found() -> None:
-    """At exit: one warning per target that was never found, saying what to do."""
+    """At exit: one warning per target that was never found, saying what to do (not after ``python -m
+    otel_resilience``, which runs none of the app)."""
     try:
+        if "otel_resilience.__main__" in main_names():
+            return
         for registration in _STATE.never_found():
             _logger.warning(
                 "otel_resilience: %s target %s was never found, so it was not traced: %s",
@@ -440,9 +445,39 @@ def instrument_from_environment() -> None:
         report_internal_error("otel_resilience.targets.instrument_from_environment")
 
 
+def _where(owner: Any) -> str:
+    if isinstance(owner, types.ModuleType):
+        return owner.__name__
+    return f"{owner.__module__}.{owner.__qualname__}"
+
+
+def diagnose_targets() -> list[TargetStatus]:
+    """Every target configured in the environment or in this process, and whether it was found (read from the
+    module's source where this process has not seen it defined; nothing is imported)."""
+    configured: dict[str, tuple[Kind, str]] = {
+        RETRY_TARGETS_ENV: (RETRY, os.environ.get(RETRY_TARGETS_ENV, "")),
+        BREAKER_TARGETS_ENV: (BREAKER, os.environ.get(BREAKER_TARGETS_ENV, "")),
+    }
+    live: dict[str, tuple[TargetSpec, bool | None, str]] = {}
+    with _STATE.lock:
+        for key, registration in _STATE.registrations.items():
+            spec = registration.spec
+            if registration.places:
+                places = ", ".join(f"{_where(owner)}.{attr}" for owner, attr in registration.places)
+                live[key] = (spec, True, f"patched: {places}")
+            elif registration.problem is not None:
+                live[key] = (spec, False, registration.problem)
+            else:
+                found, detail = static_status(spec)
+                live[key] = (spec, found, f"not defined in this process yet (patched when it is); {detail}")
+    return target_statuses(configured, live)
+
+
 __all__ = [
     "BREAKER_TARGETS_ENV",
     "RETRY_TARGETS_ENV",
+    "TargetStatus",
+    "diagnose_targets",
     "instrument_from_environment",
     "instrument_targets",
     "uninstrument_targets",
