@@ -19,9 +19,11 @@ Syntax (checked at once; see docs/targets.md)::
     retry target    module:Qual.name[:argname][[style]]      style: [call] (the default) or [decorator]
     breaker target  module:Qual.name[:argname]@state_attr
 
-A target whose module is already imported is patched now; otherwise through a wrapt post-import hook when the module
-is imported, so nothing here imports the app. The named attribute is replaced by a patch (`Patches`, as every
-instrumentor does); `uninstrument_targets` puts back the very objects that were there.
+A target already defined is patched now. Otherwise it is patched the moment its code is defined (`_definitions`:
+a class statement, or a module-level ``def`` in a module imported later), so a module's own top-level code, and a
+script run as ``__main__``, already call the patched helper; nothing here imports the app. The named attribute is
+replaced by a patch (`Patches`, as every instrumentor does); `uninstrument_targets` puts back the very objects that
+were there. A target never found is reported once, at exit.
 """
 
 from __future__ import annotations
@@ -404,7 +406,7 @@ def instrument_targets(
 
 
 def uninstrument_targets() -> None:
-    """Put back every original exactly, and cancel the effect of post-import hooks not yet fired."""
+    """Put back every original exactly, and stop watching for targets not defined yet."""
     with _STATE.lock:
         _STATE.clear()
 
@@ -419,7 +421,8 @@ def instrument_from_environment() -> None:
 
     Never raises (it runs under the launcher): bad targets are reported in one error log line and skipped, the good
     ones are patched. Modules not imported yet are not looked for (under the launcher the app's directory may not be
-    on the import path yet); a target whose module is imported later and lacks it is logged then."""
+    on the import path yet); a target whose module is imported later and lacks it is logged then, and one never
+    found at all, at exit."""
     try:
         if _disabled_by_environment():
             _logger.debug("otel_resilience: %s disabled by %s", ENTRY_POINT_NAME, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)

@@ -12,9 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from otel_resilience.targets.spec import BREAKER, RETRY, Kind, TargetSpec, find_module_spec, parse_target, split_targets
-
-MAIN = "__main__"
+from otel_resilience.targets._definitions import MAIN
+from otel_resilience.targets.spec import Kind, TargetSpec, find_module_spec, parse_target, split_targets
 
 
 @dataclass(frozen=True)
@@ -99,4 +98,4 @@ def target_statuses(configured: dict[str, tuple[Kind, str]], live: dict[str, tup
     return statuses
 
 
-__all__ = ["BREAKER", "RETRY", "TargetStatus", "static_status", "target_statuses"]
+__all__ = ["TargetStatus", "static_status", "target_statuses"]
