@@ -178,3 +178,63 @@ def test_a_call_with_no_callable_argument_is_left_untouched_and_said_once(
         "left untouched (not traced): its argument 'cast_to' was not a callable that is not a class. Name the "
         f"parameter that receives the guarded function: {app.__name__}:Client.guard_with_classes_only:argname@failures",
     ]
+
+
+def test_a_target_module_that_does_not_compile_raises_its_own_error(otel: Otel, targets: Instrument, apps: AppModules) -> None:
+    name = apps.fresh("_targets_toplevel.py")
+    path = apps.directory / f"{name}.py"
+    path.write_text(path.read_text() + "\ndef broken(:\n")
+    targets(retry=[f"{name}:retry_call"])
+    with pytest.raises(SyntaxError) as raised:
+        importlib.import_module(name)
+    assert raised.value.filename == str(path) and raised.value.lineno == len(path.read_text().splitlines())
+
+
+_NESTED = '''
+import functools
+
+def logged(fn):
+    @functools.wraps(fn)
+    def wrapper(*args):
+        return fn(*args)
+    wrapper.logged = True
+    return wrapper
+
+try:
+    import not_a_module_anywhere
+except ImportError:
+    @logged
+    def retry_call(fn, *args):
+        for _ in range(2):
+            try:
+                return fn(*args)
+            except ValueError:
+                pass
+        return fn(*args)
+
+if True:
+    async def retry_async(fn):
+        return await fn()
+
+failures = [ValueError("once")]
+
+def op():
+    if failures:
+        raise failures.pop()
+    return "done"
+
+AT_IMPORT = retry_call(op)
+'''
+
+
+def test_defs_inside_blocks_and_decorated_defs_are_patched_as_bound(otel: Otel, targets: Instrument, apps: AppModules) -> None:
+    """The patch is applied to what the ``def`` bound (the decorated function), wherever the def sits at module
+    level."""
+    name = apps.fresh("_targets_toplevel.py")
+    (apps.directory / f"{name}.py").write_text(_NESTED)
+    targets(retry=[f"{name}:retry_call", f"{name}:retry_async"])
+    app = importlib.import_module(name)
+    assert app.AT_IMPORT == "done"
+    assert _attempts(otel, "op") == [2]
+    assert app.retry_call.logged is True and app.retry_call.__wrapped__.logged is True  # ours around the app's
+    assert inspect.iscoroutinefunction(app.retry_async) and hasattr(app.retry_async, "__wrapped__")

@@ -212,13 +212,18 @@ class _DefiningLoader(importlib.abc.Loader):
 
 @never_raises
 def _compiled(loader: Any, fullname: str, functions: Mapping[str, str]) -> types.CodeType | None:
+    """The module compiled with the definition statements; None to let its loader do as always (no source, no such
+    ``def``, or source that does not compile: the loader then raises the app's own error)."""
     if not isinstance(loader, importlib.machinery.SourceFileLoader):
         return None
-    source = loader.get_source(fullname)
     path = loader.get_filename(fullname)
-    if source is None:
+    try:
+        source = loader.get_source(fullname)
+        if source is None:
+            return None
+        tree = ast.parse(source, path)
+    except (ImportError, SyntaxError, ValueError):
         return None
-    tree = ast.parse(source, path)
     if not insert_definitions(tree, functions):
         return None
     return compile(tree, path, "exec", dont_inherit=True)  # type: ignore[no-any-return]
