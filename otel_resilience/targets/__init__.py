@@ -235,7 +235,7 @@ class _State:
                 functions[name] = key
         self.classes, self.modules = classes, modules  # swapped whole: the hooks read them without the lock
         if self.classes:
-            self.class_hook.install(self.on_class)
+            self.class_hook.install(self.on_class, self.classes)
         else:
             self.class_hook.remove()
         if self.modules:
@@ -248,7 +248,7 @@ class _State:
     @never_raises
     def on_class(self, cls: Any) -> None:
         """A class statement just ran (`ClassHook`): patch the pending targets it defines."""
-        waiting = self.classes.get(getattr(cls, "__qualname__", None))  # type: ignore[arg-type]
+        waiting = self.classes.get(cls.__qualname__)
         if not waiting:
             return
         module_name = getattr(cls, "__module__", None)

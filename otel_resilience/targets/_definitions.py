@@ -23,7 +23,7 @@ import importlib.machinery
 import sys
 import threading
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,31 +82,34 @@ def module_names(module_name: str) -> set[str]:
 
 
 class ClassHook:
-    """``builtins.__build_class__``, wrapped while `callback` is set."""
+    """``builtins.__build_class__``, wrapped while `callback` is set: the callback gets each new class whose
+    qualified name is awaited."""
 
     def __init__(self) -> None:
         self._previous: Any = None
         self._callback: Callable[[type], None] | None = None
+        self._awaited: Container[str] = ()
         self._installed = False
         """Our function is somewhere in the chain (perhaps below another tool's layer)."""
-
         hook = self
 
         def __build_class__(func: Any, name: Any, /, *bases: Any, **kwds: Any) -> Any:  # noqa: N807
             cls = hook._previous(func, name, *bases, **kwds)
             callback = hook._callback
             if callback is not None:
-                callback(cls)
+                try:  # inline: every class statement of the program comes here while a target waits
+                    awaited = cls.__qualname__ in hook._awaited
+                except Exception:  # whatever a metaclass returned
+                    awaited = False
+                if awaited:
+                    callback(cls)
             return cls
 
         self._function = __build_class__
 
-    @property
-    def active(self) -> bool:
-        return self._callback is not None
-
-    def install(self, callback: Callable[[type], None]) -> None:
+    def install(self, callback: Callable[[type], None], awaited: Container[str]) -> None:
         self._callback = callback
+        self._awaited = awaited
         if not self._installed:
             self._previous = builtins.__build_class__
             builtins.__build_class__ = self._function
@@ -115,6 +118,7 @@ class ClassHook:
     def remove(self) -> None:
         """Stop watching; put back the previous object when ours is still the outermost layer."""
         self._callback = None
+        self._awaited = ()
         if self._installed and builtins.__build_class__ is self._function:
             builtins.__build_class__ = self._previous
             self._installed = False
