@@ -2,8 +2,9 @@
 
 For every supported library it prints the installed version, the range otel_resilience supports, whether that
 version is within it, and whether our instrumentation really patched it in this process; then whether an SDK is
-configured, whether its span ids leave the app's global `random` alone, and what
-``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` switches off. Run it the way the app runs to see the app's view:
+configured, whether its span ids leave the app's global `random` alone, what
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` switches off, and each configured target, found or not (read from its
+module's source: nothing of the app is imported). Run it the way the app runs to see the app's view:
 ``opentelemetry-instrument python -m otel_resilience`` shows what the launcher switches on.
 
 `diagnose()` returns the same facts as data, for an app that wants to log them at start-up.
@@ -30,6 +31,7 @@ from otel_resilience._environment import disabled_instrumentations, is_disabled
 from otel_resilience._setup.providers import global_meter_provider
 from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation import INSTRUMENTORS
+from otel_resilience.targets import TargetStatus, diagnose_targets
 from otel_resilience.version import __version__
 
 _DISTRIBUTION = "otel-resilience"
@@ -227,6 +229,16 @@ def render(statuses: Sequence[LibraryStatus], out: TextIO) -> None:
         out.write(f"note: {note}\n")
 
 
+def render_targets(targets: Sequence[TargetStatus], out: TextIO) -> None:
+    """The configured targets, and whether each was found."""
+    if not targets:
+        return
+    out.write("\ntargets (found: yes, no, or - until the script runs):\n")
+    for status in targets:
+        found = _yes_no(status.found)
+        out.write(f"  {status.kind:<7}  {status.target}  ({status.source})  found: {found}  {status.detail}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="otel-resilience",
@@ -253,6 +265,7 @@ def _write(as_json: bool, statuses: list[LibraryStatus]) -> None:
         report: dict[str, Any] = {
             "version": __version__,
             "libraries": [asdict(s) for s in statuses],
+            "targets": [asdict(t) for t in diagnose_targets()],
             **_provider_description(),
             "settings": {"attempt_spans": SETTINGS.attempt_spans, "stacktraces": SETTINGS.stacktraces},
             "opentelemetry": _otel_versions(),
@@ -261,6 +274,7 @@ def _write(as_json: bool, statuses: list[LibraryStatus]) -> None:
         sys.stdout.write("\n")
     else:
         render(statuses, sys.stdout)
+        render_targets(diagnose_targets(), sys.stdout)
     sys.stdout.flush()  # a closed pipe shows up here, inside main, not in the interpreter's flush at exit
 
 

@@ -568,19 +568,24 @@ def test_decorated_before_instrumentation_is_not_captured(otel: Otel, apps: AppM
         uninstrument_targets()
 
 
-def test_helper_module_imported_after_instrumenting_decorates_later_functions(otel: Otel, targets: Instrument, apps: AppModules, clock: Clock) -> None:
+def test_helper_module_imported_after_instrumenting_decorates_its_own_and_later_functions(
+    otel: Otel, targets: Instrument, apps: AppModules, clock: Clock
+) -> None:
     name = apps.fresh()
     targets(retry=[f"{name}:retry[decorator]"])
     app = use_clock(importlib.import_module(name), clock)
-    assert app.Client(Flaky(1)).get("k") == "ok"  # decorated while the module was being imported: before the hook
-    assert otel.spans() == []
+    # decorated by the module's own top-level code while it was being imported: the helper was patched at its def
+    assert app.Client(Flaky(1)).get("k") == "ok"
+    op, attempts = operation_and_attempts(otel, "Client.get")
+    assert op.attributes[semconv.RETRY_ATTEMPTS] == 2 and len(attempts) == 2
+    otel.exporter.clear()
 
     @app.retry
     def later() -> Any:
         return "fine"
 
     assert later() == "fine"
-    op, attempts = operation_and_attempts(otel, "test_helper_module_imported_after_instrumenting_decorates_later_functions.<locals>.later")
+    op, attempts = operation_and_attempts(otel, "test_helper_module_imported_after_instrumenting_decorates_its_own_and_later_functions.<locals>.later")
     assert op.attributes[semconv.RETRY_ATTEMPTS] == 1 and len(attempts) == 1
 
 

@@ -19,13 +19,16 @@ Syntax (checked at once; see docs/targets.md)::
     retry target    module:Qual.name[:argname][[style]]      style: [call] (the default) or [decorator]
     breaker target  module:Qual.name[:argname]@state_attr
 
-A target whose module is already imported is patched now; otherwise through a wrapt post-import hook when the module
-is imported, so nothing here imports the app. The named attribute is replaced by a patch (`Patches`, as every
-instrumentor does); `uninstrument_targets` puts back the very objects that were there.
+A target already defined is patched now. Otherwise it is patched the moment its code is defined (`_definitions`:
+a class statement, or a module-level ``def`` in a module imported later), so a module's own top-level code, and a
+script run as ``__main__``, already call the patched helper; nothing here imports the app. The named attribute is
+replaced by a patch (`Patches`, as every instrumentor does); `uninstrument_targets` puts back the very objects that
+were there. A target never found is reported once, at exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -35,22 +38,34 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import wrapt
-
 from otel_resilience._environment import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, is_disabled
-from otel_resilience.core import Telemetry, report_internal_error
+from otel_resilience.core import Telemetry, never_raises, report_internal_error
 from otel_resilience.instrumentation._base import Patches, Wrapper
+from otel_resilience.targets._definitions import (
+    MAIN,
+    ClassHook,
+    DefiningFinder,
+    main_names,
+    module_names,
+    running_as_main,
+    script_path,
+    set_on_defined,
+)
+from otel_resilience.targets._status import TargetStatus, static_status, target_statuses
 from otel_resilience.targets.breaker import breaker_wrapper
-from otel_resilience.targets.retry import call_style_wrapper, decorator_style_wrapper
+from otel_resilience.targets.retry import CallTarget, DecoratorTarget
 from otel_resilience.targets.spec import (
     BREAKER,
     RETRY,
     STYLE_DECORATOR,
+    Kind,
+    Missing,
     Resolved,
     TargetSpec,
     module_findable,
     parse_targets,
     resolve,
+    resolve_on,
     split_targets,
 )
 
@@ -69,48 +84,70 @@ def _patch_for(telemetry: Telemetry, target: Resolved) -> tuple[Wrapper, Callabl
     if target.spec.kind == BREAKER:
         return breaker_wrapper(telemetry, target), telemetry.recording
     if target.spec.style == STYLE_DECORATOR:
-        return decorator_style_wrapper(telemetry, target), None  # decorations must be seen before an SDK exists
-    return call_style_wrapper(telemetry, target), telemetry.recording
+        return DecoratorTarget(telemetry, target), None  # decorations must be seen before an SDK exists
+    return CallTarget(telemetry, target), telemetry.recording
 
 
 class _Registration:
-    """One configured target: patched, or waiting for its module to be imported."""
+    """One configured target: waiting for its code to be defined, patched (once per class or module defining it),
+    or given up on with a logged problem."""
 
-    __slots__ = ("spec", "telemetry", "patches", "cancelled")
+    __slots__ = ("spec", "telemetry", "patches", "cancelled", "places", "problem")
 
     def __init__(self, spec: TargetSpec, telemetry: Telemetry) -> None:
         self.spec = spec
         self.telemetry = telemetry
         self.patches = Patches()
         self.cancelled = False
+        self.places: list[tuple[Any, str]] = []
+        """Where it is patched: (module or class, attribute)."""
+        self.problem: str | None = None
+        """Why it cannot be traced, once logged."""
+
+    @property
+    def pending(self) -> bool:
+        return not self.places and self.problem is None and not self.cancelled
 
     def apply(self, target: Resolved) -> None:
+        if any(owner is target.owner and attr == target.attr for owner, attr in self.places):
+            return  # seen defined, then again when its module finished executing
         wrapper, enabled = _patch_for(self.telemetry, target)
         self.patches.wrap(target.owner, target.attr, wrapper, enabled=enabled)
+        self.places.append((target.owner, target.attr))
 
-    def on_import(self, module: types.ModuleType) -> None:
-        """The post-import hook. It cannot raise (that would fail the app's import): a target the module lacks is
-        logged, once, as an error."""
-        try:
-            with _STATE.lock:
-                if self.cancelled:
-                    return
-                self.apply(resolve(self.spec, module))
-        except ValueError as exc:
-            _logger.error("otel_resilience: not tracing %s (module %s imported): %s", self.spec.text, module.__name__, exc)
-        except Exception:
-            report_internal_error("otel_resilience.targets: post-import hook")
+    def give_up(self, why: str, when: str) -> None:
+        """Log, once, why this target is not traced (it cannot raise any more: the app is running)."""
+        if self.problem is None:
+            self.problem = why
+            _logger.error("otel_resilience: not tracing %s (%s): %s", self.spec.text, when, why)
 
 
 @dataclass
 class _Plan:
     spec: TargetSpec
     resolved: Resolved | None
-    """Set when the module is already imported (patched now); None: patched by a post-import hook."""
+    """Set when the target is defined already (patched now); None: patched when it is defined."""
+
+
+def _imported(name: str) -> types.ModuleType | None:
+    """The module `name` if it is imported, the running script included (``app`` for ``python app.py``)."""
+    module = sys.modules.get(name)
+    if module is None and name in main_names():
+        module = sys.modules.get(MAIN)
+    return module
+
+
+def _still_executing(module: types.ModuleType) -> bool:
+    """A module whose top-level code may still define the target: the program's ``__main__``, or a module being
+    imported."""
+    if module is sys.modules.get(MAIN):
+        return True
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
 class _State:
-    """Every registration of this process, and the Telemetry they record through."""
+    """Every registration of this process, the Telemetry they record through, and the watches that see pending
+    targets defined."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -118,10 +155,25 @@ class _State:
         self.telemetry: Telemetry | None = None
         self.providers: tuple[Any, Any] = (None, None)
         self.retired: list[Telemetry] = []
+        self.classes: dict[str, list[_Registration]] = {}
+        """Pending targets by the qualified name of the class that defines them (or that they wrongly name)."""
+        self.modules: dict[str, dict[str, str]] = {}
+        """Modules a pending target waits for: its module-level functions' names and target keys."""
+        self.class_hook = ClassHook()
+        self.finder = DefiningFinder(self.awaited_functions, self.on_executed)
+        self.exit_report_registered = False
+
+    def awaited_functions(self, module_name: str) -> dict[str, str] | None:
+        """What `DefiningFinder` watches for in a module being imported (None: the module is not awaited)."""
+        modules = self.modules
+        functions = modules.get(module_name)
+        if functions is None and MAIN in modules and running_as_main(module_name):
+            return modules[MAIN]
+        return functions
 
     def prepare(self, specs: Iterable[TargetSpec], *, find_modules: bool) -> tuple[list[_Plan], list[str]]:
-        """Check every target without patching anything: resolve those whose module is imported, and (with
-        `find_modules`) look for the others' modules without importing them."""
+        """Check every target without patching anything: resolve those already defined, and (with `find_modules`)
+        look for the others' modules without importing them."""
         plans: list[_Plan] = []
         problems: list[str] = []
         seen: dict[str, TargetSpec] = {}
@@ -132,10 +184,15 @@ class _State:
                     problems.append(f"{spec.kind} target {spec.text!r}: {spec.key} is already a target ({earlier.text!r})")
                 continue
             seen[spec.key] = spec
-            module = sys.modules.get(spec.module)
+            module = _imported(spec.module)
             try:
                 if module is not None:
-                    plans.append(_Plan(spec, resolve(spec, module)))
+                    try:
+                        plans.append(_Plan(spec, resolve(spec, module)))
+                    except Missing:
+                        if not _still_executing(module):
+                            raise
+                        plans.append(_Plan(spec, None))  # defined later by the code now running
                     continue
                 if find_modules and not module_findable(spec.module):
                     raise ValueError(f"{spec.kind} target {spec.text!r}: module {spec.module!r} not found")
@@ -157,8 +214,92 @@ class _State:
             self.registrations[plan.spec.key] = registration
             if plan.resolved is not None:
                 registration.apply(plan.resolved)
-            else:
-                wrapt.register_post_import_hook(registration.on_import, plan.spec.module)
+        self.watch()
+        if not self.exit_report_registered:
+            self.exit_report_registered = True
+            atexit.register(_report_never_found)
+
+    def watch(self) -> None:
+        """Watch class statements and module imports exactly while some target waits for them."""
+        classes: dict[str, list[_Registration]] = {}
+        modules: dict[str, dict[str, str]] = {}
+        for key, registration in self.registrations.items():
+            if not registration.pending:
+                continue
+            spec = registration.spec
+            owner_path, _, name = spec.qualname.rpartition(".")
+            classes.setdefault(owner_path or name, []).append(registration)
+            functions = modules.setdefault(spec.module, {})
+            if not owner_path:
+                functions[name] = key
+        self.classes, self.modules = classes, modules  # swapped whole: the hooks read them without the lock
+        if self.classes:
+            self.class_hook.install(self.on_class, self.classes)
+        else:
+            self.class_hook.remove()
+        if self.modules:
+            self.finder.install()
+            set_on_defined(self.on_defined)
+        else:
+            self.finder.remove()
+            set_on_defined(None)
+
+    @never_raises
+    def on_class(self, cls: Any) -> None:
+        """A class statement just ran (`ClassHook`): patch the pending targets it defines."""
+        waiting = self.classes.get(cls.__qualname__)
+        if not waiting:
+            return
+        module_name = getattr(cls, "__module__", None)
+        if not isinstance(module_name, str):
+            return
+        names = module_names(module_name)
+        with self.lock:
+            for registration in waiting:
+                spec = registration.spec
+                if not registration.pending or spec.module not in names:
+                    continue
+                where = f"{spec.module}.{cls.__qualname__}"
+                defined = f"class {where} defined"
+                if spec.qualname == cls.__qualname__:
+                    registration.give_up(
+                        f"{where} is a class: name the function or method that does the work (module:Class.method)",
+                        defined,
+                    )
+                    continue
+                try:
+                    registration.apply(resolve_on(spec, cls, where))
+                except ValueError as exc:
+                    registration.give_up(str(exc), defined)
+            self.watch()
+
+    def on_defined(self, key: str, module_name: str) -> None:
+        """A pending target's ``def`` just ran in its module (`DefiningFinder`)."""
+        with self.lock:
+            registration = self.registrations.get(key)
+            module = sys.modules.get(module_name)
+            if registration is None or not registration.pending or module is None:
+                return
+            try:
+                registration.apply(resolve(registration.spec, module))
+            except ValueError as exc:
+                registration.give_up(str(exc), f"function defined in {module_name}")
+            self.watch()
+
+    @never_raises
+    def on_executed(self, module: types.ModuleType) -> None:
+        """A module a target waits for finished executing: patch what is there (a name bound otherwise than by
+        ``def`` or ``class``); what is still missing now never will be."""
+        with self.lock:
+            for registration in list(self.registrations.values()):
+                if registration.spec.module != module.__name__ or registration.cancelled:
+                    continue
+                try:
+                    registration.apply(resolve(registration.spec, module))
+                except ValueError as exc:
+                    if not registration.places:
+                        registration.give_up(str(exc), f"module {module.__name__} imported")
+            self.watch()
 
     def _telemetry(self, tracer_provider: Any, meter_provider: Any) -> Telemetry:
         """One Telemetry per pair of providers (its instruments and gauge are made once)."""
@@ -170,8 +311,8 @@ class _State:
         return self.telemetry
 
     def clear(self) -> None:
-        """Undo every patch, cancel pending hooks, and switch off whatever we cannot take back (functions decorated
-        while instrumented, references the app took to a patched function): they pass straight through."""
+        """Undo every patch, stop watching, and switch off whatever we cannot take back (functions decorated while
+        instrumented, references the app took to a patched function): they pass straight through."""
         for registration in self.registrations.values():
             registration.cancelled = True
             registration.patches.restore()
@@ -180,11 +321,56 @@ class _State:
             telemetry.disabled = True
         self.registrations.clear()
         self.retired.clear()
+        self.watch()
         self.telemetry = None
         self.providers = (None, None)
 
+    def never_found(self) -> list[_Registration]:
+        with self.lock:
+            return [r for r in self.registrations.values() if r.pending]
+
 
 _STATE: Final = _State()
+
+
+def _never_found_advice(spec: TargetSpec) -> str:
+    """Why a target was never seen defined, and what to do about it."""
+    main = sys.modules.get(MAIN)
+    script = script_path()
+    aliases = sorted(main_names() - {MAIN})
+    module = _imported(spec.module)
+    owner_path, _, name = spec.qualname.rpartition(".")
+    if module is None:
+        hint = f"module {spec.module} was never imported"
+        if script:
+            hint += f"; the program ran {script} as {MAIN}: name its code {MAIN}:{spec.qualname}"
+            hint += "".join(f" or {alias}:{spec.qualname}" for alias in aliases)
+        return hint + "; or check the module name (as you would import it)"
+    if module is main and not owner_path and name in vars(module) and main.__spec__ is None:  # type: ignore[union-attr]
+        stem = aliases[0] if aliases else "app"
+        return (
+            f"{name} is a module-level function of the script, which Python compiles and runs before any hook can "
+            f"patch a function of it; run the script as a module (python -m {stem}), or move {name} into a module "
+            "the script imports, or make it a method of a class (classes of a script are patched when defined)"
+        )
+    return f"{spec.module} never defined {spec.qualname}: check the qualified name (Class.method or function)"
+
+
+def _report_never_found() -> None:
+    """At exit: one warning per target that was never found, saying what to do (not after ``python -m
+    otel_resilience``, which runs none of the app)."""
+    try:
+        if "otel_resilience.__main__" in main_names():
+            return
+        for registration in _STATE.never_found():
+            _logger.warning(
+                "otel_resilience: %s target %s was never found, so it was not traced: %s",
+                registration.spec.kind,
+                registration.spec.text,
+                _never_found_advice(registration.spec),
+            )
+    except Exception:
+        report_internal_error("otel_resilience.targets: exit report")
 
 
 def _problems_message(header: str, problems: list[str]) -> str:
@@ -219,7 +405,7 @@ def instrument_targets(
 
 
 def uninstrument_targets() -> None:
-    """Put back every original exactly, and cancel the effect of post-import hooks not yet fired."""
+    """Put back every original exactly, and stop watching for targets not defined yet."""
     with _STATE.lock:
         _STATE.clear()
 
@@ -229,7 +415,8 @@ def instrument_from_environment() -> None:
 
     Never raises (it runs under the launcher): bad targets are reported in one error log line and skipped, the good
     ones are patched. Modules not imported yet are not looked for (under the launcher the app's directory may not be
-    on the import path yet); a target whose module is imported later and lacks it is logged then."""
+    on the import path yet); a target whose module is imported later and lacks it is logged then, and one never
+    found at all, at exit."""
     try:
         if is_disabled(ENTRY_POINT_NAME):
             _logger.debug("otel_resilience: %s disabled by %s", ENTRY_POINT_NAME, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)
@@ -255,9 +442,39 @@ def instrument_from_environment() -> None:
         report_internal_error("otel_resilience.targets.instrument_from_environment")
 
 
+def _where(owner: Any) -> str:
+    if isinstance(owner, types.ModuleType):
+        return owner.__name__
+    return f"{owner.__module__}.{owner.__qualname__}"
+
+
+def diagnose_targets() -> list[TargetStatus]:
+    """Every target configured in the environment or in this process, and whether it was found (read from the
+    module's source where this process has not seen it defined; nothing is imported)."""
+    configured: dict[str, tuple[Kind, str]] = {
+        RETRY_TARGETS_ENV: (RETRY, os.environ.get(RETRY_TARGETS_ENV, "")),
+        BREAKER_TARGETS_ENV: (BREAKER, os.environ.get(BREAKER_TARGETS_ENV, "")),
+    }
+    live: dict[str, tuple[TargetSpec, bool | None, str]] = {}
+    with _STATE.lock:
+        for key, registration in _STATE.registrations.items():
+            spec = registration.spec
+            if registration.places:
+                places = ", ".join(f"{_where(owner)}.{attr}" for owner, attr in registration.places)
+                live[key] = (spec, True, f"patched: {places}")
+            elif registration.problem is not None:
+                live[key] = (spec, False, registration.problem)
+            else:
+                found, detail = static_status(spec)
+                live[key] = (spec, found, f"not defined in this process yet (patched when it is); {detail}")
+    return target_statuses(configured, live)
+
+
 __all__ = [
     "BREAKER_TARGETS_ENV",
     "RETRY_TARGETS_ENV",
+    "TargetStatus",
+    "diagnose_targets",
     "instrument_from_environment",
     "instrument_targets",
     "uninstrument_targets",

@@ -8,9 +8,16 @@ observed without touching the helper.
 from __future__ import annotations
 
 import inspect
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from otel_resilience.targets.spec import Resolved
+
+_logger = logging.getLogger("otel_resilience")
 
 _SINGLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -33,7 +40,8 @@ class Found:
 
 class ArgumentLocator:
     """Finds the user's callable in one call's arguments (those after any ``self``/``cls``): the parameter `name`
-    (by keyword, or at `position` when it can be passed positionally), else the first callable argument."""
+    (by keyword, or at `position` when it can be passed positionally), else the first callable argument. A class is
+    never it (a helper may pass a class to ``issubclass`` or apply it to a result: ``request(cast_to, fn)``)."""
 
     __slots__ = ("name", "position")
 
@@ -61,15 +69,45 @@ class ArgumentLocator:
         """Where the callable is in this call, or None when the call has none there."""
         if self.name is None:
             for index, value in enumerate(args):
-                if callable(value):
+                if attemptable(value):
                     return Found(value, index, None)
             for keyword, value in kwargs.items():
-                if callable(value):
+                if attemptable(value):
                     return Found(value, None, keyword)
             return None
         if self.name in kwargs:
             value = kwargs[self.name]
-            return Found(value, None, self.name) if callable(value) else None
-        if self.position is not None and self.position < len(args) and callable(args[self.position]):
+            return Found(value, None, self.name) if attemptable(value) else None
+        if self.position is not None and self.position < len(args) and attemptable(args[self.position]):
             return Found(args[self.position], self.position, None)
         return None
+
+
+def attemptable(value: Any) -> bool:
+    """Whether `value` can be the user's callable: callable, and not a class."""
+    return callable(value) and not isinstance(value, type)
+
+
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def report_no_callable(target: Resolved) -> None:
+    """Say once per target that a call had no argument to watch, so it was left untouched."""
+    text = target.spec.text
+    with _reported_lock:
+        if text in _reported:
+            return
+        _reported.add(text)
+    spec = target.spec
+    named = f"its argument {spec.argname!r} was not" if spec.argname else "none of its arguments was"
+    form = f"{spec.module}:{spec.qualname}:argname" + (f"@{spec.state_attr}" if spec.state_attr else "")
+    _logger.warning(
+        "otel_resilience: a call of %s target %s was left untouched (not traced): %s a callable that is not a class. "
+        "Name the parameter that receives the %s: %s",
+        spec.kind,
+        text,
+        named,
+        "attempted operation" if spec.kind == "retry" else "guarded function",
+        form,
+    )

@@ -31,6 +31,7 @@ from otel_resilience.core import REGISTRY, BreakerCall, Telemetry, never_raises,
 from otel_resilience.core.breaker import run_call, run_coroutine
 from otel_resilience.core.naming import breaker_name
 from otel_resilience.instrumentation._base import Wrapper
+from otel_resilience.targets._arguments import report_no_callable
 from otel_resilience.targets.spec import Resolved
 
 _logger = logging.getLogger("otel_resilience")
@@ -85,8 +86,8 @@ class _GuardedCall:
         self._target = target
         self._holder = holder
         self._guarded = guarded
-        self.ran: bool | None = None if guarded is None else False
-        """Whether the guarded function was called (None: the call had no callable argument to watch)."""
+        self.ran = False
+        """Whether the guarded function was called."""
         self._before: str | None = None
 
     def guarded_called(self, wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -117,7 +118,7 @@ class _GuardedCall:
         give (see the module docstring)."""
         telemetry = self._target.telemetry
         after = self._target.read_state(self._holder)
-        if self.ran is False:
+        if not self.ran:
             call.refused_in(self._before)  # type: ignore[arg-type]  # None: unreadable, the span gets no state
         elif error is not None:
             call.mark_failure()
@@ -128,11 +129,12 @@ class _GuardedCall:
 
 
 class _BreakerTarget:
-    __slots__ = ("telemetry", "state_attr", "owner", "locator", "read_state")
+    __slots__ = ("telemetry", "target", "state_attr", "owner", "locator", "read_state")
 
     def __init__(self, telemetry: Telemetry, target: Resolved) -> None:
         assert target.spec.state_attr is not None
         self.telemetry = telemetry
+        self.target = target
         self.state_attr = target.spec.state_attr
         """Keys the breaker's registry entry (with the object holding the state): two configured call methods of one
         breaker share one entry, so each transition is counted once."""
@@ -146,7 +148,8 @@ class _BreakerTarget:
         holder = self.owner if instance is None else instance
         found = self.locator.find(args, kwargs)
         if found is None:
-            return _GuardedCall(self, holder, None), args, kwargs
+            report_no_callable(self.target)
+            return None
         if isinstance(found.value, GuardProxy):
             return None  # an outer configured method of this breaker already traces this call
         run = _GuardedCall(self, holder, found.value)

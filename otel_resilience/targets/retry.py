@@ -27,7 +27,7 @@ import wrapt
 from otel_resilience.core import RetryOperation, Telemetry, never_raises
 from otel_resilience.core.naming import callable_names
 from otel_resilience.instrumentation._base import Wrapper
-from otel_resilience.targets._arguments import ArgumentLocator, Found
+from otel_resilience.targets._arguments import ArgumentLocator, Found, attemptable, report_no_callable
 from otel_resilience.targets.spec import Resolved
 
 
@@ -194,30 +194,35 @@ def _proxied(found: Found, args: tuple[Any, ...], kwargs: dict[str, Any], slot: 
 # --- the call style --------------------------------------------------------------------------------------------------
 
 
-def call_style_wrapper(telemetry: Telemetry, target: Resolved) -> Wrapper:
+class CallTarget:
     """The wrapper of a ``call``-style helper (patched with ``enabled=telemetry.recording``: with nothing recording
     it is not even called, and the helper receives the app's callable itself)."""
-    locator = target.locator
-    is_async = target.is_async
 
-    @never_raises
-    def plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
-        found = locator.find(args, kwargs)
-        if found is None or isinstance(found.value, AttemptProxy):
-            return None  # no callable, or one an outer helper of ours already traces
-        slot = _CallSlot()
-        return (slot, *_proxied(found, args, kwargs, slot))
+    __slots__ = ("telemetry", "target")
 
-    def operation(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        planned = plan(args, kwargs)
+    def __init__(self, telemetry: Telemetry, target: Resolved) -> None:
+        self.telemetry = telemetry
+        self.target = target
+
+    def __call__(self, wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        planned = self._plan(args, kwargs)
         if planned is None:
             return wrapped(*args, **kwargs)
         slot, names, args, kwargs = planned
-        if is_async:
-            return _run_async(telemetry, names, slot, wrapped(*args, **kwargs))
-        return _run(telemetry, names, slot, wrapped, args, kwargs)
+        if self.target.is_async:
+            return _run_async(self.telemetry, names, slot, wrapped(*args, **kwargs))
+        return _run(self.telemetry, names, slot, wrapped, args, kwargs)
 
-    return operation
+    @never_raises
+    def _plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+        found = self.target.locator.find(args, kwargs)
+        if found is None:
+            report_no_callable(self.target)
+            return None
+        if isinstance(found.value, AttemptProxy):
+            return None  # an outer helper of ours already traces it
+        slot = _CallSlot()
+        return (slot, *_proxied(found, args, kwargs, slot))
 
 
 # --- the decorator style -------------------------------------------------------------------------------------------
@@ -228,67 +233,84 @@ def _decorated_function(wrapped: Any, argname: str | None, args: tuple[Any, ...]
     the sole positional argument when it is a callable that is not a class (``@retry`` and ``retry(fn, times=3)``;
     ``retry(times=3)`` and ``retry(ValueError)`` are factory calls)."""
     if argname is None:
-        if len(args) == 1 and callable(args[0]) and not isinstance(args[0], type):
+        if len(args) == 1 and attemptable(args[0]):
             return Found(args[0], 0, None)
         return None
     try:
         parameters = list(inspect.signature(wrapped).parameters.values())
-        found = ArgumentLocator.for_parameters(parameters, argname).find(args, kwargs)
+        return ArgumentLocator.for_parameters(parameters, argname).find(args, kwargs)
     except (TypeError, ValueError):
         return None
-    return found if found is not None and not isinstance(found.value, type) else None
 
 
-def decorator_style_wrapper(telemetry: Telemetry, target: Resolved) -> Wrapper:
-    """The wrapper of a ``decorator``-style helper. A call that decorates a function gets an `AttemptProxy` of it and
-    returns an `OperationWrapper`; any other call is a factory call, whose result (the decorator) is watched the same
-    way, one level deep. Decorations are watched whether or not anything records yet (they happen at import, often
-    before the app configures its SDK); each call then checks."""
-    argname = target.spec.argname
+class DecoratorTarget:
+    """The wrapper of a ``decorator``-style helper. A call that decorates a function gets an `AttemptProxy` of it
+    and returns an `OperationWrapper`; any other call is a factory call, whose result (the decorator) is watched the
+    same way, one level deep. Decorations are watched whether or not anything records yet (they happen at import,
+    often before the app configures its SDK); each call of a decorated function then checks."""
+
+    __slots__ = ("telemetry", "argname")
+
+    def __init__(self, telemetry: Telemetry, target: Resolved) -> None:
+        self.telemetry = telemetry
+        self.argname = target.spec.argname
+
+    def __call__(self, wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A call of the helper itself: a decoration, or a factory call whose result is watched."""
+        return self._decorate(wrapped, args, kwargs, watch_result=True)
+
+    def decorator_called(self, wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A call of the decorator a factory call returned."""
+        return self._decorate(wrapped, args, kwargs, watch_result=False)
+
+    def _decorate(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, watch_result: bool) -> Any:
+        planned = self._plan(wrapped, args, kwargs)
+        if planned is None:
+            result = wrapped(*args, **kwargs)
+            watched = self._watched(result) if watch_result else None
+            return result if watched is None else watched
+        slot, names, args, kwargs = planned
+        decorated = wrapped(*args, **kwargs)
+        traced = self._traced(decorated, slot, names)
+        return decorated if traced is None else traced
 
     @never_raises
-    def plan(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
-        if telemetry.disabled:
+    def _plan(self, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+        if self.telemetry.disabled:
             return None
-        found = _decorated_function(wrapped, argname, args, kwargs)
+        found = _decorated_function(wrapped, self.argname, args, kwargs)
         if found is None or isinstance(found.value, AttemptProxy):
             return None
         slot = _ContextSlot()
         return (slot, *_proxied(found, args, kwargs, slot))
 
     @never_raises
-    def watched_factory_result(result: Any) -> Any:
-        if not callable(result) or isinstance(result, (type, AttemptProxy, OperationWrapper)) or telemetry.disabled:
+    def _watched(self, result: Any) -> Any:
+        if not attemptable(result) or isinstance(result, (AttemptProxy, OperationWrapper)) or self.telemetry.disabled:
             return result
-        return wrapt.FunctionWrapper(result, decoration(watch_result=False))
+        return wrapt.FunctionWrapper(result, self.decorator_called)
 
     @never_raises
-    def operation_wrapper(decorated: Any, slot: _Slot, names: tuple[str, str]) -> Any:
-        if not callable(decorated) or isinstance(decorated, (type, OperationWrapper)):
+    def _traced(self, decorated: Any, slot: _Slot, names: tuple[str, str]) -> Any:
+        if not attemptable(decorated) or isinstance(decorated, OperationWrapper):
             return decorated
-        is_async = inspect.iscoroutinefunction(decorated)
+        return OperationWrapper(decorated, _DecoratedOperation(self.telemetry, names, slot, inspect.iscoroutinefunction(decorated)))
 
-        def operation(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if not telemetry.records():
-                return wrapped(*args, **kwargs)
-            if is_async:
-                return _run_async(telemetry, names, slot, wrapped(*args, **kwargs))
-            return _run(telemetry, names, slot, wrapped, args, kwargs)
 
-        return OperationWrapper(decorated, operation)
+class _DecoratedOperation:
+    """The wrapper of a decorated function: each call is one retry operation."""
 
-    def decoration(*, watch_result: bool) -> Wrapper:
-        def decorate(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            planned = plan(wrapped, args, kwargs)
-            if planned is None:
-                result = wrapped(*args, **kwargs)
-                watched = watched_factory_result(result) if watch_result else None
-                return result if watched is None else watched
-            slot, names, args, kwargs = planned
-            decorated = wrapped(*args, **kwargs)
-            traced = operation_wrapper(decorated, slot, names)
-            return decorated if traced is None else traced
+    __slots__ = ("telemetry", "names", "slot", "is_async")
 
-        return decorate
+    def __init__(self, telemetry: Telemetry, names: tuple[str, str], slot: _Slot, is_async: bool) -> None:
+        self.telemetry = telemetry
+        self.names = names
+        self.slot = slot
+        self.is_async = is_async
 
-    return decoration(watch_result=True)
+    def __call__(self, wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not self.telemetry.records():
+            return wrapped(*args, **kwargs)
+        if self.is_async:
+            return _run_async(self.telemetry, self.names, self.slot, wrapped(*args, **kwargs))
+        return _run(self.telemetry, self.names, self.slot, wrapped, args, kwargs)

@@ -4,7 +4,7 @@
     breaker target  module:Qual.name[:argname]@state_attr    state_attr may be dotted: @_impl.state
 
 `:argname` names the parameter that receives the user's callable (the attempted one, or the guarded one); without it,
-the first callable argument is taken. Everything here only reads: nothing is patched, and a module that is not imported
+the first callable argument that is not a class is taken. Everything here only reads: nothing is patched, and a module that is not imported
 yet is looked for on the import path without importing it (the launcher must not import the app early).
 """
 
@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 import wrapt.importer
 
 from otel_resilience.targets._arguments import ArgumentLocator
+from otel_resilience.targets._definitions import DefiningFinder
 
 Kind = Literal["retry", "breaker"]
 RETRY: Final = "retry"
@@ -140,9 +141,9 @@ def parse_targets(kind: Kind, texts: Iterable[Any] | str) -> tuple[list[TargetSp
 def _find_spec_without_import(name: str, path: Any) -> importlib.machinery.ModuleSpec | None:
     """What `importlib` would find for `name` in the parent's `path`, asking the meta path finders directly, so that
     no parent package is imported (``importlib.util.find_spec`` imports parents). wrapt's post-import finder is
-    skipped: it delegates to ``find_spec``, which would import."""
+    skipped (it delegates to ``find_spec``, which would import), and so is ours (it only wraps the loader)."""
     for finder in sys.meta_path:
-        if isinstance(finder, wrapt.importer.ImportHookFinder):
+        if isinstance(finder, (wrapt.importer.ImportHookFinder, DefiningFinder)):
             continue
         find_spec = getattr(finder, "find_spec", None)
         if find_spec is None:
@@ -156,12 +157,15 @@ def _find_spec_without_import(name: str, path: Any) -> importlib.machinery.Modul
     return None
 
 
-def module_findable(name: str) -> bool:
-    """Whether module `name` can be found on the import path, without importing it or its parents (no app code
-    runs). Packages that extend their ``__path__`` only when imported are not seen through: name their modules after
-    importing them."""
+def find_module_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of module `name` as the import path would find it, without importing it or its parents (no app code
+    runs); an imported module's own spec. Packages that extend their ``__path__`` only when imported are not seen
+    through: name their modules after importing them."""
+    if name in sys.modules:
+        return getattr(sys.modules[name], "__spec__", None) or importlib.machinery.ModuleSpec(name, None)
     path: Any = None
     parts = name.split(".")
+    spec: importlib.machinery.ModuleSpec | None = None
     for depth in range(1, len(parts) + 1):
         prefix = ".".join(parts[:depth])
         module = sys.modules.get(prefix)
@@ -169,12 +173,17 @@ def module_findable(name: str) -> bool:
             path = getattr(module, "__path__", None)
             continue
         if depth > 1 and path is None:
-            return False  # a plain module has no submodules
+            return None  # a plain module has no submodules
         spec = _find_spec_without_import(prefix, path)
         if spec is None:
-            return False
+            return None
         path = spec.submodule_search_locations
-    return True
+    return spec
+
+
+def module_findable(name: str) -> bool:
+    """Whether module `name` can be found on the import path, without importing it (see `find_module_spec`)."""
+    return find_module_spec(name) is not None
 
 
 # --- resolving a target in its imported module --------------------------------------------------------------------
@@ -198,12 +207,13 @@ def _defining_class(cls: type, attr: str) -> type | None:
     return next((base for base in cls.__mro__ if attr in vars(base)), None)
 
 
+class Missing(ValueError):
+    """The target's name is not (yet) in its module or class: a module still executing may define it later."""
+
+
 def resolve(spec: TargetSpec, module: types.ModuleType) -> Resolved:
-    """Find the target in its (imported) module; raise a `ValueError` when it is not there or cannot be patched."""
-
-    def bad(why: str) -> ValueError:
-        return ValueError(f"{spec.kind} target {spec.text!r}: {why}")
-
+    """Find the target in its (imported) module; raise a `ValueError` when it is not there (`Missing`) or cannot be
+    patched."""
     owner: Any = module
     where = spec.module
     *path, attr = spec.qualname.split(".")
@@ -211,14 +221,25 @@ def resolve(spec: TargetSpec, module: types.ModuleType) -> Resolved:
         try:
             owner = getattr(owner, part)
         except AttributeError:
-            raise bad(f"{where} has no attribute {part!r}") from None
+            raise Missing(f"{spec.kind} target {spec.text!r}: {where} has no attribute {part!r}") from None
         where = f"{where}.{part}"
+    return resolve_on(spec, owner, where)
+
+
+def resolve_on(spec: TargetSpec, owner: Any, where: str) -> Resolved:
+    """Find the target's last name on `owner` (its module, or the class its qualified name leads to, named `where`
+    in messages)."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{spec.kind} target {spec.text!r}: {why}")
+
+    attr = spec.qualname.rpartition(".")[2]
     if not isinstance(owner, (types.ModuleType, type)):
         raise bad(f"{where} is a {type(owner).__name__} object, not a class or module: name the class (module:Class.method)")
     if attr not in vars(owner):
         defining = _defining_class(owner, attr) if isinstance(owner, type) else None
         if defining is None:
-            raise bad(f"{where} has no attribute {attr!r}")
+            raise Missing(f"{spec.kind} target {spec.text!r}: {where} has no attribute {attr!r}")
         raise bad(
             f"{where}.{attr} is inherited from {defining.__module__}.{defining.__qualname__}: name that class "
             f"({defining.__module__}:{defining.__qualname__}.{attr}), which traces every class that inherits it"
