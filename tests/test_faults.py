@@ -324,8 +324,8 @@ def test_span_processor_that_raises(where: str, caplog: pytest.LogCaptureFixture
 
 CORE_METHODS: list[tuple[Any, str]] = [
     (Telemetry, "recording"),  # `records()` is its guarded form: a failure here is what it guards against
-    (Telemetry, "start_retry"),
-    (Telemetry, "start_breaker_call"),
+    (RetryOperation, "start"),
+    (BreakerCall, "start"),
     (Telemetry, "record_transition"),
     (RetryOperation, "attempt_started"),
     (RetryOperation, "activate"),

@@ -27,7 +27,7 @@ from typing import Any
 import wrapt
 
 from otel_resilience import semconv
-from otel_resilience.core import REGISTRY, BreakerCall, Telemetry, never_raises, normalise_state
+from otel_resilience.core import BreakerCall, Telemetry, never_raises, normalise_state
 from otel_resilience.core.breaker import run_call, run_coroutine
 from otel_resilience.core.naming import breaker_name
 from otel_resilience.instrumentation._base import Wrapper
@@ -40,7 +40,7 @@ class GuardProxy(wrapt.FunctionWrapper):  # type: ignore[misc]
     """The guarded function as the breaker receives it for one call: notes that it was called."""
 
 
-class StateReader:
+class AttributeStateReader:
     """Reads a breaker's state from the configured attribute and maps it to the contract; warns once per target when
     the attribute is missing or holds a value no common spelling matches."""
 
@@ -70,10 +70,11 @@ class StateReader:
             _logger.warning("otel_resilience: breaker target %r: " + message + " (state not recorded)", self._text, detail)
 
 
-def _own_name(holder: Any) -> str | None:
-    """The breaker's ``name`` attribute, when it is a non-empty string (DESIGN's naming takes it first)."""
+def _name(holder: Any, guarded: Any) -> str:
+    """The breaker's ``name`` attribute when it is a non-empty string, else the first guarded function's name
+    (docs/telemetry.md)."""
     own = getattr(holder, "name", None)
-    return own if isinstance(own, str) and own else None
+    return breaker_name(own if isinstance(own, str) and own else None, guarded, holder)
 
 
 class _GuardedCall:
@@ -99,32 +100,30 @@ class _GuardedCall:
         target = self._target
         holder, guarded = self._holder, self._guarded
         self._before = target.read_state(holder)
-        return target.telemetry.start_breaker_call(
-            lambda: REGISTRY.entry(
-                holder,
-                target.telemetry.library,
-                lambda: breaker_name(_own_name(holder), guarded, holder),
-                key=target.state_attr,
-                read_state=target.read_state,
-            ),
-            self._before,
+        return BreakerCall.start(
+            target.telemetry,
             holder,
+            self._before,
+            subject=holder,
+            guarded=guarded,
+            name_of=_name,
+            key=target.state_attr,
+            read_state=target.read_state,
         )
 
     @never_raises
-    def settle(self, call: BreakerCall, error: BaseException | None) -> None:
+    def end(self, call: BreakerCall, error: BaseException | None) -> None:
         """Read the state after the call, put the transitions on its span, and end it with the result the heuristics
         give (see the module docstring)."""
-        telemetry = self._target.telemetry
         after = self._target.read_state(self._holder)
         if self.ran is False:
-            call.refused_in(self._before)  # type: ignore[arg-type]  # None: unreadable, the span gets no state
+            call.refused_in(self._before)  # None: unreadable, the span gets no state
         elif error is not None:
             call.mark_failure()
         if self.ran and self._before == semconv.STATE_OPEN:
-            call.entry.observe(telemetry, semconv.STATE_HALF_OPEN, call)  # the probe: admitted half_open
-        call.entry.observe(telemetry, after, call)
-        call.finish(error)
+            call.observe(semconv.STATE_HALF_OPEN)  # the probe: admitted half_open
+        call.observe(after)
+        call.ended(error)
 
 
 class _BreakerTarget:
@@ -138,7 +137,7 @@ class _BreakerTarget:
         breaker share one entry, so each transition is counted once."""
         self.owner = target.owner
         self.locator = target.locator
-        self.read_state = StateReader(target.spec.text, target.spec.state_attr)
+        self.read_state = AttributeStateReader(target.spec.text, target.spec.state_attr)
 
     @never_raises
     def plan(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -165,10 +164,10 @@ def breaker_wrapper(telemetry: Telemetry, target: Resolved) -> Wrapper:
             return wrapped(*args, **kwargs)
         run, args, kwargs = planned
         if is_async:
-            return run_coroutine(run.start, wrapped, args, kwargs, run.settle)
+            return run_coroutine(run.start, wrapped, args, kwargs, run.end)
         breaker_call = run.start()
         if breaker_call is None:
             return wrapped(*args, **kwargs)
-        return run_call(breaker_call, wrapped, args, kwargs, run.settle)
+        return run_call(breaker_call, wrapped, args, kwargs, run.end)
 
     return call

@@ -164,7 +164,7 @@ class _OperationScope:
 
 @never_raises
 def _start(telemetry: Telemetry, names: tuple[str, str]) -> RetryOperation | None:
-    return telemetry.start_retry(names[0], span_name=names[1], measured_delays=True)
+    return RetryOperation.start(telemetry, names[0], span_name=names[1], measured_delays=True)
 
 
 def _run(

@@ -29,7 +29,7 @@ from aiobreaker import CircuitBreaker, CircuitBreakerError
 from aiobreaker.state import CircuitBreakerBaseState, CircuitOpenState
 from aiobreaker.storage.memory import CircuitMemoryStorage
 
-from otel_resilience.core import REGISTRY, BreakerEntry, Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises
 from otel_resilience.core.breaker import (
     BreakerCall,
     admitted,
@@ -42,7 +42,6 @@ from otel_resilience.core.breaker import (
     run_call,
     run_coroutine,
 )
-from otel_resilience.core.naming import breaker_name
 from otel_resilience.instrumentation._base import Patches
 
 _FAILURE_COUNTED: Final = failure_hook(lambda breaker, _args: breaker)
@@ -64,7 +63,7 @@ class AioBreakerAdapter:
 
     def patch(self, patches: Patches) -> None:
         """The call entry points now; admission, refusal, failure and transition hooks once something records."""
-        may_record = self.telemetry.may_record  # the wrappers begin with start_breaker_call: one context read
+        may_record = self.telemetry.may_record  # the wrappers begin with BreakerCall.start: one context read
         patches.wrap(CircuitBreaker, "call", self._call, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=may_record)
         self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
@@ -75,14 +74,6 @@ class AioBreakerAdapter:
         patches.wrap(CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call)
         patches.wrap(CircuitBreaker, "_create_new_state", self._new_state)
 
-    def _entry(self, breaker: CircuitBreaker, guarded: Any) -> BreakerEntry:
-        return REGISTRY.entry(
-            breaker,
-            self.telemetry.library,
-            lambda: breaker_name(breaker.name, guarded, breaker),
-            read_state=_read_state,
-        )
-
     # --- calls -------------------------------------------------------------------------------------------------
 
     @never_raises
@@ -91,21 +82,23 @@ class AioBreakerAdapter:
         if active is not None and not active.admitted:
             return None  # aiobreaker re-entering `call` for the same user call
         guarded = args[0] if args else kwargs.get("func")
-        return self.telemetry.start_breaker_call(lambda: self._entry(breaker, guarded), _read_state(breaker), breaker)
+        return BreakerCall.start(
+            self.telemetry, breaker, _read_state(breaker), subject=breaker, guarded=guarded, read_state=_read_state
+        )
 
     @never_raises
-    def _settle(self, call: BreakerCall, error: BaseException | None) -> None:
-        call.finish(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
+    def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
+        call.ended(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
 
     def _call(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._begin(instance, args, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
         # A guarded generator is judged by aiobreaker as it is consumed: the span covers the consumption.
-        return run_call(call, wrapped, args, kwargs, self._settle, follow_generators=True)
+        return run_call(call, wrapped, args, kwargs, self._end_call, follow_generators=True)
 
     def _call_async(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return run_coroutine(lambda: self._begin(instance, args, kwargs), wrapped, args, kwargs, self._settle)
+        return run_coroutine(lambda: self._begin(instance, args, kwargs), wrapped, args, kwargs, self._end_call)
 
     # --- inside a call -----------------------------------------------------------------------------------------
 
@@ -126,6 +119,6 @@ class AioBreakerAdapter:
         prev_state = kwargs["prev_state"] if "prev_state" in kwargs else (args[1] if len(args) > 1 else None)
         if notify and prev_state is not None:
             reported_transition(
-                self.telemetry, instance, prev_state.state, new_state.state, lambda: self._entry(instance, None)
+                self.telemetry, instance, prev_state.state, new_state.state, breaker=instance, read_state=_read_state
             )
         return new_state

@@ -43,9 +43,9 @@ from typing import Any, Final
 from backoff import _async, _sync
 
 from otel_resilience import semconv
-from otel_resilience.core import RetryOperation, Telemetry, never_raises, report_internal_error
+from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
 from otel_resilience.core.naming import callable_names
-from otel_resilience.instrumentation._attempts import ProxiedAttempts, run_as_current, run_as_current_async
+from otel_resilience.core.retry import ProxiedAttempts, RetryOperation, run_as_current, run_as_current_async
 from otel_resilience.instrumentation._base import Patches
 
 _FACTORIES: Final = ("retry_exception", "retry_predicate")
@@ -105,13 +105,15 @@ class _Call:
         self.wait_ran_out = False
 
     def give_up_result(self, tries: int, elapsed: float) -> str:
-        """Why backoff gave up, by its own test: the limits (or a wait generator that ran out) mean ``exhausted``;
-        otherwise the app's ``giveup`` predicate said so: ``not_retried``."""
-        if self.policy.predicate_form or self.wait_ran_out:
-            return semconv.RESULT_EXHAUSTED
-        if tries == self.max_tries or (self.max_time is not None and elapsed >= self.max_time):
-            return semconv.RESULT_EXHAUSTED
-        return semconv.RESULT_NOT_RETRIED
+        """Why backoff gave up, by its own test: its limits stopped a retry it wanted (a predicate form, a wait
+        generator that ran out, or the tries or time spent); otherwise the app's ``giveup`` predicate refused it."""
+        limit_reached = (
+            self.policy.predicate_form
+            or self.wait_ran_out
+            or tries == self.max_tries
+            or (self.max_time is not None and elapsed >= self.max_time)
+        )
+        return outcome.final_result(retry_wanted=limit_reached, failed=True)
 
     def retried(self, sent: Any, elapsed: float, seconds: float) -> None:
         raise NotImplementedError
@@ -147,7 +149,9 @@ class _DecoratedCall(_Call):
         if frame is not None:  # a limit given as a callable: backoff evaluated it at call time
             self.max_tries = frame.f_locals.get("max_tries_value")
             self.max_time = frame.f_locals.get("max_time_value")
-        op = telemetry.start_retry(policy.name, span_name=policy.span_name, max_attempts=_limit(self.max_tries))
+        op = RetryOperation.start(
+            telemetry, policy.name, span_name=policy.span_name, max_attempts=_limit(self.max_tries)
+        )
         if op is not None:
             self.attempts = ProxiedAttempts(op)
             self.wait = wait
@@ -157,7 +161,7 @@ class _DecoratedCall(_Call):
         assert self.attempts is not None
         if self.policy.predicate_form:
             self.attempts.reject()
-        self.attempts.close(float(seconds))
+        self.attempts.attempt_ended(float(seconds))
 
     @never_raises
     def ran_out(self, sent: Any, elapsed: float) -> None:
@@ -165,7 +169,7 @@ class _DecoratedCall(_Call):
         self.wait_ran_out = True
         if self.policy.predicate_form:
             self.attempts.reject()
-        self.attempts.close()
+        self.attempts.attempt_ended()
 
     @never_raises
     def before_handlers(self, kind: str | None, details: dict[str, Any]) -> None:
@@ -175,13 +179,13 @@ class _DecoratedCall(_Call):
             attempts.verdict = self.give_up_result(details["tries"], details["elapsed"])
             if self.policy.predicate_form:
                 attempts.reject()
-            attempts.close()
+            attempts.attempt_ended()
         elif kind == _SUCCESS:
-            attempts.close()
+            attempts.attempt_ended()
 
-    def finish(self, error: BaseException | None) -> None:
+    def ended(self, error: BaseException | None) -> None:
         if self.attempts is not None:
-            self.attempts.finish(error)
+            self.attempts.ended(error)
 
 
 class _UndecoratedCall(_Call):
@@ -445,8 +449,8 @@ class BackoffAdapter:
         variables = frame.f_locals
         policy = _Policy(variables["target"])
         policy.learn(variables)
-        op = self.telemetry.start_retry(
-            policy.name, span_name=policy.span_name, max_attempts=_limit(variables.get("max_tries_value"))
+        op = RetryOperation.start(
+            self.telemetry, policy.name, span_name=policy.span_name, max_attempts=_limit(variables.get("max_tries_value"))
         )
         if op is None:
             return None

@@ -34,7 +34,7 @@ from opentelemetry import propagate
 from opentelemetry.context import Context
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, errors, http, never_raises
+from otel_resilience.core import Telemetry, http, never_raises, outcome
 from otel_resilience.instrumentation._base import Patches
 
 LIBRARY: Final = "httpx"
@@ -135,23 +135,18 @@ class _PoolRequest:
     def responded(self, response: Any) -> None:
         status = int(response.status)
         self.request.attempt_ended(status=status)
-        failed = http.status_error_type(status) is not None
-        self.finish(semconv.RESULT_NOT_RETRIED if failed else semconv.RESULT_SUCCESS, None)
+        self.ended(outcome.final_result(retry_wanted=False, failed=outcome.status_error_type(status) is not None), None)
 
     def failed(self, error: BaseException) -> None:
         end_ns = self.connect_end if error is self.connect_error else None
         self.request.attempt_ended(error=error, end_ns=end_ns)
-        if errors.is_abort(error):
-            result = semconv.RESULT_ABORTED
-        elif isinstance(error, _RETRIED_ERRORS):
-            result = semconv.RESULT_EXHAUSTED
-        else:
-            result = semconv.RESULT_NOT_RETRIED
-        self.finish(result, error)
+        # httpcore retries only these: one escaping means its retry budget is spent
+        retried = isinstance(error, _RETRIED_ERRORS)
+        self.ended(outcome.final_result(retry_wanted=retried, failed=True, error=error), error)
 
-    def finish(self, result: str, error: BaseException | None) -> None:
+    def ended(self, result: str, error: BaseException | None) -> None:
         if self.scoped:  # the client's redirect loop may go on: its scope ends the request
-            self.request.settle(result)
+            self.request.layer_ended(result)
         else:
             self.request.ended(result, error)
 

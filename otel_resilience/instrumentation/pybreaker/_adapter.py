@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import pybreaker
 
-from otel_resilience.core import REGISTRY, BreakerEntry, Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises
 from otel_resilience.core.breaker import (
     BreakerCall,
     admitted,
@@ -63,6 +63,12 @@ def _is_calling_block(func: Any) -> bool:
     return getattr(func, "__module__", None) == _PYBREAKER_MODULE
 
 
+def _name(breaker: pybreaker.CircuitBreaker, guarded: Any) -> str:
+    if not breaker.name and _is_calling_block(guarded):
+        return caller_names("pybreaker")[0]  # an unnamed `calling()` block: the function it is written in
+    return breaker_name(breaker.name, guarded, breaker)
+
+
 class PyBreakerAdapter:
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
@@ -78,14 +84,6 @@ class PyBreakerAdapter:
         patches.wrap(pybreaker.CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call)
         patches.wrap(pybreaker.CircuitBreaker, "_create_new_state", self._new_state)
 
-    def _entry(self, breaker: pybreaker.CircuitBreaker, guarded: Any) -> BreakerEntry:
-        def name() -> str:
-            if not breaker.name and _is_calling_block(guarded):
-                return caller_names("pybreaker")[0]  # an unnamed `calling()` block: the function it is written in
-            return breaker_name(breaker.name, guarded, breaker)
-
-        return REGISTRY.entry(breaker, self.telemetry.library, name, read_state=_read_state)
-
     # --- calls -------------------------------------------------------------------------------------------------
 
     @never_raises
@@ -93,11 +91,14 @@ class PyBreakerAdapter:
         active = current_call(breaker)
         if active is not None and not active.admitted:
             return None  # pybreaker re-entering `call` for a probe: the same user call
-        return self.telemetry.start_breaker_call(lambda: self._entry(breaker, guarded), _read_state(breaker), breaker)
+        return BreakerCall.start(
+            self.telemetry, breaker, _read_state(breaker), subject=breaker, guarded=guarded, name_of=_name,
+            read_state=_read_state,
+        )
 
     @never_raises
-    def _settle(self, call: BreakerCall, error: BaseException | None) -> None:
-        call.finish(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
+    def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
+        call.ended(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
 
     def _call(
         self, wrapped: Callable[..., Any], instance: pybreaker.CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -108,7 +109,7 @@ class PyBreakerAdapter:
             return wrapped(*args, **kwargs)
         # A guarded generator (and the `calling()` block) is judged by pybreaker as it is consumed.
         return run_call(
-            call, wrapped, args, kwargs, self._settle, follow_generators=True, generator_is_block=_is_calling_block(guarded)
+            call, wrapped, args, kwargs, self._end_call, follow_generators=True, generator_is_block=_is_calling_block(guarded)
         )
 
     # --- inside a call -----------------------------------------------------------------------------------------
@@ -135,6 +136,7 @@ class PyBreakerAdapter:
         prev_state = kwargs.get("prev_state")
         if kwargs.get("notify") and prev_state is not None:
             reported_transition(
-                self.telemetry, instance, prev_state.name, new_state.name, lambda: self._entry(instance, None)
+                self.telemetry, instance, prev_state.name, new_state.name, breaker=instance, name_of=_name,
+                read_state=_read_state,
             )
         return new_state
