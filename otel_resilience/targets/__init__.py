@@ -103,7 +103,7 @@ class _Registration:
 
 
 @dataclass
-class _Plan:
+class _TargetPlan:
     spec: TargetSpec
     resolved: Resolved | None
     """Set when the module is already imported (patched now); None: patched by a post-import hook."""
@@ -119,10 +119,10 @@ class _State:
         self.providers: tuple[Any, Any] = (None, None)
         self.retired: list[Telemetry] = []
 
-    def prepare(self, specs: Iterable[TargetSpec], *, find_modules: bool) -> tuple[list[_Plan], list[str]]:
+    def prepare(self, specs: Iterable[TargetSpec], *, find_modules: bool) -> tuple[list[_TargetPlan], list[str]]:
         """Check every target without patching anything: resolve those whose module is imported, and (with
         `find_modules`) look for the others' modules without importing them."""
-        plans: list[_Plan] = []
+        plans: list[_TargetPlan] = []
         problems: list[str] = []
         seen: dict[str, TargetSpec] = {}
         for spec in specs:
@@ -135,11 +135,11 @@ class _State:
             module = sys.modules.get(spec.module)
             try:
                 if module is not None:
-                    plans.append(_Plan(spec, resolve(spec, module)))
+                    plans.append(_TargetPlan(spec, resolve(spec, module)))
                     continue
                 if find_modules and not module_findable(spec.module):
                     raise ValueError(f"{spec.kind} target {spec.text!r}: module {spec.module!r} not found")
-                plans.append(_Plan(spec, None))
+                plans.append(_TargetPlan(spec, None))
             except ValueError as exc:
                 problems.append(str(exc))
         return plans, problems
@@ -148,7 +148,7 @@ class _State:
         registration = self.registrations.get(key)
         return registration.spec if registration is not None else None
 
-    def commit(self, plans: list[_Plan], tracer_provider: Any, meter_provider: Any) -> None:
+    def commit(self, plans: list[_TargetPlan], tracer_provider: Any, meter_provider: Any) -> None:
         if not plans:
             return
         telemetry = self._telemetry(tracer_provider, meter_provider)
