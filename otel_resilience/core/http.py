@@ -351,7 +351,7 @@ def request_in_scope(telemetry: Telemetry, method: str, host: str) -> tuple[Http
             request._method = method
             request._host = host
         return request, True
-    return HttpRequest.start(telemetry, method, host), False
+    return HttpRequest.start(telemetry, method, host), False  # it guards itself; the lines above only read and set
 
 
 def opens_scope(telemetry: Telemetry) -> Callable[[], bool]:
