@@ -174,40 +174,35 @@ class HttpRequest:
         no span of ours represents it (beside contrib, whose span carries the trace context already).
         `beside_contrib=True`: contrib will make this attempt's CLIENT span itself, later (see `contrib_span`)."""
         try:
-            return self._attempt_started(method, url, host, port, beside_contrib)
+            if self._in_attempt:  # the previous attempt was never reported as ended: it ends as it stands
+                self.attempt_ended()
+            if self._ended_attempt is not None:
+                self._report(follows=True)
+            attempts = self.attempts = self.attempts + 1
+            self._in_attempt = True
+            self._verdict = None  # an inner layer's verdict before this attempt is not the outcome
+            self.container = None
+            if beside_contrib:
+                return None
+            container = self._current_client_span()
+            if container is not None:
+                self._enrich(container)
+                return None
+            span_name, attributes = attempt_attributes(
+                method, url, host, port, had_credentials=host == self.credentials_host
+            )
+            attributes[semconv.RETRY_ATTEMPT] = attempts
+            if attempts > 1:
+                attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = attempts - 1
+                self._resend_event = None  # the previous attempt's, for a contrib span this attempt is not on
+            parent = self._parent
+            span = self._span = self._telemetry.tracer.start_span(
+                span_name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+            )
+            return set_span_in_context(span, parent)
         except Exception:
             report_internal_error("otel_resilience.core.http.HttpRequest.attempt_started")
             return None
-
-    def _attempt_started(
-        self, method: str, url: str, host: str, port: int | None, beside_contrib: bool
-    ) -> Context | None:
-        if self._in_attempt:  # the previous attempt was never reported as ended: it ends as it stands
-            self.attempt_ended()
-        if self._ended_attempt is not None:
-            self._report(follows=True)
-        attempts = self.attempts = self.attempts + 1
-        self._in_attempt = True
-        self._verdict = None  # an inner layer's verdict before this attempt is not the outcome
-        self.container = None
-        if beside_contrib:
-            return None
-        container = self._current_client_span()
-        if container is not None:
-            self._enrich(container)
-            return None
-        span_name, attributes = attempt_attributes(
-            method, url, host, port, had_credentials=host == self.credentials_host
-        )
-        attributes[semconv.RETRY_ATTEMPT] = attempts
-        if attempts > 1:
-            attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = attempts - 1
-            self._resend_event = None  # the previous attempt's, for a contrib span this attempt is not on
-        parent = self._parent
-        span = self._span = self._telemetry.tracer.start_span(
-            span_name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
-        )
-        return set_span_in_context(span, parent)
 
     def _current_client_span(self) -> Span | None:
         """`current_client_span`, looked up again only when the current context changed since the last attempt:
@@ -302,31 +297,28 @@ class HttpRequest:
         to the caller (`error_result` may name its result); `outcome.request_result` decides. A request that succeeded
         at its first attempt records no retry metric points (docs/telemetry.md, "Decisions")."""
         try:
-            self._end(result, error, error_result)
+            if self.is_ended:
+                return
+            self.is_ended = True
+            mapped = error_result(error) if error is not None and error_result is not None else None
+            if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands, with `error`
+                self.attempt_ended(error=error)
+            verdict = self._verdict if result is None else result
+            result = outcome.request_result(verdict, error, mapped, self.error_type is not None)
+            if self._ended_attempt is not None:
+                self._report(False, {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
+            if self.container is not None:
+                self._write_outcome(result)
+            if self.attempts != 1 or result != semconv.RESULT_SUCCESS:
+                self._telemetry.record_retry(
+                    f"{method_names(self._method)[1]} {self._host}",  # type: ignore[arg-type]
+                    result,
+                    current_depth(self._parent) + 1,
+                    self.attempts,
+                    (time_ns() - self._start_ns) / 1e9,
+                )
         except Exception:
             report_internal_error("otel_resilience.core.http.HttpRequest.ended")
-
-    def _end(self, result: str | None, error: BaseException | None, error_result: ErrorResult | None) -> None:
-        if self.is_ended:
-            return
-        self.is_ended = True
-        mapped = error_result(error) if error is not None and error_result is not None else None
-        if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands, with `error`
-            self.attempt_ended(error=error)
-        verdict = self._verdict if result is None else result
-        result = outcome.request_result(verdict, error, mapped, self.error_type is not None)
-        if self._ended_attempt is not None:
-            self._report(False, {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
-        if self.container is not None:
-            self._write_outcome(result)
-        if self.attempts != 1 or result != semconv.RESULT_SUCCESS:
-            self._telemetry.record_retry(
-                f"{method_names(self._method)[1]} {self._host}",  # type: ignore[arg-type]
-                result,
-                current_depth(self._parent) + 1,
-                self.attempts,
-                (time_ns() - self._start_ns) / 1e9,
-            )
 
 
 # --- scopes: the library's outer loop --------------------------------------------------------------------------------
