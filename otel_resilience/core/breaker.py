@@ -192,8 +192,7 @@ class BreakerCall:
     """
 
     __slots__ = (
-        "_telemetry", "entry", "state", "subject", "admitted", "failed", "refused", "_outer", "_token", "_span",
-        "_ended",
+        "_telemetry", "entry", "state", "subject", "admitted", "failed", "refused", "_outer", "_token", "_span", "_ended"
     )
 
     @classmethod
@@ -471,6 +470,7 @@ def run_generator(start: Start, gen: Generator[Any, Any, T], end: EndCall) -> Ge
             sent, thrown = None, exc
 
 
+# The async generator's driver is `run_generator`'s twin, kept beside it: the same forwarding, awaited.
 async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], end: EndCall) -> AsyncGenerator[Any, Any]:
     """`run_generator` for an async generator (``asend``, ``athrow`` and ``aclose`` forwarded; with nothing
     recording, forwarded all the same)."""

@@ -325,23 +325,25 @@ class ProxiedAttempts:
     # The sync and async forms are twins kept side by side: one awaits the attempt, the other calls it.
     def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         token = self._attempt_started()
+        error: BaseException | None = None
         try:
-            value = fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except BaseException as exc:
-            self._returned(token, exc)
+            error = exc
             raise
-        self._returned(token, None)
-        return value
+        finally:
+            self._returned(token, error)
 
     async def run_async(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         token = self._attempt_started()
+        error: BaseException | None = None
         try:
-            value = await fn(*args, **kwargs)
+            return await fn(*args, **kwargs)
         except BaseException as exc:
-            self._returned(token, exc)
+            error = exc
             raise
-        self._returned(token, None)
-        return value
+        finally:
+            self._returned(token, error)
 
     @never_raises
     def _attempt_started(self) -> object:

@@ -229,6 +229,7 @@ class HttpxAdapter:
         self._responded(state, response)
         return response
 
+    # The async hook is the sync one's twin, kept beside it: the same bracket, awaited.
     async def _async_pool_request(
         self, wrapped: Callable[..., Any], pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:

@@ -29,14 +29,12 @@ from typing import Any, Final
 
 import pybreaker
 
-from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core import BreakerCall, Telemetry, never_raises, normalise_state
 from otel_resilience.core.breaker import (
-    BreakerCall,
     admitted,
     any_active_call,
     current_call,
     failure_hook,
-    normalise_state,
     refused,
     reported_transition,
     run_call,
