@@ -105,9 +105,14 @@ def current_call(subject: object) -> BreakerCall | None:
     return None
 
 
-def failure_hook(subject_of: Callable[[Any, tuple[Any, ...]], object]) -> Callable[..., Any]:
+def _the_instance(instance: Any, _args: tuple[Any, ...]) -> object:
+    return instance
+
+
+def failure_hook(subject_of: Callable[[Any, tuple[Any, ...]], object] = _the_instance) -> Callable[..., Any]:
     """A patch (``wrapper(wrapped, instance, args, kwargs)``) for the library method that counts a failure: it marks
-    the active call through ``subject_of(instance, args)`` as failed, then lets the library count."""
+    the active call through ``subject_of(instance, args)`` (default: the instance, the breaker) as failed, then lets
+    the library count."""
 
     @never_raises
     def mark(instance: Any, args: tuple[Any, ...]) -> None:

@@ -44,7 +44,7 @@ from otel_resilience.core.breaker import (
 )
 from otel_resilience.instrumentation._base import Patches
 
-_FAILURE_COUNTED: Final = failure_hook(lambda breaker, _args: breaker)
+_FAILURE_COUNTED: Final = failure_hook()
 
 
 def _read_state(breaker: CircuitBreaker) -> str | None:

@@ -53,7 +53,7 @@ _REFUSAL: Final = f"{CircuitBreakerError.__module__}.{CircuitBreakerError.__qual
 """`error.type` of a refused call: what the caller gets without a fallback, and names the refusal with one."""
 
 
-_FAILURE_COUNTED: Final = failure_hook(lambda breaker, _args: breaker)
+_FAILURE_COUNTED: Final = failure_hook()
 
 
 def _read_state(breaker: CircuitBreaker) -> str:

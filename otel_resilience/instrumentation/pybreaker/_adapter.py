@@ -43,7 +43,7 @@ from otel_resilience.core.naming import breaker_name, caller_names
 from otel_resilience.instrumentation._base import Patches
 
 _PYBREAKER_MODULE: Final = pybreaker.CircuitBreaker.__module__
-_FAILURE_COUNTED: Final = failure_hook(lambda breaker, _args: breaker)
+_FAILURE_COUNTED: Final = failure_hook()
 
 
 def _read_state(breaker: pybreaker.CircuitBreaker) -> str | None:

@@ -175,8 +175,8 @@ class Urllib3Adapter:
     def _attempt(self, wrapped: Callable[..., Any], pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``_make_request(conn, method, url, body=None, headers=None, retries=None, ...)``: one attempt. urlopen passes
         all but the first three by keyword."""
-        # Our two steps are guarded here, inline, rather than by `never_raises`: a try block costs nothing until
-        # something raises, and a guard's frame on each of them showed in every attempt's cost.
+        # Our two steps are guarded here, inline: a `never_raises` frame on each of them showed in the Python work per
+        # request of `benchmarks.opcodes`.
         try:
             started = self._start_attempt(pool, args, kwargs)
         except Exception:
