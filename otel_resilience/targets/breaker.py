@@ -1,22 +1,7 @@
 """An app's own circuit breaker, traced without editing it: each call of its configured call method is one guarded
-call; its state is read from the configured attribute before and after the call.
-
-What is read and what is inferred (the helper tells us nothing, so these are documented heuristics):
-
-- **State**: the configured attribute (a dotted path, read with plain attribute access on the instance for a method,
-  the class for a classmethod, the owning class or module for a static method or function), mapped to the contract by
-  `normalise_state`. It must be cheap and side-effect free to read: it is read twice per call.
-- **Admitted state**: the state read before the call, except that a call that found the breaker ``open`` and still
-  ran the guarded function was admitted as a ``half_open`` probe (the classic breaker moves open → half_open inside
-  the call once its timeout has passed): the ``open → half_open`` transition goes on that call's span.
-- **Transitions**: the state after the call compared with the admitted one (the registry entry counts each change
-  once, where first seen). A change made by another thread in between is seen by whichever call reads it first.
-- **Result**: ``rejected`` when the call ended without running the guarded function (we pass a proxy of it for the
-  call's duration and note whether it was called), ``failure`` when it ran and the call raised, else ``success``.
-  ``ignored`` is never reported: which exceptions the breaker excludes is not readable.
-- **Name**: the breaker's own ``name`` attribute when it is a non-empty string, else the first guarded function's
-  ``module.qualname``, kept for the breaker's lifetime (`core.naming.breaker_name`).
-"""
+call. The helper tells us nothing, so the state is read from the configured attribute before and after the call, and
+the admitted state, the transitions and the result are inferred by the heuristics docs/targets.md documents (a call
+that never ran the guarded function, watched through a proxy, is ``rejected``)."""
 
 from __future__ import annotations
 

@@ -1,23 +1,9 @@
 """Translate aiobreaker's calls and state changes into core breaker events.
 
-aiobreaker is pybreaker made for asyncio, with the same shape: a state object decides each call, and every transition
-passes through one method. Hook points, and why:
-
-- ``CircuitBreaker.call`` / ``call_async``: every guarded call (``breaker.call(f)``, ``await breaker.call_async(f)``,
-  and the ``@breaker`` decorator, which calls them at call time, so functions decorated before instrumentation are
-  traced). aiobreaker re-enters them: an open breaker past its timeout calls again once half-open, and a decorated
-  function passed to ``call`` goes through ``call`` twice (``_ignore_on_call``). A re-entry before the call was
-  admitted is the same user call and passes straight through; a call the guarded function makes is a new one.
-- ``CircuitBreakerBaseState.before_call`` (closed and half-open states): the call is admitted, in that state.
-- ``CircuitOpenState.before_call``: the open check; when it raises, the call is refused.
-- ``CircuitBreaker._inc_counter``: a failure counted. An excluded exception counts as a success: ``ignored``.
-- ``CircuitBreaker._create_new_state(..., notify=True)``: every transition (trip, timeout, probe result, ``open()`` or
-  ``close()`` by hand, a state refreshed from shared storage), where aiobreaker tells its listeners. We add no
-  listener of our own: the app would see it in ``breaker.listeners``.
-
-State is read from the state object aiobreaker already resolved (``breaker._state``), never through ``breaker.state``
-or ``current_state``, which read the storage (possibly Redis) and may notify listeners. The failure count is read
-only from the in-memory storage.
+aiobreaker is pybreaker made for asyncio, and has the same hook points: ``CircuitBreaker.call``/``call_async`` (every
+guarded call; a re-entry before admission is the same call), ``CircuitBreakerBaseState.before_call`` (admitted),
+``CircuitOpenState.before_call`` (refused), ``_inc_counter`` (a failure) and ``_create_new_state(notify=True)`` (every
+transition). State is read from ``breaker._state``, never through getters that read storage (docs/breakers.md).
 """
 
 from __future__ import annotations

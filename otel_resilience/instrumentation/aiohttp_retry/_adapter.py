@@ -1,18 +1,10 @@
-"""Translate aiohttp-retry's loop into HTTP attempts for `core.http`.
+"""Translate aiohttp-retry's loop into HTTP attempts for core/http.py.
 
-``RetryClient`` builds a ``_RequestContext`` per call; its ``_do_request`` is the whole loop: it awaits
-``self._request_func(...)`` (the session's ``request``) once per attempt, asks ``self._retry_options.get_timeout(...)``
-for the wait, and sleeps it. We bracket ``_do_request`` (awaited or used with ``async with``, both go through it), and,
-for that call only, put observers in place of the context's two collaborators: a request function that reports each
-attempt (and injects the attempt's trace context into a copy of its headers), and a transparent proxy of the retry
-options that reports the wait ``get_timeout`` returned (every retry class computes it its own way, some at random,
-Fibonacci with state: we read it, never compute it). Both are put back when the loop ends.
-
-Beside contrib's aiohttp-client instrumentation (a trace config on the session that makes one CLIENT span per request,
-so per attempt here), we make no span: contrib's span, current once its ``on_request_start`` ran, is handed to the core
-from ``aiohttp.tracing.Trace.send_request_start`` and enriched there. Contrib ends it in ``send_request_end`` /
-``send_request_exception``, before aiohttp-retry decides: there, if the attempt ends the loop by aiohttp-retry's own
-rule (read from the options), the span gets the outcome; the wait chosen after it goes on the next attempt's span.
+``_RequestContext._do_request`` is the whole loop: for that call only, the context's request function and retry
+options are replaced by observers (each attempt, with its trace context injected into a copy of its headers; the
+wait ``get_timeout`` returned, read, never computed) and put back after. Beside contrib's aiohttp-client spans (one
+per attempt), those spans are enriched instead, from ``Trace.send_request_start``/``_end``/``_exception``
+(docs/http.md).
 """
 
 from __future__ import annotations

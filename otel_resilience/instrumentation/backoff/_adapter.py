@@ -1,33 +1,10 @@
 """Translate backoff's retry loop into core retry events.
 
-backoff builds its retry loop as a closure when a function is decorated: ``backoff.on_exception(...)(fn)`` calls
-``backoff._sync.retry_exception`` (or ``retry_predicate``, or their ``backoff._async`` twins) right then, and the
-closure keeps everything it needs. So there are two cases.
-
-**Decorated after instrumentation** (everything, under the launcher): the four factories are patched and build two
-closures: backoff's own, which runs while nothing records (no SDK, suppressed, and after uninstrumenting), and one
-handed a stand-in for the app's function, which runs while something records: each attempt is seen exactly and its
-span is current while it runs (the app's spans, and retries nested in it, hang under it). Both sit behind one function
-that brackets the call, so every way out is seen, including an exception the decorator does not catch.
-
-**Decorated before instrumentation**: the closure is out of reach, but it looks up three of backoff's module functions
-at call time, and those are patched (once something records):
-
-- ``_init_wait_gen``: the loop begins (the operation starts; the closure's settings are read once from its frame);
-- ``_next_wait``: an attempt failed and will be retried; its return value is the wait backoff chose (jitter and the
-  max_time clip included), never recomputed;
-- ``_call_handlers``: the on_success / on_giveup / on_backoff handlers are about to run; the details say which attempt,
-  when it started (``elapsed``), and what it returned or raised.
-
-From these the attempts are rebuilt with their real times and recorded when the call leaves through one of backoff's
-own exits (success, give-up, a wait generator that ran out). What is lost in that case: a call that ends with an
-exception the decorator does not catch is not recorded at all (nothing of backoff's runs after it), and attempts are
-never the current span (the app's spans inside an attempt hang under the caller's span, and a retry nested in it
-counts one level less).
-
-The same hooks serve the first case too (the wait, the give-up, which handlers run), and put the app's function back
-into the handlers' ``details["target"]`` in place of the stand-in: handlers see exactly what they would without us. No
-handler of ours is added: the app's handlers run as they are, in their order.
+backoff builds its loop as a closure at decoration time. Decorated after instrumentation: its four factories are
+patched and also build the closure around a stand-in for the app's function, so each attempt is seen exactly and is
+current while it runs. Decorated before: the closure's call-time lookups of ``_init_wait_gen`` (the loop begins),
+``_next_wait`` (the wait backoff chose) and ``_call_handlers`` (success, give-up, backoff) rebuild the attempts, with
+the limits docs/retry-libraries.md lists. No handler of ours is added; handlers see the app's function as ``target``.
 """
 
 from __future__ import annotations

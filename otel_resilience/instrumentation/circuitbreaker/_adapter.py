@@ -1,28 +1,10 @@
 """Translate circuitbreaker's (fabfuel) calls into core breaker events.
 
-circuitbreaker has no listener API. ``decorate()`` builds, once per function, a closure that decides every call::
-
-    if self.opened:                              # the open check
-        return self.fallback_function(...)       # or: raise CircuitBreakerError(self)
-    return self.call(function, ...)              # or call_generator / call_async / call_async_generator
-
-That closure reaches the breaker only through attributes it looks up at call time, and those are the hook points. So
-a function decorated before instrumentation is traced exactly like one decorated after, and ``uninstrument()`` leaves
-nothing behind in either (a patched ``decorate`` would leave our wrapper in every function decorated meanwhile):
-
-- ``call``, ``call_generator``, ``call_async``, ``call_async_generator``: an admitted call (also ``breaker.call(f)``
-  used directly, which circuitbreaker never refuses). The span covers the call, or a generator's consumption.
-- the ``opened`` property: the open check. When it answers True to one of the closures ``decorate()`` builds (told
-  apart by their code objects, so that ``CircuitBreakerMonitor.get_open()`` or an app's own health check reading
-  ``opened`` is not taken for a call), the call is refused: a ``rejected`` span, ended at the refusal. A fallback, if
-  any, runs after it, under the caller's span. Only this path, which is rare, looks at the calling frame.
-- ``_CircuitBreaker__call_failed``: where circuitbreaker counts a failure. An exception it does not expect resets the
-  breaker instead: ``ignored``.
-
-State: circuitbreaker stores only closed or open; an open breaker past its recovery timeout is half-open by its own
-arithmetic (``open_remaining``, on ``circuitbreaker.monotonic``). We read ``_state`` and ``open_remaining``, never the
-``state`` property, which a subclass may have pointed at a shared store. Transitions are seen by comparing the state a
-call is admitted in and the state it leaves with the last one seen; the registry counts each once.
+circuitbreaker has no listener API, and ``decorate()`` builds a closure that reaches the breaker only through what it
+looks up at call time: the ``opened`` property (the open check: a refusal when it answers True to one of those
+closures, told apart by their code), then ``call``/``call_generator``/``call_async``/``call_async_generator`` (an
+admitted call), and ``_CircuitBreaker__call_failed`` (a failure). So import order does not matter. State is read
+from ``_state`` and ``open_remaining``; transitions are seen by the calls that see them (docs/breakers.md).
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """Translate httpx's transport retries (httpcore's connection retries) and its redirect loop into HTTP attempts.
 
-``httpx.HTTPTransport(retries=N)`` / ``AsyncHTTPTransport(retries=N)`` hand `N` to httpcore's connection pool, which
-retries only failed connection attempts (``ConnectError``, ``ConnectTimeout``: refused, DNS, TLS) inside
-``HTTPConnection._connect``, after the waits ``exponential_backoff(0.5)`` yields: 0, 0.5, 1, 2 s... Hooks:
-
-- ``ConnectionPool.handle_request`` / ``AsyncConnectionPool.handle_async_request``: one request through the pool, the
-  attempt that sends it, and its response. Contrib's httpx instrumentation wraps httpx's transports, one level up:
-  never those.
-- When the pool retries (``retries > 0``): httpcore's ``trace`` request extension, its public hook for connection
-  events, tells when each connection attempt failed and when the wait after it ended (the next attempt begins). Ours is
-  set on a copy of the request's extensions and calls the app's own ``trace`` extension, if any, after ours.
-- ``exponential_backoff`` (a module function of ``httpcore._sync.connection`` and ``httpcore._async.connection``): the
-  waits httpcore sleeps, observed as it draws them, never recomputed.
-- ``httpx.Client.send`` / ``AsyncClient.send``: the redirect loop (``follow_redirects=True``) as a scope, so a redirect
-  is a resend of the same request.
-
-Only the connection attempt that succeeds sends the request: each new attempt re-injects the trace context into the
-request's (copied) headers, so the server's spans hang under the attempt that reached it.
+``ConnectionPool.handle_request``/``AsyncConnectionPool.handle_async_request`` are one request through the pool
+(contrib wraps httpx's transports, one level up); httpcore's public ``trace`` request extension tells when a
+connection attempt failed and when the next began; ``exponential_backoff`` gives the waits httpcore draws; and
+``Client.send``/``AsyncClient.send`` are scopes, so a redirect is a resend of the same request (docs/http.md).
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """Translate purgatory's guarded blocks and state changes into core breaker events.
 
-purgatory makes its breakers on demand: each ``factory.get_breaker(name)`` returns a new ``SyncCircuitBreaker`` (or
-``AsyncCircuitBreaker``) around the circuit's ``Context`` (its state object and counters), the factory's unit of work
-(where circuits are stored) and its message bus. The factories' decorators call ``get_breaker`` and enter the breaker
-at call time, so functions decorated before instrumentation are traced. Hook points, and why:
-
-- ``SyncCircuitBreaker.__enter__``/``__exit__`` and ``AsyncCircuitBreaker.__aenter__``/``__aexit__``: a guarded block
-  (``with breaker:``, ``async with breaker:``, the decorators). The span covers the block. ``__enter__`` raising the
-  open state (purgatory's ``OpenedState`` is itself the exception it raises) is a refusal.
-- ``Context.set_state``: every transition, while the call that caused it is active.
-- ``ClosedState.handle_exception`` and ``HalfOpenedState.handle_exception``: a failure counted. An excluded exception
-  ends the request as a success would: ``ignored``.
-
-A breaker is known by its unit of work and circuit name: the wrapper objects, and with Redis the ``Context`` objects
-too, are new every time, so the registry entry is keyed on both (two factories sharing a unit of work share their
-circuits). The gauge reads a state only from the in-memory repository, never from Redis. purgatory raises the same
-open-state object every time, its traceback growing with each raise: we record its type and message only, and keep
-no reference to it.
+A guarded block is ``SyncCircuitBreaker.__enter__``/``__exit__`` (``__aenter__``/``__aexit__``), ``__enter__`` raising
+the open state being a refusal; ``Context.set_state`` is every transition; ``handle_exception`` of the closed and
+half-open states counts a failure. ``get_breaker()`` returns new wrappers each time, so a breaker is keyed on its unit
+of work and circuit name. purgatory raises one open-state object again and again: we keep no reference to it.
 """
 
 from __future__ import annotations

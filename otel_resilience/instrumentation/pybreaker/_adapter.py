@@ -1,25 +1,10 @@
 """Translate pybreaker's calls and state changes into core breaker events.
 
-Hook points, and why:
-
-- ``CircuitBreaker.call``: every guarded call goes through it (``breaker.call(f)``, the ``@breaker`` decorator at call
-  time — so functions decorated before instrumentation are traced — and ``with breaker.calling():``). It is where a
-  call begins and ends, outside pybreaker's lock. pybreaker re-enters ``call`` when an open breaker past its timeout
-  moves to half-open: a re-entry before the call was admitted is the same user call and passes straight through; a
-  call the guarded function makes is a new one.
-- ``CircuitBreakerState.before_call`` (closed and half-open states; the open state overrides it): the call is
-  admitted, in that state.
-- ``CircuitOpenState.before_call``: the open check. pybreaker's listeners are never told about refused calls; this
-  raising before the call was admitted is a refusal.
-- ``CircuitBreaker._inc_counter``: a failure counted. An excluded exception is counted as a success: ``ignored``.
-- ``CircuitBreaker._create_new_state(..., notify=True)``: every transition (trip, timeout, probe result, ``open()`` or
-  ``close()`` by hand, a state refreshed from shared storage), where pybreaker tells its listeners. We add no listener:
-  the app would see it in ``breaker.listeners``.
-
-State is read from ``breaker._state`` (the state object pybreaker already resolved), never through ``breaker.state``
-or ``current_state``, which read the storage (possibly Redis) and notify listeners. The failure count is read only
-from the in-memory storage. The admission, refusal, failure and transition hooks are installed once something
-records, and then cost a C-level check outside a call.
+``CircuitBreaker.call`` is every guarded call (decorator and ``calling()`` included), outside pybreaker's lock; a
+re-entry before admission (the open -> half-open move) is the same call. ``CircuitBreakerState.before_call`` admits,
+``CircuitOpenState.before_call`` refuses (pybreaker's listeners never hear of refusals), ``_inc_counter`` counts a
+failure, and ``_create_new_state(notify=True)`` is every transition; no listener of ours is added. State is read from
+``breaker._state``, never through getters that read storage or notify (docs/breakers.md).
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """Translate retrying's ``Retrying.call`` loop into core retry events.
 
-Every form goes through ``Retrying.call(fn, *args, **kwargs)`` at call time: ``@retry(...)`` builds a ``Retrying`` and
-calls it on each call of the decorated function (so functions decorated before instrumentation are traced too), and
-apps call ``Retrying(...).call(fn)`` themselves. Three hooks:
-
-- ``Retrying.call``: the operation. The loop is handed a stand-in for ``fn`` that runs each attempt through
-  `ProxiedAttempts` (current while it runs, ended when retrying's verdict is known).
-- ``Retrying.should_reject(attempt)``: retrying's verdict on each attempt: retried (a value rejected by
-  ``retry_on_result`` is a failed attempt, ``rejected_result``), or final (success; an error ``retry_on_exception``
-  does not retry is ``not_retried``). A rejected last attempt means the stop condition ended it: ``exhausted``.
-- the instance's ``wait`` strategy (an attribute retrying sets in ``__init__``): its return value is the wait retrying
-  chose, in milliseconds. It is wrapped in place, once per ``Retrying`` object, by a transparent proxy
-  (``wrapt.FunctionWrapper``: same result, same equality and attributes), and stays (inert) after uninstrumenting.
-
-What cannot be read: retrying adds ``wait_jitter_max`` jitter inline and hands the total straight to ``time.sleep``,
-which we never wrap. With jitter configured, ``retry.delay`` is therefore the measured gap between one attempt's end and
-the next one's start (the sleep, jitter included, plus retrying's own bookkeeping); without jitter it is exactly the
-wait the strategy returned.
+Every form goes through ``Retrying.call`` at call time (decorated before instrumentation too): the loop gets a
+stand-in for ``fn`` that runs each attempt through `ProxiedAttempts`; ``Retrying.should_reject`` gives retrying's
+verdict on each attempt; the instance's ``wait`` strategy, wrapped once in a transparent proxy, gives the wait it
+chose. retrying adds its jitter inline before ``time.sleep``, so with jitter the delay is measured instead
+(docs/retry-libraries.md).
 """
 
 from __future__ import annotations

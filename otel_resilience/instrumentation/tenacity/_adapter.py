@@ -1,20 +1,11 @@
-"""Translate tenacity's control flow into core retry events.
+"""Translate tenacity's control flow into core retry events (docs/telemetry.md).
 
-tenacity decides everything in ``iter(retry_state)``: called with no outcome it answers ``DoAttempt``; called after an
-attempt it answers ``DoSleep(delay)`` (retry), the final value (done), or raises (``RetryError``, the reraised
-exception, or an error the policy does not retry). So one hook on ``iter`` sees every attempt start, every attempt's
-verdict and the wait tenacity chose (read from its own decision, never recomputed: waits can be random). The
-operation itself is bracketed by the entry points users call:
-
-- ``Retrying.__call__`` / ``AsyncRetrying.__call__`` (``@retry`` on functions, methods and ``async def``, also when
-  decorated before instrumentation, since the decorator calls these at call time);
-- ``BaseRetrying.__iter__`` (``for attempt in Retrying(): with attempt:``);
-- ``AsyncRetrying.__aiter__`` / ``__anext__`` (``async for attempt in AsyncRetrying():``).
-
-The operation being run is passed to ``iter`` in a context variable (correct per thread and per asyncio task; a
-``Retrying`` object is often shared). In the call forms the attempt span is made current between the ``iter`` that
-said ``DoAttempt`` and the next ``iter``; in the iterator forms the body runs in the app's frame, so it is made
-current by ``with attempt:`` (``AttemptManager.__enter__``/``__exit__``).
+tenacity decides everything in ``iter(retry_state)`` (``DoAttempt``, ``DoSleep(delay)``, the final value, or a raise),
+so one hook there sees every attempt, every verdict and the wait tenacity chose, never recomputed. The operation is
+bracketed where users enter: ``Retrying.__call__`` / ``AsyncRetrying.__call__`` (call forms, also decorated before
+instrumentation), ``BaseRetrying.__iter__`` and ``AsyncRetrying.__aiter__``/``__anext__`` (iterator forms, whose
+bodies are made current by ``AttemptManager.__enter__``/``__exit__``). The running loop reaches ``iter`` through a
+context variable: a ``Retrying`` object is often shared between threads and tasks.
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
-"""Translate urllib3's retry loop (and requests' loops on top of it) into HTTP attempts for `core.http`.
+"""Translate urllib3's retry loop (and requests' loops on top of it) into HTTP attempts for core/http.py.
 
-urllib3 makes one attempt per ``HTTPConnectionPool._make_request`` call and decides in ``HTTPConnectionPool.urlopen``,
-which calls itself once per resend: ``Retry.is_retry`` (is this status retried?), ``Retry.increment`` (the next
-``Retry``; ``MaxRetryError`` when the budget is spent; the error re-raised when the policy does not retry it), then
-``Retry.sleep`` / ``Retry.sleep_for_retry`` (the wait, see below). We hook the attempts and the verdicts, never
-``urlopen`` itself: contrib's urllib3 instrumentation wraps it, and its ``unwrap`` removes the outermost layer, whoever
-owns it. Nor requests' ``Session.send``, which contrib's requests instrumentation patches by hand.
-
-Outer loops are scopes (`core.http.scope_wrapper`), so their resends join the same request: requests'
-``Session.request`` (its redirect loop, and auth handlers resending after a 401), ``HTTPAdapter.send`` when called
-directly, and ``PoolManager.urlopen`` (cross-host redirects). A pool used directly (``pool.urlopen``, ``pool.request``)
-is followed through the ``Retry`` object each resend receives from ``increment``.
-
-The wait urllib3 chose is the argument of its ``time.sleep`` call (in ``Retry.sleep_for_retry`` for ``Retry-After``,
-``Retry._sleep_backoff`` for the backoff with its random jitter): the ``time`` name of ``urllib3.util.retry`` is
-`_RetryModuleTime`, which passes every call on to the real module and notes what ``sleep`` was given. So the value is
-urllib3's own, whatever a subclass's getters computed, and nothing is recomputed; a subclass that waits in its own
-way, not through that module, has its wait measured instead.
-
-State lives in a context variable: urllib3 is synchronous, and its whole loop runs in the caller's thread.
+One attempt per ``HTTPConnectionPool._make_request``; urllib3's verdicts from ``Retry.is_retry`` and
+``Retry.increment``; the wait from ``time.sleep`` in ``urllib3.util.retry`` (`_RetryModuleTime` notes what urllib3
+slept, whatever a subclass computed). Never ``urlopen`` nor ``Session.send``, which contrib wraps. Outer loops are
+scopes (requests' ``Session.request`` and ``HTTPAdapter.send``, ``PoolManager.urlopen``), so redirects are resends of
+one request (docs/http.md). urllib3 is synchronous: a context variable holds the run of its loop.
 """
 
 from __future__ import annotations
