@@ -241,12 +241,15 @@ class BreakerCall:
             attributes={semconv.BREAKER_NAME: entry.name},
         )
         if state is not None:
-            self.observe(state)  # a change first seen by this call goes on its span
+            self._observe(state)  # a change first seen by this call goes on its span
 
     @never_raises
     def observe(self, state: str | None) -> None:
         """The breaker is seen in `state` now (by this call): a change from the state last seen is counted here, once,
         with its event on this call's span."""
+        self._observe(state)
+
+    def _observe(self, state: str | None) -> None:
         previous = self.entry.observe(state)
         if previous is not None:
             _count_transition(self._telemetry, self.entry, previous, state, self)  # type: ignore[arg-type]

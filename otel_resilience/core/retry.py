@@ -16,7 +16,7 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_resilience import semconv
 from otel_resilience.core import errors, outcome
-from otel_resilience.core._safety import never_raises
+from otel_resilience.core._safety import never_raises, report_internal_error
 from otel_resilience.core.config import Settings
 from otel_resilience.core.telemetry import Telemetry
 
@@ -62,7 +62,8 @@ class EndedAttempt:
             if self.error is not None:
                 exception = errors.exception_attributes(self.error, stacktrace=settings.stacktraces == "all")
                 span.add_event(semconv.EXCEPTION_EVENT, exception, self.end_ns)
-        span.set_attributes(attributes)
+        if attributes:
+            span.set_attributes(attributes)
         span.end(self.end_ns)
 
 
@@ -183,17 +184,23 @@ class RetryOperation:
             return self._ctx
         return set_span_in_context(self._attempt_span, self._ctx)
 
-    @never_raises
     def activate(self) -> object:
         """Make the running attempt current (so spans the app makes inside it are its children); returns a token
-        for `deactivate`. Attach and detach must pair up in the same context, as with any OpenTelemetry context."""
-        return context.attach(self.attempt_context)
+        for `deactivate` (None if that failed). Attach and detach must pair up in the same context, as with any
+        OpenTelemetry context. Guarded inline, as `deactivate`: both run around every attempt."""
+        try:
+            return context.attach(self.attempt_context)
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.activate")
+            return None
 
     @staticmethod
-    @never_raises
     def deactivate(token: object) -> None:
         if token is not None:
-            context.detach(token)  # type: ignore[arg-type]
+            try:
+                context.detach(token)  # type: ignore[arg-type]
+            except Exception:
+                report_internal_error("otel_resilience.core.retry.RetryOperation.deactivate")
 
     @never_raises
     def attempt_ended(
