@@ -268,7 +268,8 @@ class HttpRequest:
                 attributes = {}
             if ended.status is not None:
                 attributes[semconv.HTTP_RESPONSE_STATUS_CODE] = ended.status
-            ended.report(attributes, self._telemetry.settings)
+            ended.failed(self._telemetry.settings)
+            ended.report(attributes)
         elif follows:
             event: dict[str, Any] = {semconv.RETRY_ATTEMPT: self.attempts}
             if ended.status is not None:

@@ -47,10 +47,21 @@ class EndedAttempt:
         self.status = status
         self.delay = delay  # the wait the library chose before the next attempt
 
-    def report(self, attributes: dict[str, Any], settings: Settings) -> None:
-        """End the span (if any) with `attributes` and how the attempt ended: `retry.delay` and `error.type`; a
-        failure sets status ERROR, and a raised error adds its ``exception`` event (with a stacktrace only when the
-        policy is ``all``). One `set_attributes` call: the SDK takes its span lock per call."""
+    def failed(self, settings: Settings) -> None:
+        """A failed attempt's span gets status ERROR and, for a raised error, its ``exception`` event (with a
+        stacktrace only when the policy is ``all``), described as it is now; the error is not kept."""
+        span = self.span
+        if span is None or self.error_type is None:
+            return
+        span.set_status(_ERROR)
+        if self.error is not None:
+            exception = errors.exception_attributes(self.error, stacktrace=settings.stacktraces == "all")
+            span.add_event(semconv.EXCEPTION_EVENT, exception, self.end_ns)
+            self.error = None
+
+    def report(self, attributes: dict[str, Any]) -> None:
+        """End the span (if any) with `attributes` and how the attempt ended, `retry.delay` and `error.type`, in one
+        `set_attributes` call (the SDK takes its span lock per call), at the time the attempt ended."""
         span = self.span
         if span is None:
             return
@@ -58,10 +69,6 @@ class EndedAttempt:
             attributes[semconv.RETRY_DELAY] = self.delay
         if self.error_type is not None:
             attributes[semconv.ERROR_TYPE] = self.error_type
-            span.set_status(_ERROR)
-            if self.error is not None:
-                exception = errors.exception_attributes(self.error, stacktrace=settings.stacktraces == "all")
-                span.add_event(semconv.EXCEPTION_EVENT, exception, self.end_ns)
         if attributes:
             span.set_attributes(attributes)
         span.end(self.end_ns)
@@ -240,7 +247,8 @@ class RetryOperation:
             if error_type is None:
                 return  # on_retry: a first attempt that succeeded gets no span
             span = self._new_attempt_span(self._attempt_start_ns)
-        self._ended_attempt = EndedAttempt(span, end_ns, error, error_type, delay=next_delay)
+        ended = self._ended_attempt = EndedAttempt(span, end_ns, error, error_type, delay=next_delay)
+        ended.failed(self._telemetry.settings)
 
     def _attempt_event_attributes(
         self, error: BaseException | None, error_type: str | None, next_delay: float | None
@@ -263,7 +271,7 @@ class RetryOperation:
         if self._measured_delays and ended.delay is None and next_start_ns is not None:
             ended.delay = max(0, next_start_ns - ended.end_ns) / _NS
             self.total_delay += ended.delay
-        ended.report({}, self._telemetry.settings)
+        ended.report({})
 
     # --- the end -------------------------------------------------------------------------------------------------
 
