@@ -35,7 +35,7 @@ from otel_resilience.core import _safety
 from otel_resilience.core import breaker as breaker_module
 from otel_resilience.core.breaker import BreakerCall
 from otel_resilience.core.registry import REGISTRY, BreakerEntry
-from otel_resilience.core.retry import RetryOperation
+from otel_resilience.core.retry import ProxiedAttempts, RetryOperation
 from otel_resilience.core.telemetry import Telemetry
 from otel_resilience._setup import load_instrumentor
 from tests.conftest import Otel
@@ -339,7 +339,10 @@ CORE_METHODS: list[tuple[Any, str]] = [
     (BreakerCall, "admitted_in"),
     (BreakerCall, "refused_in"),
     (BreakerCall, "add_state_change"),
+    (BreakerCall, "observe"),
     (BreakerCall, "ended"),
+    (ProxiedAttempts, "attempt_ended"),
+    (ProxiedAttempts, "ended"),
     (BreakerEntry, "transition"),
     (type(REGISTRY), "entry"),
 ]

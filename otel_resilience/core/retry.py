@@ -419,11 +419,11 @@ def run_as_current(var: ContextVar[E | None], run: E, loop: Callable[..., Any], 
     try:
         value = loop(*args, **kwargs)
     except BaseException as exc:
-        run.ended(exc)
+        _end(run, exc)
         raise
     finally:
         var.reset(token)
-    run.ended(None)
+    _end(run, None)
     return value
 
 
@@ -435,9 +435,16 @@ async def run_as_current_async(
     try:
         value = await loop(*args, **kwargs)
     except BaseException as exc:
-        run.ended(exc)
+        _end(run, exc)
         raise
     finally:
         var.reset(token)
-    run.ended(None)
+    _end(run, None)
     return value
+
+
+def _end(run: Ending, error: BaseException | None) -> None:
+    try:
+        run.ended(error)
+    except Exception:
+        report_internal_error(f"{type(run).__module__}.{type(run).__qualname__}.ended")
