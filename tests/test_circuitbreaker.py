@@ -203,17 +203,19 @@ def test_reading_state_outside_a_call_is_not_a_call(instrumented: Otel) -> None:
     assert len(instrumented.spans()) == 2
 
 
-def test_timer_to_half_open_is_counted_at_collection(instrumented: Otel, clock: Clock) -> None:
-    """circuitbreaker moves to half-open by the clock alone: the gauge's reading sees it first, with no span."""
+def test_timer_to_half_open_is_shown_by_the_gauge_and_counted_by_the_probe(instrumented: Otel, clock: Clock) -> None:
+    """circuitbreaker moves to half-open by the clock alone: the gauge shows it (reading changes nothing), and the
+    probe, the first call to see it, counts it and carries its event."""
     charge = make_charge()
     outcome(charge, True)
     outcome(charge, True)
     clock.advance(31)
-    assert transitions(instrumented, "payments") == {("closed", "open"): 1, ("open", "half_open"): 1}
     assert gauge(instrumented, "payments") == {"closed": 0, "open": 0, "half_open": 1}
+    assert gauge(instrumented, "payments") == {"closed": 0, "open": 0, "half_open": 1}
+    assert transitions(instrumented, "payments") == {("closed", "open"): 1}  # the reading counted nothing
     assert charge(False) == "paid"
     probe = breaker_spans(instrumented, "payments")[-1]
-    assert summary(probe) == ("half_open", "success", None, UNSET, [("half_open", "closed")])  # counted once
+    assert summary(probe) == ("half_open", "success", None, UNSET, [("open", "half_open"), ("half_open", "closed")])
     assert transitions(instrumented, "payments") == {
         ("closed", "open"): 1, ("open", "half_open"): 1, ("half_open", "closed"): 1,
     }

@@ -35,7 +35,7 @@ from otel_resilience.core import _safety
 from otel_resilience.core import breaker as breaker_module
 from otel_resilience.core.breaker import BreakerCall
 from otel_resilience.core.registry import REGISTRY, BreakerEntry
-from otel_resilience.core.retry import RetryOperation
+from otel_resilience.core.retry import ProxiedAttempts, RetryOperation
 from otel_resilience.core.telemetry import Telemetry
 from otel_resilience._setup import load_instrumentor
 from tests.conftest import Otel
@@ -324,8 +324,8 @@ def test_span_processor_that_raises(where: str, caplog: pytest.LogCaptureFixture
 
 CORE_METHODS: list[tuple[Any, str]] = [
     (Telemetry, "recording"),  # `records()` is its guarded form: a failure here is what it guards against
-    (Telemetry, "start_retry"),
-    (Telemetry, "start_breaker_call"),
+    (RetryOperation, "start"),
+    (BreakerCall, "start"),
     (Telemetry, "record_transition"),
     (RetryOperation, "attempt_started"),
     (RetryOperation, "activate"),
@@ -339,7 +339,10 @@ CORE_METHODS: list[tuple[Any, str]] = [
     (BreakerCall, "admitted_in"),
     (BreakerCall, "refused_in"),
     (BreakerCall, "add_state_change"),
+    (BreakerCall, "observe"),
     (BreakerCall, "ended"),
+    (ProxiedAttempts, "attempt_ended"),
+    (ProxiedAttempts, "ended"),
     (BreakerEntry, "transition"),
     (type(REGISTRY), "entry"),
 ]

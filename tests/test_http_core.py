@@ -68,7 +68,7 @@ def test_an_app_client_span_is_enriched_not_nested(otel: Otel) -> None:
     telemetry = Telemetry("test", otel.tracer_provider, otel.meter_provider)
     tracer = otel.tracer_provider.get_tracer("app")
     with tracer.start_as_current_span("call api", kind=SpanKind.CLIENT):
-        request = http.start_request(telemetry, "GET", "h")
+        request = http.HttpRequest.start(telemetry, "GET", "h")
         assert request is not None
         assert request.attempt_started("GET", "http://h/", "h", 80) is None
         request.attempt_ended(status=503)

@@ -278,8 +278,11 @@ async def test_async_breaker(otel: Otel, targets: Instrument, apps: AppModules) 
     assert [s.parent.span_id for s in insides] == [spans[0].context.span_id, spans[2].context.span_id]  # type: ignore[union-attr]
 
 
-def test_time_derived_half_open_is_seen_at_collection(otel: Otel, targets: Instrument, apps: AppModules) -> None:
-    """A state that moves with the clock alone (open → half_open) is a transition first seen by the gauge."""
+def test_time_derived_half_open_is_shown_by_the_gauge_and_counted_by_the_probe(
+    otel: Otel, targets: Instrument, apps: AppModules
+) -> None:
+    """A state that moves with the clock alone (open → half_open) is shown by the gauge, whose reading changes
+    nothing; the probe, the first call to see it, counts the transition and carries its event."""
     app = apps.imported(BREAKERS)
     targets(breaker=[f"{app.__name__}:TimedBreaker.call@current"])
     clock = Monotonic()
@@ -293,13 +296,20 @@ def test_time_derived_half_open_is_seen_at_collection(otel: Otel, targets: Instr
         ("timed", "half_open"): 1,
     }
     transitions = (semconv.BREAKER_NAME, semconv.BREAKER_PREVIOUS_STATE, semconv.BREAKER_STATE)
+    assert counts(otel, semconv.METRIC_BREAKER_TRANSITIONS, *transitions) == {("timed", "closed", "open"): 1}
+    assert breaker.call(charge, True) == "charged"
+    (_, probe) = breaker_spans(otel, "timed")
+    assert summary(probe) == (
+        "half_open",
+        "success",
+        None,
+        (("circuitbreaker.state_change", "open", "half_open"), ("circuitbreaker.state_change", "half_open", "closed")),
+    )
     assert counts(otel, semconv.METRIC_BREAKER_TRANSITIONS, *transitions) == {
         ("timed", "closed", "open"): 1,
         ("timed", "open", "half_open"): 1,
+        ("timed", "half_open", "closed"): 1,
     }
-    assert breaker.call(charge, True) == "charged"
-    (_, probe) = breaker_spans(otel, "timed")
-    assert summary(probe) == ("half_open", "success", None, (("circuitbreaker.state_change", "half_open", "closed"),))
 
 
 def test_unreadable_state_warns_once_and_changes_nothing(otel: Otel, targets: Instrument, apps: AppModules, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,26 +1,7 @@
-"""The breaker observer: library-neutral breaker events in, spans and metrics out.
-
-    call = telemetry.start_breaker_call(   # None when nothing records
-        lambda: REGISTRY.entry(breaker, "pybreaker", lambda: breaker.name or qualname(func)), "closed", breaker
-    )
-    token = call.activate()                # the call's span is current while the guarded function runs
-    ...
-    call.deactivate(token)
-    call.entry.transition(telemetry, "closed", "open", call)   # event on this span, counted once
-    call.mark_failure()                    # from the library's failure hook (`current_call(breaker)` finds it)
-    call.finish(exc, failure_count=5)      # result failure
-
-One span per user call, named ``circuitbreaker {name}``; `circuitbreaker.state` is the state the call was admitted
-or refused in (an adapter may correct it with `admitted_in` once it knows, e.g. a probe admitted half_open; an
-``open → half_open`` change put on the call's span before it was refused does that by itself).
-
-Hooks deep inside a library (a failure being counted, a state being swapped) find the call they belong to with
-`current_call(subject)`: an active call is current per thread and per asyncio task. They mark it with
-`mark_failure()` or `refused_in(state)`, and `finish(error)` then picks the result: rejected, failure, ignored (an
-exception the breaker did not count) or success. `run_call`, `run_coroutine`, `run_generator` and
-`run_async_generator` run the guarded work with the call current, the same way for every adapter: a generator's call
-covers its consumption and is current only while the generator runs, never while its consumer does.
-"""
+"""The breaker observer: an adapter reports a library's breaker events to a `BreakerCall`, which alone decides what
+they look like in a trace (docs/telemetry.md); the registry lookup and the transition counting; and the helpers that
+run the guarded work with the call current, the same way for every breaker adapter. A hook deep inside a library finds
+its call with `current_call(subject)`: an active call is current per thread and per asyncio task."""
 
 from __future__ import annotations
 
@@ -31,19 +12,18 @@ from contextvars import ContextVar
 from functools import lru_cache
 from time import time_ns
 from types import GeneratorType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from opentelemetry import context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.util.types import AttributeValue
 
 from otel_resilience import semconv
-from otel_resilience.core import errors
+from otel_resilience.core import errors, outcome
 from otel_resilience.core._safety import never_raises, report_internal_error
-from otel_resilience.core.registry import BreakerEntry
-
-if TYPE_CHECKING:
-    from otel_resilience.core.telemetry import Telemetry
+from otel_resilience.core.naming import breaker_name
+from otel_resilience.core.registry import REGISTRY, BreakerEntry, StateReader
+from otel_resilience.core.telemetry import Telemetry
 
 _ERROR: Final = Status(StatusCode.ERROR)
 _ERROR_RESULTS: Final = frozenset((semconv.CALL_FAILURE, semconv.CALL_REJECTED))
@@ -94,10 +74,17 @@ def normalise_state(value: Any) -> str | None:
 
 
 T = TypeVar("T")
-Settle = Callable[["BreakerCall", "BaseException | None"], None]
-"""An adapter's end of a call: read what the library concluded (state after, failure count), then `finish`. It gets
-the exception the caller receives, or None, and must never raise (decorate it with `never_raises`)."""
+EndCall = Callable[["BreakerCall", "BaseException | None"], None]
+"""An adapter's end of a call: read what the library concluded (state after, failure count), then `BreakerCall.ended`.
+It gets the exception the caller receives, or None, and must never raise (decorate it with `never_raises`)."""
 Start = Callable[[], "BreakerCall | None"]
+Namer = Callable[[Any, Any], str]
+"""``(breaker, guarded)`` -> ``circuitbreaker.name``: called once, when a breaker is first seen."""
+
+
+def default_name(breaker: Any, guarded: Any) -> str:
+    """The breaker's own ``name``, else the first guarded function's ``module.qualname`` (`naming.breaker_name`)."""
+    return breaker_name(getattr(breaker, "name", None), guarded, breaker)
 
 _CURRENT: ContextVar[BreakerCall | None] = ContextVar("otel_resilience_breaker_call", default=None)
 
@@ -118,9 +105,14 @@ def current_call(subject: object) -> BreakerCall | None:
     return None
 
 
-def failure_hook(subject_of: Callable[[Any, tuple[Any, ...]], object]) -> Callable[..., Any]:
+def _the_instance(instance: Any, _args: tuple[Any, ...]) -> object:
+    return instance
+
+
+def failure_hook(subject_of: Callable[[Any, tuple[Any, ...]], object] = _the_instance) -> Callable[..., Any]:
     """A patch (``wrapper(wrapped, instance, args, kwargs)``) for the library method that counts a failure: it marks
-    the active call through ``subject_of(instance, args)`` as failed, then lets the library count."""
+    the active call through ``subject_of(instance, args)`` (default: the instance, the breaker) as failed, then lets
+    the library count."""
 
     @never_raises
     def mark(instance: Any, args: tuple[Any, ...]) -> None:
@@ -160,36 +152,79 @@ def reported_transition(
     subject: object,
     previous: Any,
     state: Any,
-    entry_outside_calls: Callable[[], BreakerEntry | None],
+    *,
+    breaker: Any = None,
+    name_of: Namer = default_name,
+    read_state: StateReader | None = None,
 ) -> None:
-    """A library reported (told its listeners, or swapped its state object) `previous` → `state`, in any spelling
+    """A library reported (told its listeners, or swapped its state object) `previous` -> `state`, in any spelling
     `normalise_state` takes. Counted once, with the event on the span of the call through `subject` that caused it;
     with no call of ours running (``breaker.open()`` by hand, a state refreshed from shared storage), counted against
-    ``entry_outside_calls()`` (None: left to be seen at the next call)."""
+    `breaker`'s registry entry (None: left to be seen at the next call)."""
     if not telemetry.recording():
         return
     previous, state = normalise_state(previous), normalise_state(state)
     if previous is None or state is None:
         return
     call = current_call(subject)
-    entry = call.entry if call is not None else entry_outside_calls()
-    if entry is not None:
-        entry.transition(telemetry, previous, state, call)
+    if call is not None:
+        entry = call.entry
+    elif breaker is not None:
+        entry = REGISTRY.entry(breaker, telemetry.library, name_of, read_state=read_state)
+    else:
+        return
+    if entry.transition(previous, state):
+        _count_transition(telemetry, entry, previous, state, call)
+
+
+def _count_transition(
+    telemetry: Telemetry, entry: BreakerEntry, previous: str, state: str, call: BreakerCall | None
+) -> None:
+    telemetry.record_transition(entry.name, previous, state)
+    if call is not None:
+        call.add_state_change(previous, state)
 
 
 class BreakerCall:
-    """One call through a breaker. Created by `Telemetry.start_breaker_call`."""
+    """One call through a breaker. Its methods guard themselves (core/_safety.py)::
+
+        call = BreakerCall.start(telemetry, breaker, "closed", subject=breaker, guarded=func)  # None: not recording
+        token = call.activate()              # the call's span is current while the guarded function runs
+        ...
+        call.deactivate(token)
+        call.mark_failure()                  # from the library's failure hook (`current_call(breaker)` finds it)
+        call.ended(exc, failure_count=5)     # result failure (`outcome.breaker_result`)
+    """
 
     __slots__ = (
-        "_telemetry", "entry", "state", "subject", "admitted", "failed", "refused", "_outer", "_token", "_span",
-        "_ended",
+        "_telemetry", "entry", "state", "subject", "admitted", "failed", "refused", "_outer", "_token", "_span", "_ended"
     )
 
     @classmethod
+    @never_raises
     def start(
-        cls, telemetry: Telemetry, entry: BreakerEntry, state: str | None, subject: object = None
-    ) -> BreakerCall:
-        self = cls()
+        cls,
+        telemetry: Telemetry,
+        breaker: Any,
+        state: str | None,
+        *,
+        subject: object = None,
+        guarded: Any = None,
+        name_of: Namer = default_name,
+        key: Any = None,
+        read_state: StateReader | None = None,
+    ) -> BreakerCall | None:
+        """Start observing one call through `breaker`, admitted (so far) in `state`; None when nothing records. The
+        breaker's registry entry (keyed on `breaker` and `key`, named ``name_of(breaker, guarded)`` when first seen,
+        its state read by `read_state` for the gauge) is looked up only then: a call while instrumentation is
+        suppressed leaves no trace, not even in the registry. `subject` is the library object by which the adapter's
+        inner hooks find the call again (`current_call`)."""
+        if not telemetry.recording():
+            return None
+        entry = REGISTRY.entry(breaker, telemetry.library, name_of, guarded, key=key, read_state=read_state)
+        return cls(telemetry, entry, state, subject)
+
+    def __init__(self, telemetry: Telemetry, entry: BreakerEntry, state: str | None, subject: object) -> None:
         self._telemetry = telemetry
         self.entry = entry
         self.state = state
@@ -206,8 +241,18 @@ class BreakerCall:
             attributes={semconv.BREAKER_NAME: entry.name},
         )
         if state is not None:
-            entry.observe(telemetry, state, self)  # a change first seen by this call goes on its span
-        return self
+            self._observe(state)  # a change first seen by this call goes on its span
+
+    @never_raises
+    def observe(self, state: str | None) -> None:
+        """The breaker is seen in `state` now (by this call): a change from the state last seen is counted here, once,
+        with its event on this call's span."""
+        self._observe(state)
+
+    def _observe(self, state: str | None) -> None:
+        previous = self.entry.observe(state)
+        if previous is not None:
+            _count_transition(self._telemetry, self.entry, previous, state, self)  # type: ignore[arg-type]
 
     def activate(self) -> object | None:
         """Make this call's span current, and this call the one `current_call` finds, while the guarded work runs;
@@ -238,15 +283,16 @@ class BreakerCall:
         except Exception:
             report_internal_error("otel_resilience.core.breaker.BreakerCall.deactivate")
 
-    def enter(self) -> None:
+    def enter_block(self) -> None:
         """`activate` for a with-block whose end is another hook (``__enter__`` … ``__exit__``): the call keeps the
-        token until `leave`. Blocks nest in order within a thread or task, so the innermost is left first."""
+        token until `exit_block`. Blocks nest in order within a thread or task, so the innermost is exited first."""
         self._token = self.activate()
 
-    def leave(self) -> None:
+    def exit_block(self) -> None:
         token, self._token = self._token, None
         self.deactivate(token)
 
+    @never_raises
     def admitted_in(self, state: str) -> None:
         """Correct the state the call was admitted in (e.g. a call that found an open breaker past its timeout is
         admitted as a half_open probe). Once admitted, the guarded function runs: a call it makes through the same
@@ -254,7 +300,8 @@ class BreakerCall:
         self.state = state
         self.admitted = True
 
-    def refused_in(self, state: str) -> None:
+    @never_raises
+    def refused_in(self, state: str | None) -> None:
         """The breaker refused the call in `state`: the guarded function does not run (result `rejected`)."""
         self.state = state
         self.refused = True
@@ -263,24 +310,9 @@ class BreakerCall:
         """The breaker counted this call's outcome as a failure (result `failure`)."""
         self.failed = True
 
-    def finish(
-        self, error: BaseException | None, *, failure_count: int | None = None, error_type: str | None = None
-    ) -> None:
-        """End the call with the result its marks say: `rejected` if refused, `failure` if the breaker counted a
-        failure, `ignored` if it raised an exception the breaker did not count, else `success`. Called from an
-        adapter's settle, which is guarded (`Settle`), so this adds no guard of its own: it runs on every call."""
-        if self.refused:
-            result = semconv.CALL_REJECTED
-        elif self.failed:
-            result = semconv.CALL_FAILURE
-        elif error is not None:
-            result = semconv.CALL_IGNORED
-        else:
-            result = semconv.CALL_SUCCESS
-        self.ended(result, error, failure_count=failure_count, error_type=error_type)
-
+    @never_raises
     def add_state_change(self, previous: str, state: str) -> None:
-        """Put a `circuitbreaker.state_change` event on this call's span (counting is the registry entry's job).
+        """Put a `circuitbreaker.state_change` event on this call's span (counting is `_count_transition`'s).
         A call that moves an open breaker to half_open is that breaker's probe: it is admitted half_open."""
         self._span.add_event(
             semconv.BREAKER_STATE_CHANGE_EVENT,
@@ -289,21 +321,18 @@ class BreakerCall:
         if previous == semconv.STATE_OPEN and state == semconv.STATE_HALF_OPEN and not self.refused:
             self.state = semconv.STATE_HALF_OPEN
 
+    @never_raises
     def ended(
-        self,
-        result: str,
-        error: BaseException | None = None,
-        *,
-        failure_count: int | None = None,
-        error_type: str | None = None,
+        self, error: BaseException | None, *, failure_count: int | None = None, error_type: str | None = None
     ) -> None:
-        """The call is over with `result` (one of ``semconv.BREAKER_RESULTS``); `error` is what the caller received.
-        Failures carry type and message only, never a stacktrace: some libraries raise one exception object again
-        and again, and its traceback grows each time. `error_type` names the error where there is no exception
-        object to describe (a refusal answered by a fallback, or refused before the library made its exception)."""
+        """The call is over; `error` is what the caller received. Its result follows from the marks
+        (`outcome.breaker_result`). Failures carry type and message only, never a stacktrace: some libraries raise
+        one exception object again and again, and its traceback grows each time. `error_type` names the error where
+        there is no exception object (a refusal answered by a fallback). Ignored once the call has ended."""
         if self._ended:
             return
         self._ended = True
+        result = outcome.breaker_result(refused=self.refused, failed=self.failed, error=error)
         span = self._span
         state = self.state if self.state is not None else self.entry.state
         attributes: dict[str, AttributeValue] = {semconv.BREAKER_RESULT: result}
@@ -339,12 +368,12 @@ def run_call(
     fn: Callable[..., T],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    settle: Settle,
+    end: EndCall,
     *,
     follow_generators: bool = False,
     generator_is_block: bool = False,
 ) -> T:
-    """Run ``fn(*args, **kwargs)`` with `call` current, then `settle` it. With `follow_generators`, a generator
+    """Run ``fn(*args, **kwargs)`` with `call` current, then end it with `end`. With `follow_generators`, a generator
     returned by `fn` (a library that judges a guarded generator as it is consumed) carries the call on; with
     `generator_is_block` too, that generator is the library's with-block (pybreaker's ``calling()``), and the call
     stays current through the block's body (`continue_block`)."""
@@ -352,22 +381,22 @@ def run_call(
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
-        _settled(call, token, settle, exc)
+        _deactivate_and_end(call, token, end, exc)
         raise
     BreakerCall.deactivate(token)
     if follow_generators and type(result) is GeneratorType:  # as the libraries test it; an ABC check costs more
         if generator_is_block:
-            return continue_block(call, result, settle)  # type: ignore[return-value]
-        return continue_generator(call, result, settle)  # type: ignore[return-value]
-    settle(call, None)
+            return continue_block(call, result, end)  # type: ignore[return-value]
+        return continue_generator(call, result, end)  # type: ignore[return-value]
+    end(call, None)
     return result
 
 
-def continue_block(call: BreakerCall, gen: Generator[Any, Any, T], settle: Settle) -> Generator[Any, Any, T]:
+def continue_block(call: BreakerCall, gen: Generator[Any, Any, T], end: EndCall) -> Generator[Any, Any, T]:
     """Drive the generator behind a generator-based with-block (``contextlib.contextmanager``): the call is current
     from the block's start to its end, the body included (it is the guarded code), and ends with the block. A block
     is entered and left in order within its thread or task, so this attach and detach pair up."""
-    call.enter()
+    call.enter_block()
     error: BaseException | None = None
     try:
         return (yield from gen)
@@ -377,12 +406,12 @@ def continue_block(call: BreakerCall, gen: Generator[Any, Any, T], settle: Settl
         error = exc
         raise
     finally:
-        call.leave()
-        settle(call, error)
+        call.exit_block()
+        end(call, error)
 
 
 async def run_coroutine(
-    start: Start, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any], settle: Settle
+    start: Start, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any], end: EndCall
 ) -> T:
     """Await ``fn(*args, **kwargs)`` with the call current. The call starts when awaited, not when the coroutine was
     made, so that the awaiting task's context is its parent."""
@@ -393,26 +422,26 @@ async def run_coroutine(
     try:
         result = await fn(*args, **kwargs)
     except BaseException as exc:
-        _settled(call, token, settle, exc)
+        _deactivate_and_end(call, token, end, exc)
         raise
-    _settled(call, token, settle, None)
+    _deactivate_and_end(call, token, end, None)
     return result
 
 
-def continue_generator(call: BreakerCall, gen: Generator[Any, Any, T], settle: Settle) -> Generator[Any, Any, T]:
+def continue_generator(call: BreakerCall, gen: Generator[Any, Any, T], end: EndCall) -> Generator[Any, Any, T]:
     """`run_generator` for a call already started (the library admitted it when the generator was made). A
     generator dropped without ever being started still ends its call."""
-    traced = run_generator(lambda: call, gen, settle)
-    weakref.finalize(traced, _settle_unconsumed, call, settle)
+    traced = run_generator(lambda: call, gen, end)
+    weakref.finalize(traced, _end_unconsumed, call, end)
     return traced
 
 
-def _settle_unconsumed(call: BreakerCall, settle: Settle) -> None:
+def _end_unconsumed(call: BreakerCall, end: EndCall) -> None:
     if not call._ended:
-        settle(call, None)
+        end(call, None)
 
 
-def run_generator(start: Start, gen: Generator[Any, Any, T], settle: Settle) -> Generator[Any, Any, T]:
+def run_generator(start: Start, gen: Generator[Any, Any, T], end: EndCall) -> Generator[Any, Any, T]:
     """Drive `gen` for its consumer, forwarding values, exceptions and close, with the call current while `gen`
     runs (never while the consumer does). The call starts at the first step and ends when `gen` is exhausted,
     raises or is closed (a consumer that stops early is no error of the guarded code)."""
@@ -426,10 +455,10 @@ def run_generator(start: Start, gen: Generator[Any, Any, T], settle: Settle) -> 
         try:
             item = gen.send(sent) if thrown is None else gen.throw(thrown)
         except StopIteration as stop:
-            _settled(call, token, settle, None)
+            _deactivate_and_end(call, token, end, None)
             return stop.value  # type: ignore[no-any-return]
         except BaseException as exc:
-            _settled(call, token, settle, exc)
+            _deactivate_and_end(call, token, end, exc)
             raise
         BreakerCall.deactivate(token)
         try:
@@ -443,13 +472,14 @@ def run_generator(start: Start, gen: Generator[Any, Any, T], settle: Settle) -> 
                 error = exc
                 raise
             finally:
-                _settled(call, token, settle, error)
+                _deactivate_and_end(call, token, end, error)
             raise
         except BaseException as exc:
             sent, thrown = None, exc
 
 
-async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], settle: Settle) -> AsyncGenerator[Any, Any]:
+# The async generator's driver is `run_generator`'s twin, kept beside it: the same forwarding, awaited.
+async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], end: EndCall) -> AsyncGenerator[Any, Any]:
     """`run_generator` for an async generator (``asend``, ``athrow`` and ``aclose`` forwarded; with nothing
     recording, forwarded all the same)."""
     call = start()
@@ -460,10 +490,10 @@ async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], sett
         try:
             item = await (agen.asend(sent) if thrown is None else agen.athrow(thrown))
         except StopAsyncIteration:
-            _settled(call, token, settle, None)
+            _deactivate_and_end(call, token, end, None)
             return
         except BaseException as exc:
-            _settled(call, token, settle, exc)
+            _deactivate_and_end(call, token, end, exc)
             raise
         BreakerCall.deactivate(token)
         try:
@@ -477,13 +507,13 @@ async def run_async_generator(start: Start, agen: AsyncGenerator[Any, Any], sett
                 error = exc
                 raise
             finally:
-                _settled(call, token, settle, error)
+                _deactivate_and_end(call, token, end, error)
             raise
         except BaseException as exc:
             sent, thrown = None, exc
 
 
-def _settled(call: BreakerCall | None, token: object, settle: Settle, error: BaseException | None) -> None:
+def _deactivate_and_end(call: BreakerCall | None, token: object, end: EndCall, error: BaseException | None) -> None:
     if call is not None:
         BreakerCall.deactivate(token)
-        settle(call, error)
+        end(call, error)

@@ -1,20 +1,7 @@
-"""Claims: one retry operation, when a library runs its retries on another library's retry loop.
-
-stamina runs every retry on a tenacity loop. Both are instrumented, and each instrumentor would record that loop: two
-operation spans, two spans per attempt, and a retry counted one level too deep. Instead the library on top claims the
-operation its loop is about to start:
-
-    token = claim_operation(OperationClaim(owner=stamina_adapter, name="app.fetch_user", span_name="fetch_user"))
-    try:
-        ...  # stamina starts tenacity's loop here
-    finally:
-        release_claim(token)
-
-The adapter of the loop library asks `current_claim()` when an operation starts. An adapter created for the claimant
-(its ``claimant`` is the claim's ``owner``) takes the claim, once, and records the operation under the claimant's
-scope and names; every other adapter of that loop stays out while a claim is set. The claim covers only the call that
-starts the loop: the attempts' bodies run outside it, so a retry nested in an attempt is an operation of its own.
-"""
+"""Claims: stamina runs every retry on a tenacity loop, and both may be instrumented; so that the loop is one operation
+(not two, one level too deep), the library on top claims the operation its loop is about to start, and only the
+claimant's adapter of the loop library records it (`claim_operation` ... `release_claim` around the loop's start; the
+loop's adapter asks `current_claim()`). The attempts' bodies run outside the claim: a nested retry is its own."""
 
 from __future__ import annotations
 

@@ -53,7 +53,3 @@ def exception_attributes(exc: BaseException, *, stacktrace: bool) -> dict[str, s
         )
     return attributes
 
-
-def is_abort(exc: BaseException | None) -> bool:
-    """A `BaseException` that is not an `Exception` (cancellation, KeyboardInterrupt, SystemExit) aborts a retry."""
-    return exc is not None and not isinstance(exc, Exception)

@@ -1,42 +1,6 @@
-"""HTTP attempts: library-neutral. Every attempt of one logical request (its retries, resends and redirects) becomes
-one CLIENT span, or, beside contrib's HTTP instrumentation, facts on the CLIENT span contrib made.
-
-An HTTP adapter reports what its client did; this module alone decides the shape (``docs/http.md`` has the reasons):
-
-    request = start_request(telemetry, "GET", "api.example.com")          # None: nothing records, stay out of the way
-    ctx = request.attempt_started("GET", url, "api.example.com", 443)
-    if ctx is not None:
-        inject(headers_copy, context=ctx)                                  # the server's spans hang under this attempt
-    ...
-    request.attempt_ended(status=503)
-    request.retrying(0.5)                                                  # the wait the library chose, as it chose it
-    request.attempt_started(...)
-    request.attempt_ended(status=200)
-    request.ended(semconv.RESULT_SUCCESS)
-
-Shapes:
-
-- **Alone** (no CLIENT span is current when the attempt starts): each attempt is its own CLIENT span named by the
-  method, a sibling under the caller's span (no operation span), with the stable HTTP attributes, ``retry.attempt``,
-  ``http.request.resend_count`` from the 2nd attempt on and ``retry.delay`` when another attempt follows; the last
-  attempt carries ``retry.attempts`` and ``retry.result``. The caller injects the attempt's context into a copy of
-  the request headers.
-- **Beside a CLIENT span already current** (contrib's requests, urllib3 or httpx instrumentation made one span for the
-  whole request, or for one redirect hop): we make no span. That span gets ``http.request.resend_count`` (resends so
-  far), one ``http.request.resend`` event per earlier attempt (``retry.attempt``, ``http.response.status_code`` or
-  ``error.type``, ``retry.delay``), and ``retry.attempts``/``retry.result`` while it is still open when the request
-  settles. Contrib already injected its own span's context: we inject nothing.
-- **Beside a CLIENT span made inside each attempt** (contrib's aiohttp-client under aiohttp-retry): the adapter says
-  so (``beside_contrib=True``) and hands over contrib's span with `contrib_span` once it exists; it is enriched the
-  same way. Contrib ends that span before the library chooses its wait, so the wait after attempt *k* is on the
-  ``http.request.resend`` event that attempt *k+1*'s span carries.
-
-Where the library has an outer loop of its own (requests' redirects, a pool manager's cross-host redirects, httpx's
-``Client.send``), the adapter patches it with `scope_wrapper`/`async_scope_wrapper`: the scope's request is made when
-the call starts, attempts made inside join it (`request_in_scope`), so redirects count as resends, and it ends when the
-call returns. Inside a scope, what the inner layer knows (its verdict) is recorded with `settle`; beside contrib, it is
-written on contrib's span while that is open.
-"""
+"""The HTTP observer: every attempt of one logical request (retries, resends, redirects) is one CLIENT span of ours,
+or, beside contrib's HTTP instrumentation, facts on contrib's CLIENT span; and the scope wrappers that make a client's
+outer loop (redirects) one request. docs/http.md has the shapes and their reasons."""
 
 from __future__ import annotations
 
@@ -51,9 +15,10 @@ from opentelemetry.context import Context, get_current
 from opentelemetry.trace import Span, SpanKind, get_current_span, set_span_in_context
 
 from otel_resilience import semconv
-from otel_resilience.core import errors
-from otel_resilience.core._safety import report_internal_error
-from otel_resilience.core.retry import attempt_outcome, current_depth
+from otel_resilience.core import errors, outcome
+from otel_resilience.core._safety import never_raises, report_internal_error
+from otel_resilience.core.outcome import status_error_type
+from otel_resilience.core.retry import EndedAttempt, current_depth
 from otel_resilience.core.telemetry import Telemetry
 
 KNOWN_METHODS: Final = frozenset(
@@ -65,7 +30,7 @@ DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 ErrorResult = Callable[[BaseException], "str | None"]
 """Maps an exception escaping a scope to a `retry.result` when the adapter knows better (requests' TooManyRedirects is
-``exhausted``); None leaves the decision to `HttpRequest.ended`."""
+``exhausted``); None leaves the decision to `outcome.request_result`."""
 
 
 def default_port(scheme: str) -> int | None:
@@ -126,11 +91,6 @@ def attempt_attributes(
     return span_name, attributes
 
 
-def status_error_type(status: int | None) -> str | None:
-    """An HTTP client attempt failed when the status is 4xx or 5xx: `error.type` is the code as a string."""
-    return str(status) if status is not None and status >= 400 else None
-
-
 def credentials_host(url: str | None) -> str | None:
     """The host of a URL that carries ``user:password@`` (None for any other URL; cheap when there is no ``@``)."""
     if not url or "@" not in url:
@@ -152,45 +112,60 @@ def current_client_span(ctx: Context | None = None) -> Span | None:
 
 
 class HttpRequest:
-    """One logical HTTP request and its attempts. Created by `start_request`, or by a scope when it opens.
+    """One logical HTTP request and its attempts. Its methods guard themselves (core/_safety.py), inline: they run on
+    every attempt of the client's hot path::
 
-    Not a `RetryOperation`, on purpose: an HTTP request has no operation span, its attempts are CLIENT spans (or facts
-    on contrib's span), and nearly every request is one successful attempt made on the client's hot path, where all of
-    our work must stay a fraction of what contrib's own span costs (docs/performance.md). So the request keeps its
-    attempts itself. An ended attempt's span stays open until we know what followed it (the wait before the next
-    attempt, or the request's outcome); then it gets its attributes in one call and ends at the time the attempt ended.
+        request = HttpRequest.start(telemetry, "GET", "api.example.com")   # None: nothing records
+        ctx = request.attempt_started("GET", url, "api.example.com", 443)  # inject `ctx` into a copy of the headers
+        request.attempt_ended(status=503)
+        request.retrying(0.5)                                              # the wait the library chose
+        ...
+        request.ended(semconv.RESULT_SUCCESS)
 
-    Its methods are not guarded, unlike `RetryOperation`'s: an HTTP adapter calls them only from its own hooks, each
-    guarded (by `never_raises`, or inline on the per-attempt path), and a second guard on every call of that path was
-    a measurable part of its cost. The fields below are class defaults, read until a request changes them: a request
-    sets only what happened.
+    Not a `RetryOperation`: it has no operation span, and nearly every request is one successful attempt, where our
+    work must stay a fraction of contrib's own span (docs/performance.md).
     """
 
-    attempts = 0
-    is_ended = False
-    credentials_host: str | None = None
-    """The host of the app's URL when that URL named ``user:password@`` (see `attempt_attributes`)."""
-    container: Span | None = None
-    """Contrib's span holding the running (or last) attempt, if it is shown there rather than on a span of ours."""
-    _in_attempt = False
-    _span: Span | None = None  # ours, for the running attempt, or the ended one until it is reported
-    _resend_event: tuple[dict[str, Any], int] | None = None  # the previous attempt, for the next container
-    _end_ns: int | None = None  # set while an ended attempt waits to be reported (`_report`)
-    _status: int | None = None  # the last ended attempt's
-    _error: BaseException | None = None
-    error_type: str | None = None
-    """The last ended attempt's ``error.type``: its failing status code, or its error's type; None if it succeeded."""
-    _delay: float | None = None  # the wait `retrying` gave after the last ended attempt
-    _result: str | None = None  # what `settle` said
-    _looked_in: Context | None = None  # the context the last attempt started in, and the client span found there
-    _client_span: Span | None = None
+    __slots__ = (
+        "_telemetry", "_method", "_host", "_parent", "_start_ns", "attempts", "is_ended", "credentials_host",
+        "container", "error_type", "_in_attempt", "_span", "_ended_attempt", "_resend_event", "_verdict",
+        "_looked_in", "_client_span",
+    )
+
+    @classmethod
+    def start(cls, telemetry: Telemetry, method: str, host: str) -> HttpRequest | None:
+        """Start observing one logical request (None when nothing records). Its metric points carry ``retry.name``
+        ``{METHOD} {host}``: what was retried, at a cardinality the metrics can carry."""
+        try:
+            ctx = get_current()
+            if not telemetry.recording(ctx):
+                return None
+            return cls(telemetry, method, host, ctx)
+        except Exception:
+            report_internal_error("otel_resilience.core.http.HttpRequest.start")
+            return None
 
     def __init__(self, telemetry: Telemetry, method: str | None, host: str | None, parent: Context) -> None:
         self._telemetry = telemetry
-        self._method = method  # with `_host`, ``retry.name`` of the metric points (`start_request`)
+        self._method = method  # with `_host`, ``retry.name`` of the metric points (a scope's first attempt names them)
         self._host = host
         self._parent = parent  # the caller's context: the attempt spans are siblings under its span
         self._start_ns = time_ns()
+        self.attempts = 0
+        self.is_ended = False
+        self.credentials_host: str | None = None
+        """The host of the app's URL when that URL named ``user:password@`` (see `attempt_attributes`)."""
+        self.container: Span | None = None
+        """Contrib's span holding the running (or last) attempt, if it is shown there rather than on a span of ours."""
+        self.error_type: str | None = None
+        """The last ended attempt's ``error.type``: its failing status code, or its error's type; None if it succeeded."""
+        self._in_attempt = False
+        self._span: Span | None = None  # ours, for the running attempt
+        self._ended_attempt: EndedAttempt | None = None  # waiting to be reported (`_report`)
+        self._resend_event: tuple[dict[str, Any], int] | None = None  # the previous attempt, for the next container
+        self._verdict: str | None = None  # what `layer_ended` said
+        self._looked_in: Context | None = None  # the context the last attempt started in, and the client span there
+        self._client_span: Span | None = None
 
     def attempt_started(
         self, method: str, url: str, host: str, port: int | None, *, beside_contrib: bool = False
@@ -198,37 +173,41 @@ class HttpRequest:
         """An attempt begins now. Returns the context to inject into (a copy of) this attempt's headers, or None when
         no span of ours represents it (beside contrib, whose span carries the trace context already).
         `beside_contrib=True`: contrib will make this attempt's CLIENT span itself, later (see `contrib_span`)."""
-        if self._in_attempt:  # the previous attempt was never reported as ended: close it as it stands
-            self.attempt_ended()
-        if self._end_ns is not None:
-            self._report(follows=True)
-        attempts = self.attempts = self.attempts + 1
-        self._in_attempt = True
-        if attempts > 1:  # what the previous attempt left is no longer the request's state (the first has the defaults)
-            self._result = None  # an inner layer's verdict before this attempt is not the outcome
+        try:
+            if self._in_attempt:  # the previous attempt was never reported as ended: it ends as it stands
+                self.attempt_ended()
+            if self._ended_attempt is not None:
+                self._report(follows=True)
+            attempts = self.attempts = self.attempts + 1
+            self._in_attempt = True
+            self._verdict = None  # an inner layer's verdict before this attempt is not the outcome
             self.container = None
-        if beside_contrib:
+            if beside_contrib:
+                return None
+            container = self._current_client_span()
+            if container is not None:
+                self._enrich(container)
+                return None
+            span_name, attributes = attempt_attributes(
+                method, url, host, port, had_credentials=host == self.credentials_host
+            )
+            attributes[semconv.RETRY_ATTEMPT] = attempts
+            if attempts > 1:
+                attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = attempts - 1
+                self._resend_event = None  # the previous attempt's, for a contrib span this attempt is not on
+            parent = self._parent
+            span = self._span = self._telemetry.tracer.start_span(
+                span_name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+            )
+            return set_span_in_context(span, parent)
+        except Exception:
+            report_internal_error("otel_resilience.core.http.HttpRequest.attempt_started")
             return None
-        container = self._current_client_span()
-        if container is not None:
-            self._enrich(container)
-            return None
-        span_name, attributes = attempt_attributes(
-            method, url, host, port, had_credentials=host == self.credentials_host
-        )
-        attributes[semconv.RETRY_ATTEMPT] = attempts
-        if attempts > 1:
-            attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = attempts - 1
-            self._resend_event = None  # the previous attempt's, for a contrib span this attempt is not on
-        parent = self._parent
-        span = self._span = self._telemetry.tracer.start_span(
-            span_name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
-        )
-        return set_span_in_context(span, parent)
 
     def _current_client_span(self) -> Span | None:
         """`current_client_span`, looked up again only when the current context changed since the last attempt:
-        the attempts of one urllib3 loop start in the same context, and the lookup costs more than the comparison."""
+        the attempts of one urllib3 loop start in the same context (a benchmark row: the lookup costs more than the
+        comparison)."""
         ctx = get_current()
         if ctx is not self._looked_in:
             self._looked_in = ctx
@@ -236,6 +215,7 @@ class HttpRequest:
         span = self._client_span
         return span if span is None or span.is_recording() else None
 
+    @never_raises
     def contrib_span(self, span: Span) -> None:
         """Contrib's instrumentation made the CLIENT span of the running attempt (``beside_contrib=True``)."""
         if span.is_recording() and getattr(span, "kind", None) is SpanKind.CLIENT:
@@ -256,52 +236,54 @@ class HttpRequest:
     ) -> None:
         """The running attempt got a response with `status`, or failed with `error`. Whether another attempt follows
         (and after which wait) is for the library to decide: reported by `retrying`, the next `attempt_started`, or
-        `settle`/`ended`. Ignored when no attempt is running, so an adapter may report an end it is unsure of."""
-        if self._in_attempt:
-            self._in_attempt = False
-            self._status = status
-            self._error = error
-            self.error_type = status_error_type(status) if error is None else errors.error_type(error)
-            self._end_ns = time_ns() if end_ns is None else end_ns
-            self._delay = None
+        `layer_ended`/`ended`. Ignored when no attempt is running, so an adapter may report an end it is unsure of."""
+        try:
+            if self._in_attempt:
+                self._in_attempt = False
+                error_type = status_error_type(status) if error is None else errors.error_type(error)
+                self.error_type = error_type
+                span, self._span = self._span, None
+                ended_ns = time_ns() if end_ns is None else end_ns
+                self._ended_attempt = EndedAttempt(span, ended_ns, error, error_type, status)
+        except Exception:
+            report_internal_error("otel_resilience.core.http.HttpRequest.attempt_ended")
 
     def retrying(self, delay: float | None) -> None:
         """The library will make another attempt after waiting `delay` seconds: the value it chose (backoff with its
         jitter, or the server's ``Retry-After``), never recomputed. None when it waits without saying how long."""
-        self._delay = delay
+        ended = self._ended_attempt
+        if ended is not None:
+            ended.delay = delay
 
-    def _report(self, follows: bool, outcome: dict[str, Any] | None = None) -> None:
+    def _report(self, follows: bool, attributes: dict[str, Any] | None = None) -> None:
         """Tell of the ended attempt: another one follows (after the wait `retrying` gave), or it was the last and
-        `outcome` is the request's. Our span gets it all in one call and ends; beside contrib, an attempt that is
-        followed becomes the ``http.request.resend`` event of the next attempt's contrib span."""
-        end_ns = self._end_ns
-        self._end_ns = None
-        delay = (0.0 if self._delay is None else float(self._delay)) if follows else None
-        status = self._status
-        error_type = self.error_type
-        span = self._span
-        if span is not None:
-            self._span = None
-            attributes = {} if outcome is None else outcome
-            if status is not None:
-                attributes[semconv.HTTP_RESPONSE_STATUS_CODE] = status
-            if delay is not None or error_type is not None:
-                attempt_outcome(span, attributes, delay, error_type, self._error, self._telemetry.settings, end_ns)
-            span.set_attributes(attributes)
-            span.end(end_ns)
+        `attributes` are the request's outcome. Our span gets it all in one call and ends; beside contrib, an attempt
+        that is followed becomes the ``http.request.resend`` event of the next attempt's contrib span."""
+        ended = self._ended_attempt
+        assert ended is not None
+        self._ended_attempt = None
+        ended.delay = (0.0 if ended.delay is None else float(ended.delay)) if follows else None
+        if ended.span is not None:
+            if attributes is None:
+                attributes = {}
+            if ended.status is not None:
+                attributes[semconv.HTTP_RESPONSE_STATUS_CODE] = ended.status
+            ended.failed(self._telemetry.settings)
+            ended.report(attributes)
         elif follows:
             event: dict[str, Any] = {semconv.RETRY_ATTEMPT: self.attempts}
-            if status is not None:
-                event[semconv.HTTP_RESPONSE_STATUS_CODE] = status
-            if error_type is not None:
-                event[semconv.ERROR_TYPE] = error_type
-            event[semconv.RETRY_DELAY] = delay
-            self._resend_event = (event, end_ns)  # type: ignore[assignment]
+            if ended.status is not None:
+                event[semconv.HTTP_RESPONSE_STATUS_CODE] = ended.status
+            if ended.error_type is not None:
+                event[semconv.ERROR_TYPE] = ended.error_type
+            event[semconv.RETRY_DELAY] = ended.delay
+            self._resend_event = (event, ended.end_ns)
 
-    def settle(self, result: str) -> None:
-        """The layer that made the attempts is done with `result`; an outer loop (a redirect, a resend by an auth
+    @never_raises
+    def layer_ended(self, result: str) -> None:
+        """The layer that made the attempts ended with `result`; an outer loop (a redirect, a resend by an auth
         handler) may still continue the request. Beside contrib, written on contrib's span while it is open."""
-        self._result = result
+        self._verdict = result
         self._write_outcome(result)
 
     def _write_outcome(self, result: str) -> None:
@@ -312,52 +294,32 @@ class HttpRequest:
     def ended(
         self, result: str | None = None, error: BaseException | None = None, error_result: ErrorResult | None = None
     ) -> None:
-        """The request is over: `result` (default: what `settle` said, else inferred from the last attempt:
-        ``exhausted`` if it failed, else ``success``) and `error`, the exception that escaped to the caller. An error
-        escaping after an attempt that did not fail was not retried by anyone (``not_retried``); a `BaseException`
-        that is not an `Exception` makes it ``aborted``. A request that succeeded at its first attempt records no retry
-        metric points (docs/telemetry.md, "Decisions")."""
-        if self.is_ended:
-            return
-        self.is_ended = True
-        if result is None:
-            result = self._result
-        if error is not None:
-            mapped = error_result(error) if error_result is not None else None
-            if mapped is not None:
-                result = mapped
-            elif result == semconv.RESULT_SUCCESS:
-                result = semconv.RESULT_NOT_RETRIED
-        if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands, with `error`
-            self.attempt_ended(error=error)
-        if result is None:
-            if self.error_type is not None:
-                result = semconv.RESULT_EXHAUSTED
-            else:
-                result = semconv.RESULT_SUCCESS if error is None else semconv.RESULT_NOT_RETRIED
-        if error is not None and errors.is_abort(error):
-            result = semconv.RESULT_ABORTED
-        if self._end_ns is not None:
-            self._report(False, {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
-        if self.container is not None:
-            self._write_outcome(result)
-        if self.attempts != 1 or result != semconv.RESULT_SUCCESS:
-            self._telemetry.record_retry(
-                f"{method_names(self._method)[1]} {self._host}",
-                result,
-                current_depth(self._parent) + 1,
-                self.attempts,
-                (time_ns() - self._start_ns) / 1e9,
-            )
-
-
-def start_request(telemetry: Telemetry, method: str, host: str) -> HttpRequest | None:
-    """Start observing one logical request (None when nothing records). Its metric points carry ``retry.name``
-    ``{METHOD} {host}``: what was retried, at a cardinality the metrics can carry."""
-    ctx = get_current()
-    if not telemetry.recording(ctx):
-        return None
-    return HttpRequest(telemetry, method, host, ctx)
+        """The request is over: `result` (default: what `layer_ended` said), and `error`, the exception that escaped
+        to the caller (`error_result` may name its result); `outcome.request_result` decides. A request that succeeded
+        at its first attempt records no retry metric points (docs/telemetry.md, "Decisions")."""
+        try:
+            if self.is_ended:
+                return
+            self.is_ended = True
+            mapped = error_result(error) if error is not None and error_result is not None else None
+            if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands, with `error`
+                self.attempt_ended(error=error)
+            verdict = self._verdict if result is None else result
+            result = outcome.request_result(verdict, error, mapped, self.error_type is not None)
+            if self._ended_attempt is not None:
+                self._report(False, {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
+            if self.container is not None:
+                self._write_outcome(result)
+            if self.attempts != 1 or result != semconv.RESULT_SUCCESS:
+                self._telemetry.record_retry(
+                    f"{method_names(self._method)[1]} {self._host}",  # type: ignore[arg-type]
+                    result,
+                    current_depth(self._parent) + 1,
+                    self.attempts,
+                    (time_ns() - self._start_ns) / 1e9,
+                )
+        except Exception:
+            report_internal_error("otel_resilience.core.http.HttpRequest.ended")
 
 
 # --- scopes: the library's outer loop --------------------------------------------------------------------------------
@@ -375,14 +337,14 @@ ScopeWrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any
 
 def request_in_scope(telemetry: Telemetry, method: str, host: str) -> tuple[HttpRequest | None, bool]:
     """The request an attempt starting now belongs to, and whether a scope owns it (then the scope ends it; the
-    adapter only `settle`s). Outside any scope of this library, a new request the adapter ends itself."""
+    adapter only reports `layer_ended`). Outside any scope of this library, a new request the adapter ends itself."""
     request = _SCOPE.get()
     if request is not None and request._telemetry is telemetry:
-        if request._method is None:  # its first attempt names it (``retry.name``: see `start_request`)
+        if request._method is None:  # its first attempt names it (``retry.name``: see `HttpRequest.start`)
             request._method = method
             request._host = host
         return request, True
-    return start_request(telemetry, method, host), False
+    return HttpRequest.start(telemetry, method, host), False  # it guards itself; the lines above only read and set
 
 
 def opens_scope(telemetry: Telemetry) -> Callable[[], bool]:
@@ -398,7 +360,7 @@ def opens_scope(telemetry: Telemetry) -> Callable[[], bool]:
     return check
 
 
-def _open(
+def _scope_started(
     telemetry: Telemetry, url: Any, afresh: contextvars.ContextVar[Any] | None
 ) -> tuple[HttpRequest | None, contextvars.Token[Any], contextvars.Token[Any] | None]:
     """A scope opens: its request (None when nothing records here) is made current, and `afresh` is None inside."""
@@ -410,15 +372,14 @@ def _open(
     return request, _SCOPE.set(request), (None if afresh is None else afresh.set(None))
 
 
-def _leave(
+def _scope_ended(
     opened: tuple[HttpRequest | None, contextvars.Token[Any], contextvars.Token[Any] | None],
     afresh: contextvars.ContextVar[Any] | None,
     error: BaseException | None,
     error_result: ErrorResult | None,
 ) -> None:
     """The outer call returned (or raised `error`): what was current before is again, and the scope's request, if
-    any attempt was made, is over. Never raises (guarded inline: a `never_raises` frame would be a call more on every
-    request)."""
+    any attempt was made, is over. Never raises (guarded inline, as every per-request step here)."""
     try:
         request, token, afresh_token = opened
         _SCOPE.reset(token)
@@ -445,21 +406,22 @@ def scope_wrapper(
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:  # inline, not `never_raises`: this runs on every request
-            opened = _open(telemetry, url_of(args, kwargs), afresh)
+            opened = _scope_started(telemetry, url_of(args, kwargs), afresh)
         except Exception:
             report_internal_error("core.http: a scope opens")
             return wrapped(*args, **kwargs)
         try:
             value = wrapped(*args, **kwargs)
         except BaseException as exc:
-            _leave(opened, afresh, exc, error_result)
+            _scope_ended(opened, afresh, exc, error_result)
             raise
-        _leave(opened, afresh, None, error_result)
+        _scope_ended(opened, afresh, None, error_result)
         return value
 
     return wrapper
 
 
+# The async scope wrapper is the sync one's twin, kept beside it: one awaits the outer call, the other calls it.
 def async_scope_wrapper(
     telemetry: Telemetry, url_of: UrlOf, *, error_result: ErrorResult | None = None
 ) -> ScopeWrapper:
@@ -469,16 +431,16 @@ def async_scope_wrapper(
         wrapped: Callable[..., Awaitable[Any]], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         try:
-            opened = _open(telemetry, url_of(args, kwargs), None)
+            opened = _scope_started(telemetry, url_of(args, kwargs), None)
         except Exception:
             report_internal_error("core.http: a scope opens")
             return await wrapped(*args, **kwargs)
         try:
             value = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            _leave(opened, None, exc, error_result)
+            _scope_ended(opened, None, exc, error_result)
             raise
-        _leave(opened, None, None, error_result)
+        _scope_ended(opened, None, None, error_result)
         return value
 
     return wrapper

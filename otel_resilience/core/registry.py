@@ -1,9 +1,6 @@
-"""A weak, thread-safe registry of every circuit breaker the process has used.
-
-It feeds the `circuitbreaker.state` gauge and the health snapshot (`otel_resilience.breakers()`), and remembers the
-last state seen of each breaker, which is how a transition is counted exactly once, where it is first observed. It
-never keeps a breaker alive: entries go when their breaker is garbage collected.
-"""
+"""A weak, thread-safe registry of every breaker the process has used: the last state a call saw (so that each
+transition is counted once, where first observed), the `circuitbreaker.state` gauge and `otel_resilience.breakers()`.
+It never keeps a breaker alive. Reading it (the gauge, a snapshot) changes nothing."""
 
 from __future__ import annotations
 
@@ -11,15 +8,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_resilience import semconv
 from otel_resilience.core._safety import report_internal_error
-
-if TYPE_CHECKING:
-    from otel_resilience.core.breaker import BreakerCall
-    from otel_resilience.core.telemetry import Telemetry
 
 StateReader = Callable[[Any], "str | None"]
 """Reads a breaker's state, as a contract state name, from what the library already resolved: never through a getter
@@ -48,45 +43,40 @@ class BreakerEntry:
     def owner(self) -> Any:
         return self._owner() if self._owner is not None else None
 
-    def observe(self, telemetry: Telemetry, state: str | None, call: BreakerCall | None = None) -> None:
-        """The breaker is seen in `state` now; if we knew it in another state, that is a transition, counted here.
+    def observe(self, state: str | None) -> str | None:
+        """A call sees the breaker in `state` now: if we knew it in another state, that is a transition, and the
+        previous state is returned (exactly once per change: the caller counts it); otherwise None.
 
         Many threads may see the same change at once: the compare-and-set is locked (only when the state differs
-        from the last seen one, which is rare), so each change is counted by exactly one of them."""
+        from the last seen one, which is rare), so each change goes to exactly one of them."""
         if state is None or state == self.state:
-            return
+            return None
         with _TRANSITIONS_LOCK:
             previous = self.state
             if state == previous:
-                return
+                return None
             self.state = state
             if previous is None:
-                return
+                return None
             self.last_transition = time.time()
-        self._counted(telemetry, previous, state, call)
+        return previous
 
-    def transition(
-        self, telemetry: Telemetry, previous: str, state: str, call: BreakerCall | None = None
-    ) -> None:
-        """The library reported `previous` → `state` (from its own notification, made once per change): count it,
-        and put the event on the span of the call that caused it, if any."""
+    def transition(self, previous: str, state: str) -> bool:
+        """The library reported `previous` -> `state` (its own notification, made once per change): True when the
+        caller is to count it."""
         if previous == state:
-            return
+            return False
         with _TRANSITIONS_LOCK:
             self.state = state
             self.last_transition = time.time()
-        self._counted(telemetry, previous, state, call)
+        return True
 
-    def _counted(self, telemetry: Telemetry, previous: str, state: str, call: BreakerCall | None) -> None:
-        telemetry.record_transition(self, previous, state)
-        if call is not None:
-            call.add_state_change(previous, state)
-
-    def refresh(self, telemetry: Telemetry) -> str | None:
-        """Re-read the state where the library allows it without side effects (for the gauge)."""
+    def current_state(self) -> str | None:
+        """The state as the library has it now, where it can be read without side effects, else the last one a call
+        saw. Only reads: the gauge calls it on the metric reader's thread."""
         owner = self.owner
         if self._read_state is not None and owner is not None:
-            self.observe(telemetry, self._read_state(owner))
+            return self._read_state(owner) or self.state
         return self.state
 
     def snapshot(self) -> dict[str, Any]:
@@ -137,19 +127,20 @@ class BreakerRegistry:
         self,
         owner: Any,
         library: str,
-        name: Callable[[], str],
+        name_of: Callable[[Any, Any], str],
+        guarded: Any = None,
         *,
         key: Hashable = None,
         read_state: StateReader | None = None,
     ) -> BreakerEntry:
         """The entry of the breaker `owner` (with `key` where one owner holds many breakers, as purgatory's
-        factory does), made on first use with the name `name()` returns: an unnamed breaker is named once, for its
-        lifetime, after the first guarded function."""
+        factory does), made on first use with the name ``name_of(owner, guarded)`` returns: an unnamed breaker is
+        named once, for its lifetime, after the first guarded function."""
         ident = (id(owner), key)
         entry = self._entries.get(ident)
         if entry is not None and entry._owner is not None and entry._owner() is owner:
             return entry
-        fresh = BreakerEntry(owner, name(), library, read_state)
+        fresh = BreakerEntry(owner, name_of(owner, guarded), library, read_state)
         if fresh._owner is None:
             return fresh  # not weakly referenceable: observed per call, never kept
         with self._lock:
@@ -177,6 +168,23 @@ class BreakerRegistry:
 
 
 REGISTRY = BreakerRegistry()
+
+
+def observe_states(library: str, _options: CallbackOptions) -> Iterable[Observation]:
+    """The `circuitbreaker.state` gauge of one instrumentation scope: 1 for each live breaker's current state, 0 for
+    the others. It only reads: a transition is counted by the first call that sees it (docs/telemetry.md)."""
+    for entry in REGISTRY.live_entries(library):
+        try:
+            state = entry.current_state()
+        except Exception:
+            report_internal_error("otel_resilience.core.registry: reading a breaker's state")
+            continue
+        if state is None:
+            continue
+        for candidate in semconv.BREAKER_STATES:
+            yield Observation(
+                1 if candidate == state else 0, {semconv.BREAKER_NAME: entry.name, semconv.BREAKER_STATE: candidate}
+            )
 
 
 def breakers() -> list[dict[str, Any]]:

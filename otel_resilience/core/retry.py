@@ -1,25 +1,13 @@
-"""The retry observer: library-neutral retry events in, spans and metrics out.
-
-An adapter reports what its library did; this module alone decides what that looks like in a trace:
-
-    op = telemetry.start_retry("app.fetch_user", span_name="fetch_user", max_attempts=3)
-    op.attempt_started()
-    token = op.activate()            # the attempt span is current while the attempt runs
-    ...                              # the library calls the app's function
-    op.deactivate(token)
-    op.attempt_ended(exc, next_delay=0.1)
-    ...
-    op.ended(semconv.RESULT_EXHAUSTED, exc)
-
-An attempt's span is finished when the next attempt starts or the operation ends (with the end time recorded when the
-attempt ended), because the measured delay of a drop-in target is only known then. HTTP attempts, which have no
-operation span, are `core.http`'s.
-"""
+"""The retry observer: an adapter reports a library's retry events to a `RetryOperation`, which alone decides what they
+look like in a trace (docs/telemetry.md); and the helpers that run a library's loop with its operation current, the
+same way for every retry adapter."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from time import time_ns
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 from opentelemetry import context
 from opentelemetry.context import Context
@@ -27,39 +15,63 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_
 from opentelemetry.util.types import AttributeValue
 
 from otel_resilience import semconv
-from otel_resilience.core import errors
-from otel_resilience.core._safety import never_raises
+from otel_resilience.core import errors, outcome
+from otel_resilience.core._safety import never_raises, report_internal_error
 from otel_resilience.core.config import Settings
-
-if TYPE_CHECKING:
-    from otel_resilience.core.telemetry import Telemetry
+from otel_resilience.core.telemetry import Telemetry
 
 _DEPTH_KEY: Final = context.create_key("otel_resilience.retry_depth")
 _ERROR: Final = Status(StatusCode.ERROR)
 _NS: Final = 1e9
 
 
-def attempt_outcome(
-    span: Span,
-    attributes: dict[str, Any],
-    delay: float | None,
-    error_type: str | None,
-    error: BaseException | None,
-    settings: Settings,
-    end_ns: int,
-) -> dict[str, Any]:
-    """How an attempt ended, on its span (a retried call's or an HTTP attempt's): `retry.delay` and `error.type` join
-    `attributes`, which the caller writes with the span's other end attributes in one call; a failure sets status
-    ERROR, and a raised error adds its ``exception`` event (with a stacktrace only when the policy is ``all``)."""
-    if delay is not None:
-        attributes[semconv.RETRY_DELAY] = delay
-    if error_type is not None:
-        attributes[semconv.ERROR_TYPE] = error_type
+class EndedAttempt:
+    """An attempt that ended, not yet reported: its span stays open until we know what followed it (the wait before
+    the next attempt, or the outcome), then gets its attributes in one call and ends at `end_ns`."""
+
+    __slots__ = ("span", "end_ns", "error", "error_type", "status", "delay")
+
+    def __init__(
+        self,
+        span: Span | None,
+        end_ns: int,
+        error: BaseException | None,
+        error_type: str | None,
+        status: int | None = None,
+        delay: float | None = None,
+    ) -> None:
+        self.span = span
+        self.end_ns = end_ns
+        self.error = error
+        self.error_type = error_type
+        self.status = status
+        self.delay = delay  # the wait the library chose before the next attempt
+
+    def failed(self, settings: Settings) -> None:
+        """A failed attempt's span gets status ERROR and, for a raised error, its ``exception`` event (with a
+        stacktrace only when the policy is ``all``), described as it is now; the error is not kept."""
+        span = self.span
+        if span is None or self.error_type is None:
+            return
         span.set_status(_ERROR)
-        if error is not None:
-            stacktrace = settings.stacktraces == "all"
-            span.add_event(semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns)
-    return attributes
+        if self.error is not None:
+            exception = errors.exception_attributes(self.error, stacktrace=settings.stacktraces == "all")
+            span.add_event(semconv.EXCEPTION_EVENT, exception, self.end_ns)
+            self.error = None
+
+    def report(self, attributes: dict[str, Any]) -> None:
+        """End the span (if any) with `attributes` and how the attempt ended, `retry.delay` and `error.type`, in one
+        `set_attributes` call (the SDK takes its span lock per call), at the time the attempt ended."""
+        span = self.span
+        if span is None:
+            return
+        if self.delay is not None:
+            attributes[semconv.RETRY_DELAY] = self.delay
+        if self.error_type is not None:
+            attributes[semconv.ERROR_TYPE] = self.error_type
+        if attributes:
+            span.set_attributes(attributes)
+        span.end(self.end_ns)
 
 
 def current_depth(ctx: Context | None = None) -> int:
@@ -68,7 +80,14 @@ def current_depth(ctx: Context | None = None) -> int:
 
 
 class RetryOperation:
-    """One retried call, from its first attempt to its result. Created by `Telemetry.start_retry`."""
+    """One retried call, from its first attempt to its result. Its methods guard themselves (core/_safety.py)::
+
+        op = RetryOperation.start(telemetry, "app.fetch_user", span_name="fetch_user", max_attempts=3)
+        op.attempt_started(); token = op.activate(); ...; op.deactivate(token)
+        op.attempt_ended(exc, next_delay=0.1)
+        ...
+        op.ended(semconv.RESULT_EXHAUSTED, exc)
+    """
 
     __slots__ = (
         "_telemetry",
@@ -82,59 +101,60 @@ class RetryOperation:
         "_start_ns",
         "_attempt_span",
         "_attempt_start_ns",
-        "_pending",
-        "_pending_end_ns",
-        "_pending_attributes",
-        "_pending_needs_delay",
+        "_ended_attempt",
         "_measured_delays",
         "_last_error_type",
         "_in_attempt",
         "_ended",
     )
 
-    def __init__(self) -> None:  # use RetryOperation.start
-        self._pending: Span | None = None
-        self._attempt_span: Span | None = None
-        self._pending_end_ns = 0
-        self._pending_attributes: dict[str, Any] = {}
-        self._pending_needs_delay = False
-        self._last_error_type: str | None = None
-        self._in_attempt = False
-        self._ended = False
-        self.attempts = 0
-        self.total_delay = 0.0
-
     @classmethod
+    @never_raises
     def start(
         cls,
         telemetry: Telemetry,
         name: str,
         *,
-        span_name: str | None,
-        max_attempts: int | None,
-        parent: Context | None,
+        span_name: str | None = None,
+        max_attempts: int | None = None,
         measured_delays: bool = False,
-    ) -> RetryOperation:
-        self = cls()
+    ) -> RetryOperation | None:
+        """Start observing one retried operation, or return None when nothing records (the adapter then stays out of
+        the way). `name` is ``retry.name`` (``module.qualname``), `span_name` the bare qualname. `measured_delays`:
+        the gap between attempts is `retry.delay` where the library's chosen wait cannot be read."""
+        if not telemetry.recording():
+            return None
+        return cls(telemetry, name, span_name or name, max_attempts, measured_delays)
+
+    def __init__(
+        self, telemetry: Telemetry, name: str, span_name: str, max_attempts: int | None, measured_delays: bool
+    ) -> None:
         self._telemetry = telemetry
         self.name = name
-        self.span_name = span_name or name
-        parent_ctx = context.get_current() if parent is None else parent
-        self.depth = current_depth(parent_ctx) + 1
+        self.span_name = span_name
+        self.attempts = 0
+        self.total_delay = 0.0
+        self._attempt_span: Span | None = None
+        self._attempt_start_ns = 0
+        self._ended_attempt: EndedAttempt | None = None
         self._measured_delays = measured_delays
+        self._last_error_type: str | None = None
+        self._in_attempt = False
+        self._ended = False
+        parent = context.get_current()
+        self.depth = current_depth(parent) + 1
         self._start_ns = time_ns()
         attributes: dict[str, AttributeValue] = {semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: self.depth}
         if max_attempts is not None:
             attributes[semconv.RETRY_MAX_ATTEMPTS] = max_attempts
         self._span = telemetry.tracer.start_span(
-            f"{semconv.RETRY_OPERATION_SPAN_PREFIX} {self.span_name}",
-            context=parent_ctx,
+            f"{semconv.RETRY_OPERATION_SPAN_PREFIX} {span_name}",
+            context=parent,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
             start_time=self._start_ns,
         )
-        self._ctx = context.set_value(_DEPTH_KEY, self.depth, set_span_in_context(self._span, parent_ctx))
-        return self
+        self._ctx = context.set_value(_DEPTH_KEY, self.depth, set_span_in_context(self._span, parent))
 
     # --- attempts ----------------------------------------------------------------------------------------------
 
@@ -143,9 +163,9 @@ class RetryOperation:
         """An attempt begins now. `start_ns` is for an adapter that learns of an attempt only after it began (backoff
         decorations made before instrumentation report each attempt when it ended): the attempt's real start time."""
         now = time_ns() if start_ns is None else start_ns
-        if self._in_attempt:  # the previous attempt was never reported as ended: close it as it stands
+        if self._in_attempt:  # the previous attempt was never reported as ended: it ends as it stands
             self.attempt_ended()
-        self._finish_pending(now)
+        self._report_ended_attempt(now)
         self._in_attempt = True
         self.attempts += 1
         self._attempt_start_ns = now
@@ -173,12 +193,21 @@ class RetryOperation:
 
     def activate(self) -> object:
         """Make the running attempt current (so spans the app makes inside it are its children); returns a token
-        for `deactivate`. Attach and detach must pair up in the same context, as with any OpenTelemetry context."""
-        return context.attach(self.attempt_context)
+        for `deactivate` (None if that failed). Attach and detach must pair up in the same context, as with any
+        OpenTelemetry context. Guarded inline, as `deactivate`: both run around every attempt."""
+        try:
+            return context.attach(self.attempt_context)
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.activate")
+            return None
 
     @staticmethod
     def deactivate(token: object) -> None:
-        context.detach(token)  # type: ignore[arg-type]
+        if token is not None:
+            try:
+                context.detach(token)  # type: ignore[arg-type]
+            except Exception:
+                report_internal_error("otel_resilience.core.retry.RetryOperation.deactivate")
 
     @never_raises
     def attempt_ended(
@@ -187,15 +216,13 @@ class RetryOperation:
         *,
         error_type: str | None = None,
         next_delay: float | None = None,
-        attributes: dict[str, Any] | None = None,
         end_ns: int | None = None,
     ) -> None:
         """The running attempt ended: it raised `error`, or its result was rejected (`error_type`, e.g.
-        ``rejected_result`` or ``"503"``), or it succeeded (neither). `next_delay` is the wait the library chose
-        before the next attempt (None when no attempt follows, or when the delay is measured instead). Ignored when
-        no attempt is running, so an adapter may report an end it is unsure was already reported. `end_ns` is when
-        the attempt really ended, for an adapter that learns the verdict later (the library decides after the
-        function returned); default: now."""
+        ``rejected_result``), or it succeeded (neither). `next_delay` is the wait the library chose before the next
+        attempt (None when no attempt follows, or when the delay is measured). Ignored when no attempt is running, so
+        an adapter may report an end it is unsure was already reported. `end_ns`: when the attempt really ended, for
+        an adapter that learns the verdict later; default: now."""
         if not self._in_attempt:
             return
         self._in_attempt = False
@@ -220,13 +247,8 @@ class RetryOperation:
             if error_type is None:
                 return  # on_retry: a first attempt that succeeded gets no span
             span = self._new_attempt_span(self._attempt_start_ns)
-        outcome = attempt_outcome(
-            span, dict(attributes) if attributes else {}, next_delay, error_type, error, self._telemetry.settings, end_ns
-        )
-        self._pending = span
-        self._pending_attributes = outcome  # written when the span ends, with what the end adds: one call, one lock
-        self._pending_end_ns = end_ns
-        self._pending_needs_delay = self._measured_delays and next_delay is None
+        ended = self._ended_attempt = EndedAttempt(span, end_ns, error, error_type, delay=next_delay)
+        ended.failed(self._telemetry.settings)
 
     def _attempt_event_attributes(
         self, error: BaseException | None, error_type: str | None, next_delay: float | None
@@ -240,20 +262,16 @@ class RetryOperation:
             attributes[semconv.RETRY_DELAY] = next_delay
         return attributes
 
-    def _finish_pending(self, next_start_ns: int | None) -> None:
+    def _report_ended_attempt(self, next_start_ns: int | None) -> None:
         """End the previous attempt's span; when delays are measured, its delay is the gap until `next_start_ns`."""
-        span = self._pending
-        if span is None:
+        ended = self._ended_attempt
+        if ended is None:
             return
-        self._pending = None
-        attributes = self._pending_attributes
-        if self._pending_needs_delay and next_start_ns is not None:
-            delay = max(0, next_start_ns - self._pending_end_ns) / _NS
-            self.total_delay += delay
-            attributes[semconv.RETRY_DELAY] = delay
-        if attributes:
-            span.set_attributes(attributes)
-        span.end(self._pending_end_ns)
+        self._ended_attempt = None
+        if self._measured_delays and ended.delay is None and next_start_ns is not None:
+            ended.delay = max(0, next_start_ns - ended.end_ns) / _NS
+            self.total_delay += ended.delay
+        ended.report({})
 
     # --- the end -------------------------------------------------------------------------------------------------
 
@@ -261,40 +279,35 @@ class RetryOperation:
     def ended(
         self, result: str | None = None, error: BaseException | None = None, *, error_type: str | None = None
     ) -> None:
-        """The operation is over. `result` is one of ``semconv.RETRY_RESULTS`` (inferred when None: success unless
-        the last attempt failed or `error` escaped); a `BaseException` that is not an `Exception` makes it
-        ``aborted`` whatever else was said. `error` is the exception that escaped to the caller, if any. Ignored
-        once the operation has ended."""
+        """The operation is over: `result` is the library's verdict (one of ``semconv.RETRY_RESULTS``; None: see
+        `outcome.operation_result`), `error` the exception that escaped to the caller, if any. Ignored once the
+        operation has ended."""
         if self._ended:
             return
         self._ended = True
         end_ns = time_ns()
-        if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): close the attempt as it stands
+        if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands
             self.attempt_ended(error)
-        if errors.is_abort(error):
-            result = semconv.RESULT_ABORTED
-        elif result is None:
-            failed = error is not None or self._last_error_type is not None
-            result = semconv.RESULT_EXHAUSTED if failed else semconv.RESULT_SUCCESS
+        result = outcome.operation_result(result, error, self._last_error_type is not None)
         if result != semconv.RESULT_SUCCESS and error_type is None:
             error_type = errors.error_type(error) if error is not None else self._last_error_type
-        outcome: dict[str, Any] = {
+        attributes: dict[str, Any] = {
             semconv.RETRY_ATTEMPTS: self.attempts,
             semconv.RETRY_RESULT: result,
             semconv.RETRY_TOTAL_DELAY: self.total_delay,
         }
-        self._finish_pending(None)
+        self._report_ended_attempt(None)
         span = self._span
         if result != semconv.RESULT_SUCCESS:
             if error_type is not None:
-                outcome[semconv.ERROR_TYPE] = error_type
+                attributes[semconv.ERROR_TYPE] = error_type
             span.set_status(_ERROR)
             if error is not None:
                 stacktrace = self._telemetry.settings.stacktraces != "none"
                 span.add_event(
                     semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
                 )
-        span.set_attributes(outcome)
+        span.set_attributes(attributes)
         span.end(end_ns)
         self._telemetry.record_retry(self.name, result, self.depth, self.attempts, (end_ns - self._start_ns) / _NS)
 
@@ -302,7 +315,136 @@ class RetryOperation:
     def is_ended(self) -> bool:
         return self._ended
 
-    @property
-    def in_attempt(self) -> bool:
-        """Whether an attempt has started and not yet been reported as ended."""
-        return self._in_attempt
+
+# --- running a library's loop (every retry adapter alike) ------------------------------------------------------------
+
+
+class ProxiedAttempts:
+    """The attempts of one retried call whose library calls the app's function itself (backoff's closure, retrying's
+    ``Retrying.call``) and only afterwards decides whether to retry it: the adapter hands the loop a stand-in that
+    runs each attempt through `run` (the attempt span current while it runs), and reports the library's verdict
+    (`reject`, `attempt_ended` with the chosen wait, `verdict`), so the attempt ends when the function returned."""
+
+    __slots__ = ("op", "error", "end_ns", "returned", "rejected", "last_error", "verdict")
+
+    def __init__(self, op: RetryOperation) -> None:
+        self.op = op
+        self.error: BaseException | None = None
+        self.end_ns = 0
+        self.returned = False  # an attempt returned and awaits the library's verdict
+        self.rejected = False
+        self.last_error: BaseException | None = None
+        self.verdict: str | None = None
+        """`retry.result` as the library decided it on its way out (gave up: exhausted / not_retried), if it did."""
+
+    # The sync and async forms are twins kept side by side: one awaits the attempt, the other calls it.
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        token = self._attempt_started()
+        error: BaseException | None = None
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._returned(token, error)
+
+    async def run_async(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        token = self._attempt_started()
+        error: BaseException | None = None
+        try:
+            return await fn(*args, **kwargs)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._returned(token, error)
+
+    @never_raises
+    def _attempt_started(self) -> object:
+        """The attempt starts and is made current; returns the token to detach it (None if that failed)."""
+        self.attempt_ended()  # a verdict we never saw (the library went straight on): the attempt ends as it stood
+        self.verdict = None
+        self.rejected = False
+        self.op.attempt_started()
+        return self.op.activate()
+
+    @never_raises
+    def _returned(self, token: object, error: BaseException | None) -> None:
+        self.op.deactivate(token)
+        self.end_ns = time_ns()
+        self.error = error
+        self.returned = True
+        if error is not None:
+            self.last_error = error
+
+    def reject(self) -> None:
+        """The library rejected the value the attempt returned (``on_predicate``, ``retry_on_result``)."""
+        self.rejected = True
+
+    @never_raises
+    def attempt_ended(self, next_delay: float | None = None) -> None:
+        """The library's verdict on the attempt that returned: it ended; `next_delay` is the wait chosen before the
+        next attempt, if one follows."""
+        if not self.returned:
+            return
+        self.returned = False
+        rejected = self.rejected and self.error is None
+        self.op.attempt_ended(
+            self.error,
+            error_type=semconv.REJECTED_RESULT if rejected else None,
+            next_delay=next_delay,
+            end_ns=self.end_ns,
+        )
+
+    @never_raises
+    def ended(self, error: BaseException | None) -> None:
+        """The call is over; `error` is what escaped to the caller (`outcome.proxied_result` names the result)."""
+        self.attempt_ended()
+        self.op.ended(outcome.proxied_result(self.verdict, error, self.last_error), error)
+
+
+class Ending(Protocol):
+    def ended(self, error: BaseException | None) -> None: ...
+
+
+E = TypeVar("E", bound=Ending)
+
+
+# The sync and async brackets are twins kept side by side: one awaits the loop, the other calls it.
+def run_as_current(var: ContextVar[E | None], run: E, loop: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run the library's retry loop with `run` in `var` (where the adapter's hooks inside the loop find it, per thread
+    and per task), then ``run.ended()`` with whatever escaped: every adapter that brackets a loop ends it alike."""
+    token = var.set(run)
+    try:
+        value = loop(*args, **kwargs)
+    except BaseException as exc:
+        _end(run, exc)
+        raise
+    finally:
+        var.reset(token)
+    _end(run, None)
+    return value
+
+
+async def run_as_current_async(
+    var: ContextVar[E | None], run: E, loop: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """`run_as_current` for a coroutine function's loop."""
+    token = var.set(run)
+    try:
+        value = await loop(*args, **kwargs)
+    except BaseException as exc:
+        _end(run, exc)
+        raise
+    finally:
+        var.reset(token)
+    _end(run, None)
+    return value
+
+
+def _end(run: Ending, error: BaseException | None) -> None:
+    try:
+        run.ended(error)
+    except Exception:
+        report_internal_error(f"{type(run).__module__}.{type(run).__qualname__}.ended")

@@ -1,31 +1,26 @@
-"""One `Telemetry` per instrumented library: its tracer, meter and instruments, got once at instrument time.
-
-Getting a tracer or meter on every call is a trap (the SDK may warn from `get_tracer()`, and apps that turn warnings
-into errors break), so adapters receive this object when they are instrumented and keep it.
-"""
+"""One `Telemetry` per instrumented library: its tracer, meter and instruments, got once at instrument time (getting
+them per call is a trap: the SDK may warn from `get_tracer()`), and whether anything records. A leaf of the core:
+observations (`RetryOperation`, `BreakerCall`, `HttpRequest`) start in their own modules and write through it."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_current
 from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from otel_resilience import semconv
 from otel_resilience.core._safety import report_internal_error
 from otel_resilience.core.config import SETTINGS, Settings
+from otel_resilience.core.registry import observe_states
 from otel_resilience.version import __version__
-
-if TYPE_CHECKING:
-    from otel_resilience.core.registry import BreakerEntry
-
 
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 
@@ -37,6 +32,8 @@ def _run_guarded(callback: Callable[[], None]) -> None:
         report_internal_error(f"installing hooks ({getattr(callback, '__qualname__', callback)})")
 
 
+# The two readings below, and `recording`'s of `trace._TRACER_PROVIDER` and `_METER_PROVIDER`, use OpenTelemetry's
+# private names: tests/test_otel_internals.py fails loudly when a release renames them.
 def _is_noop_tracer(tracer: trace.Tracer) -> bool:
     if isinstance(tracer, trace.ProxyTracer):
         tracer = tracer._tracer  # resolves to the real tracer once a global provider is set
@@ -91,7 +88,7 @@ class Telemetry:
         )
         self.meter.create_observable_gauge(
             semconv.METRIC_BREAKER_STATE,
-            callbacks=[self._observe_breaker_states],
+            callbacks=[functools.partial(observe_states, library)],
             unit="1",
             description="1 for the state each circuit breaker is in, 0 for the others.",
         )
@@ -173,25 +170,6 @@ class Telemetry:
                     _run_guarded(callback)  # runs inside the app's first call after an SDK appears
             self._live = True
 
-    def start_retry(
-        self,
-        name: str,
-        *,
-        span_name: str | None = None,
-        max_attempts: int | None = None,
-        parent: Context | None = None,
-        measured_delays: bool = False,
-    ) -> RetryOperation | None:
-        """Start observing one retried operation, or return None when nothing records (the adapter then stays out
-        of the way entirely). `name` is ``retry.name`` (``module.qualname``); `span_name` the bare qualname.
-        `measured_delays=True` records the gap between attempts as `retry.delay` when the library's chosen wait
-        cannot be read. (HTTP requests are `core.http.start_request`'s.)"""
-        if not self.recording():
-            return None
-        return RetryOperation.start(
-            self, name, span_name=span_name, max_attempts=max_attempts, parent=parent, measured_delays=measured_delays
-        )
-
     def record_retry(self, name: str, result: str, depth: int, attempts: int, seconds: float) -> None:
         """The metric points of one retried operation (or HTTP request) that ended: `retry.attempts` and
         `retry.duration`."""
@@ -200,44 +178,14 @@ class Telemetry:
         )
         self.retry_duration.record(seconds, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result})
 
-    def start_breaker_call(
-        self, entry_of: Callable[[], BreakerEntry], state: str | None, subject: object = None
-    ) -> BreakerCall | None:
-        """Start observing one call through the breaker whose registry entry `entry_of()` gives, admitted (so far)
-        in `state`; None when nothing records. The entry is looked up only then: a call while instrumentation is
-        suppressed leaves no trace, not even in the registry. `subject` is the library object by which the
-        adapter's inner hooks find the call again (`current_call`)."""
-        if not self.recording():
-            return None
-        return BreakerCall.start(self, entry_of(), state, subject)
-
-    def _observe_breaker_states(self, _options: CallbackOptions) -> Iterable[Observation]:
-        """The `circuitbreaker.state` gauge, read from the weak registry. A state the library moved to on its own (a
-        timer taking a breaker from open to half_open) is first seen here, and counted as a transition here."""
-        for entry in REGISTRY.live_entries(self.library):
-            state = entry.refresh(self)
-            if state is None:
-                continue
-            for candidate in semconv.BREAKER_STATES:
-                yield Observation(
-                    1 if candidate == state else 0,
-                    {semconv.BREAKER_NAME: entry.name, semconv.BREAKER_STATE: candidate},
-                )
-
-    def record_transition(self, entry: BreakerEntry, previous: str, state: str) -> None:
-        """Count one state change (with or without a span current): the `circuitbreaker.transitions` counter."""
+    def record_transition(self, breaker: str, previous: str, state: str) -> None:
+        """Count one state change of the breaker named `breaker`: the `circuitbreaker.transitions` counter."""
         self.breaker_transitions.add(
             1,
             {
-                semconv.BREAKER_NAME: entry.name,
+                semconv.BREAKER_NAME: breaker,
                 semconv.BREAKER_PREVIOUS_STATE: previous,
                 semconv.BREAKER_STATE: state,
             },
         )
 
-
-# At the end: these modules name Telemetry only in annotations, and the core creates their objects on every traced
-# call, where an import statement inside the function would cost a module lookup each time.
-from otel_resilience.core.breaker import BreakerCall  # noqa: E402
-from otel_resilience.core.registry import REGISTRY  # noqa: E402
-from otel_resilience.core.retry import RetryOperation  # noqa: E402

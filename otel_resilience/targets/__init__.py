@@ -123,7 +123,7 @@ class _Registration:
 
 
 @dataclass
-class _Plan:
+class _TargetPlan:
     spec: TargetSpec
     resolved: Resolved | None
     """Set when the target is defined already (patched now); None: patched when it is defined."""
@@ -171,10 +171,10 @@ class _State:
             return modules[MAIN]
         return functions
 
-    def prepare(self, specs: Iterable[TargetSpec], *, find_modules: bool) -> tuple[list[_Plan], list[str]]:
+    def prepare(self, specs: Iterable[TargetSpec], *, find_modules: bool) -> tuple[list[_TargetPlan], list[str]]:
         """Check every target without patching anything: resolve those already defined, and (with `find_modules`)
         look for the others' modules without importing them."""
-        plans: list[_Plan] = []
+        plans: list[_TargetPlan] = []
         problems: list[str] = []
         seen: dict[str, TargetSpec] = {}
         for spec in specs:
@@ -188,15 +188,15 @@ class _State:
             try:
                 if module is not None:
                     try:
-                        plans.append(_Plan(spec, resolve(spec, module)))
+                        plans.append(_TargetPlan(spec, resolve(spec, module)))
                     except Missing:
                         if not _still_executing(module):
                             raise
-                        plans.append(_Plan(spec, None))  # defined later by the code now running
+                        plans.append(_TargetPlan(spec, None))  # defined later by the code now running
                     continue
                 if find_modules and not module_findable(spec.module):
                     raise ValueError(f"{spec.kind} target {spec.text!r}: module {spec.module!r} not found")
-                plans.append(_Plan(spec, None))
+                plans.append(_TargetPlan(spec, None))
             except ValueError as exc:
                 problems.append(str(exc))
         return plans, problems
@@ -205,7 +205,7 @@ class _State:
         registration = self.registrations.get(key)
         return registration.spec if registration is not None else None
 
-    def commit(self, plans: list[_Plan], tracer_provider: Any, meter_provider: Any) -> None:
+    def commit(self, plans: list[_TargetPlan], tracer_provider: Any, meter_provider: Any) -> None:
         if not plans:
             return
         telemetry = self._telemetry(tracer_provider, meter_provider)

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from otel_resilience.targets.spec import Resolved
+from typing import Any
 
 _logger = logging.getLogger("otel_resilience")
 
@@ -86,28 +82,3 @@ class ArgumentLocator:
 def attemptable(value: Any) -> bool:
     """Whether `value` can be the user's callable: callable, and not a class."""
     return callable(value) and not isinstance(value, type)
-
-
-_reported: set[str] = set()
-_reported_lock = threading.Lock()
-
-
-def report_no_callable(target: Resolved) -> None:
-    """Say once per target that a call had no argument to watch, so it was left untouched."""
-    text = target.spec.text
-    with _reported_lock:
-        if text in _reported:
-            return
-        _reported.add(text)
-    spec = target.spec
-    named = f"its argument {spec.argname!r} was not" if spec.argname else "none of its arguments was"
-    form = f"{spec.module}:{spec.qualname}:argname" + (f"@{spec.state_attr}" if spec.state_attr else "")
-    _logger.warning(
-        "otel_resilience: a call of %s target %s was left untouched (not traced): %s a callable that is not a class. "
-        "Name the parameter that receives the %s: %s",
-        spec.kind,
-        text,
-        named,
-        "attempted operation" if spec.kind == "retry" else "guarded function",
-        form,
-    )

@@ -1,22 +1,7 @@
 """An app's own circuit breaker, traced without editing it: each call of its configured call method is one guarded
-call; its state is read from the configured attribute before and after the call.
-
-What is read and what is inferred (the helper tells us nothing, so these are documented heuristics):
-
-- **State**: the configured attribute (a dotted path, read with plain attribute access on the instance for a method,
-  the class for a classmethod, the owning class or module for a static method or function), mapped to the contract by
-  `normalise_state`. It must be cheap and side-effect free to read: it is read twice per call.
-- **Admitted state**: the state read before the call, except that a call that found the breaker ``open`` and still
-  ran the guarded function was admitted as a ``half_open`` probe (the classic breaker moves open → half_open inside
-  the call once its timeout has passed): the ``open → half_open`` transition goes on that call's span.
-- **Transitions**: the state after the call compared with the admitted one (the registry entry counts each change
-  once, where first seen). A change made by another thread in between is seen by whichever call reads it first.
-- **Result**: ``rejected`` when the call ended without running the guarded function (we pass a proxy of it for the
-  call's duration and note whether it was called), ``failure`` when it ran and the call raised, else ``success``.
-  ``ignored`` is never reported: which exceptions the breaker excludes is not readable.
-- **Name**: the breaker's own ``name`` attribute when it is a non-empty string, else the first guarded function's
-  ``module.qualname``, kept for the breaker's lifetime (`core.naming.breaker_name`).
-"""
+call. The helper tells us nothing, so the state is read from the configured attribute before and after the call, and
+the admitted state, the transitions and the result are inferred by the heuristics docs/targets.md documents (a call
+that never ran the guarded function, watched through a proxy, is ``rejected``)."""
 
 from __future__ import annotations
 
@@ -27,12 +12,11 @@ from typing import Any
 import wrapt
 
 from otel_resilience import semconv
-from otel_resilience.core import REGISTRY, BreakerCall, Telemetry, never_raises, normalise_state
+from otel_resilience.core import BreakerCall, Telemetry, never_raises, normalise_state
 from otel_resilience.core.breaker import run_call, run_coroutine
 from otel_resilience.core.naming import breaker_name
 from otel_resilience.instrumentation._base import Wrapper
-from otel_resilience.targets._arguments import report_no_callable
-from otel_resilience.targets.spec import Resolved
+from otel_resilience.targets.spec import Resolved, report_no_callable
 
 _logger = logging.getLogger("otel_resilience")
 
@@ -41,7 +25,7 @@ class GuardProxy(wrapt.FunctionWrapper):  # type: ignore[misc]
     """The guarded function as the breaker receives it for one call: notes that it was called."""
 
 
-class StateReader:
+class AttributeStateReader:
     """Reads a breaker's state from the configured attribute and maps it to the contract; warns once per target when
     the attribute is missing or holds a value no common spelling matches."""
 
@@ -71,10 +55,11 @@ class StateReader:
             _logger.warning("otel_resilience: breaker target %r: " + message + " (state not recorded)", self._text, detail)
 
 
-def _own_name(holder: Any) -> str | None:
-    """The breaker's ``name`` attribute, when it is a non-empty string (docs/telemetry.md's naming takes it first)."""
+def _name(holder: Any, guarded: Any) -> str:
+    """The breaker's ``name`` attribute when it is a non-empty string, else the first guarded function's name
+    (docs/telemetry.md)."""
     own = getattr(holder, "name", None)
-    return own if isinstance(own, str) and own else None
+    return breaker_name(own if isinstance(own, str) and own else None, guarded, holder)
 
 
 class _GuardedCall:
@@ -100,32 +85,30 @@ class _GuardedCall:
         target = self._target
         holder, guarded = self._holder, self._guarded
         self._before = target.read_state(holder)
-        return target.telemetry.start_breaker_call(
-            lambda: REGISTRY.entry(
-                holder,
-                target.telemetry.library,
-                lambda: breaker_name(_own_name(holder), guarded, holder),
-                key=target.state_attr,
-                read_state=target.read_state,
-            ),
-            self._before,
+        return BreakerCall.start(
+            target.telemetry,
             holder,
+            self._before,
+            subject=holder,
+            guarded=guarded,
+            name_of=_name,
+            key=target.state_attr,
+            read_state=target.read_state,
         )
 
     @never_raises
-    def settle(self, call: BreakerCall, error: BaseException | None) -> None:
+    def end(self, call: BreakerCall, error: BaseException | None) -> None:
         """Read the state after the call, put the transitions on its span, and end it with the result the heuristics
         give (see the module docstring)."""
-        telemetry = self._target.telemetry
         after = self._target.read_state(self._holder)
         if not self.ran:
-            call.refused_in(self._before)  # type: ignore[arg-type]  # None: unreadable, the span gets no state
+            call.refused_in(self._before)  # None: unreadable, the span gets no state
         elif error is not None:
             call.mark_failure()
         if self.ran and self._before == semconv.STATE_OPEN:
-            call.entry.observe(telemetry, semconv.STATE_HALF_OPEN, call)  # the probe: admitted half_open
-        call.entry.observe(telemetry, after, call)
-        call.finish(error)
+            call.observe(semconv.STATE_HALF_OPEN)  # the probe: admitted half_open
+        call.observe(after)
+        call.ended(error)
 
 
 class _BreakerTarget:
@@ -140,7 +123,7 @@ class _BreakerTarget:
         breaker share one entry, so each transition is counted once."""
         self.owner = target.owner
         self.locator = target.locator
-        self.read_state = StateReader(target.spec.text, target.spec.state_attr)
+        self.read_state = AttributeStateReader(target.spec.text, target.spec.state_attr)
 
     @never_raises
     def plan(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -168,10 +151,10 @@ def breaker_wrapper(telemetry: Telemetry, target: Resolved) -> Wrapper:
             return wrapped(*args, **kwargs)
         run, args, kwargs = planned
         if is_async:
-            return run_coroutine(run.start, wrapped, args, kwargs, run.settle)
+            return run_coroutine(run.start, wrapped, args, kwargs, run.end)
         breaker_call = run.start()
         if breaker_call is None:
             return wrapped(*args, **kwargs)
-        return run_call(breaker_call, wrapped, args, kwargs, run.settle)
+        return run_call(breaker_call, wrapped, args, kwargs, run.end)
 
     return call

@@ -27,8 +27,8 @@ import wrapt
 from otel_resilience.core import RetryOperation, Telemetry, never_raises
 from otel_resilience.core.naming import callable_names
 from otel_resilience.instrumentation._base import Wrapper
-from otel_resilience.targets._arguments import ArgumentLocator, Found, attemptable, report_no_callable
-from otel_resilience.targets.spec import Resolved
+from otel_resilience.targets._arguments import ArgumentLocator, Found, attemptable
+from otel_resilience.targets.spec import Resolved, report_no_callable
 
 
 class AttemptProxy(wrapt.FunctionWrapper):  # type: ignore[misc]
@@ -164,7 +164,7 @@ class _OperationScope:
 
 @never_raises
 def _start(telemetry: Telemetry, names: tuple[str, str]) -> RetryOperation | None:
-    return telemetry.start_retry(names[0], span_name=names[1], measured_delays=True)
+    return RetryOperation.start(telemetry, names[0], span_name=names[1], measured_delays=True)
 
 
 def _run(

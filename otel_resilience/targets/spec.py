@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib.machinery
 import inspect
+import logging
 import sys
+import threading
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ import wrapt.importer
 
 from otel_resilience.targets._arguments import ArgumentLocator
 from otel_resilience.targets._definitions import DefiningFinder
+
+_logger = logging.getLogger("otel_resilience")
 
 Kind = Literal["retry", "breaker"]
 RETRY: Final = "retry"
@@ -274,3 +278,28 @@ def _locator(spec: TargetSpec, owner: Any, attr: str, function: Any, bad: Any) -
         return ArgumentLocator.for_parameters(parameters, spec.argname)
     except ValueError as exc:
         raise bad(f"{where}: {exc}") from None
+
+
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def report_no_callable(target: Resolved) -> None:
+    """Say once per target that a call had no argument to watch, so it was left untouched."""
+    text = target.spec.text
+    with _reported_lock:
+        if text in _reported:
+            return
+        _reported.add(text)
+    spec = target.spec
+    named = f"its argument {spec.argname!r} was not" if spec.argname else "none of its arguments was"
+    form = f"{spec.module}:{spec.qualname}:argname" + (f"@{spec.state_attr}" if spec.state_attr else "")
+    _logger.warning(
+        "otel_resilience: a call of %s target %s was left untouched (not traced): %s a callable that is not a class. "
+        "Name the parameter that receives the %s: %s",
+        spec.kind,
+        text,
+        named,
+        "attempted operation" if spec.kind == "retry" else "guarded function",
+        form,
+    )

@@ -1,18 +1,10 @@
-"""Translate aiohttp-retry's loop into HTTP attempts for `core.http`.
+"""Translate aiohttp-retry's loop into HTTP attempts for core/http.py.
 
-``RetryClient`` builds a ``_RequestContext`` per call; its ``_do_request`` is the whole loop: it awaits
-``self._request_func(...)`` (the session's ``request``) once per attempt, asks ``self._retry_options.get_timeout(...)``
-for the wait, and sleeps it. We bracket ``_do_request`` (awaited or used with ``async with``, both go through it), and,
-for that call only, put observers in place of the context's two collaborators: a request function that reports each
-attempt (and injects the attempt's trace context into a copy of its headers), and a transparent proxy of the retry
-options that reports the wait ``get_timeout`` returned (every retry class computes it its own way, some at random,
-Fibonacci with state: we read it, never compute it). Both are put back when the loop ends.
-
-Beside contrib's aiohttp-client instrumentation (a trace config on the session that makes one CLIENT span per request,
-so per attempt here), we make no span: contrib's span, current once its ``on_request_start`` ran, is handed to the core
-from ``aiohttp.tracing.Trace.send_request_start`` and enriched there. Contrib ends it in ``send_request_end`` /
-``send_request_exception``, before aiohttp-retry decides: there, if the attempt ends the loop by aiohttp-retry's own
-rule (read from the options), the span gets the outcome; the wait chosen after it goes on the next attempt's span.
+``_RequestContext._do_request`` is the whole loop: for that call only, the context's request function and retry
+options are replaced by observers (each attempt, with its trace context injected into a copy of its headers; the
+wait ``get_timeout`` returned, read, never computed) and put back after. Beside contrib's aiohttp-client spans (one
+per attempt), those spans are enriched instead, from ``Trace.send_request_start``/``_end``/``_exception``
+(docs/http.md).
 """
 
 from __future__ import annotations
@@ -31,8 +23,8 @@ from opentelemetry.trace import get_current_span
 from yarl import URL
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, errors, http, never_raises
-from otel_resilience.instrumentation._attempts import run_as_current_async
+from otel_resilience.core import Telemetry, http, never_raises, outcome
+from otel_resilience.core.retry import run_as_current_async
 from otel_resilience.instrumentation._base import Patches
 
 _CONTRIB_MARK: Final = "_is_instrumented_by_opentelemetry"
@@ -55,7 +47,7 @@ def _would_retry_status(options: Any, method: str, status: int) -> bool:
     return status in getattr(options, "statuses", ())
 
 
-class _Run:
+class _RetryClientLoop:
     """One ``_do_request`` loop: its request, the context's collaborators we replaced, and the last attempt."""
 
     __slots__ = ("request", "context", "request_func", "options", "method", "status")
@@ -129,35 +121,31 @@ class _Run:
         options = self.options
         at_limit = self.request.attempts >= getattr(options, "attempts", 1)
         if error is not None:
-            if errors.is_abort(error):
-                return semconv.RESULT_ABORTED
             retried = any(isinstance(error, kind) for kind in getattr(options, "exceptions", ()))
-            if at_limit:
-                return semconv.RESULT_EXHAUSTED if retried else semconv.RESULT_NOT_RETRIED
-            return None if retried else semconv.RESULT_NOT_RETRIED
+            if retried and not at_limit and not outcome.is_abort(error):
+                return None
+            return outcome.final_result(retry_wanted=retried, failed=True, error=error)
         if status is None:
             return None
         retried = _would_retry_status(options, self.method, status)
-        if at_limit and retried:
-            return semconv.RESULT_EXHAUSTED
         if not at_limit and (retried or getattr(options, "evaluate_response_callback", None) is not None):
             return None
-        return semconv.RESULT_NOT_RETRIED if http.status_error_type(status) is not None else semconv.RESULT_SUCCESS
+        return outcome.final_result(retry_wanted=retried, failed=outcome.status_error_type(status) is not None)
 
     @never_raises
-    def settle(self, status: int | None, error: BaseException | None) -> None:
+    def contrib_span_ending(self, status: int | None, error: BaseException | None) -> None:
         """Contrib's span of this attempt is about to end: if the attempt ends the loop, it carries the outcome."""
         result = self.verdict(status, error)
         if result is not None:
-            self.request.settle(result)
+            self.request.layer_ended(result)
 
     @never_raises
-    def finish(self, error: BaseException | None) -> None:
+    def ended(self, error: BaseException | None) -> None:
         """The loop returned the last response (`error` None) or raised (the last attempt's error, the error
         ``raise_for_status`` raised on the last response, or a cancellation): the context gets the app's request
         function and options back, and the request ends."""
         self.restore()
-        if errors.is_abort(error):
+        if outcome.is_abort(error):
             result: str | None = semconv.RESULT_ABORTED
         elif self.status is not None:
             result = self.verdict(self.status, None)
@@ -169,7 +157,7 @@ class _Run:
 class _ObservedOptions(wrapt.ObjectProxy):  # type: ignore[misc]
     """The app's retry options, unchanged, except that the wait ``get_timeout`` returns is reported as it leaves."""
 
-    def __init__(self, options: Any, run: _Run) -> None:
+    def __init__(self, options: Any, run: _RetryClientLoop) -> None:
         super().__init__(options)
         self._self_run = run
 
@@ -179,7 +167,7 @@ class _ObservedOptions(wrapt.ObjectProxy):  # type: ignore[misc]
         return delay
 
 
-_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("otel_resilience_aiohttp_retry_run", default=None)
+_RUN: contextvars.ContextVar[_RetryClientLoop | None] = contextvars.ContextVar("otel_resilience_aiohttp_retry_run", default=None)
 
 
 class AiohttpRetryAdapter:
@@ -205,14 +193,14 @@ class AiohttpRetryAdapter:
         return await run_as_current_async(_RUN, run, wrapped, args, kwargs)
 
     @never_raises
-    def _start(self, context: Any) -> _Run | None:
+    def _start(self, context: Any) -> _RetryClientLoop | None:
         if isinstance(context._retry_options, _ObservedOptions):  # this very loop is already observed
             return None
         first = context._params_list[0]
-        request = http.start_request(self.telemetry, first.method, URL(first.url).host or "")
+        request = http.HttpRequest.start(self.telemetry, first.method, URL(first.url).host or "")
         if request is None:
             return None
-        run = _Run(request, context)
+        run = _RetryClientLoop(request, context)
         run.install()
         return run
 
@@ -235,7 +223,7 @@ class AiohttpRetryAdapter:
         return await wrapped(*args, **kwargs)
 
     @staticmethod
-    def _contrib_run(trace: Any) -> _Run | None:
+    def _contrib_run(trace: Any) -> _RetryClientLoop | None:
         run = _RUN.get()
         if run is not None and getattr(getattr(trace, "_trace_config", None), _CONTRIB_MARK, False):
             return run
@@ -251,4 +239,4 @@ class AiohttpRetryAdapter:
     def _contrib_ending(self, trace: Any, response: Any, error: BaseException | None) -> None:
         run = self._contrib_run(trace)
         if run is not None:
-            run.settle(None if response is None else int(response.status), error)
+            run.contrib_span_ending(None if response is None else int(response.status), error)

@@ -1,33 +1,10 @@
 """Translate backoff's retry loop into core retry events.
 
-backoff builds its retry loop as a closure when a function is decorated: ``backoff.on_exception(...)(fn)`` calls
-``backoff._sync.retry_exception`` (or ``retry_predicate``, or their ``backoff._async`` twins) right then, and the
-closure keeps everything it needs. So there are two cases.
-
-**Decorated after instrumentation** (everything, under the launcher): the four factories are patched and build two
-closures: backoff's own, which runs while nothing records (no SDK, suppressed, and after uninstrumenting), and one
-handed a stand-in for the app's function, which runs while something records: each attempt is seen exactly and its
-span is current while it runs (the app's spans, and retries nested in it, hang under it). Both sit behind one function
-that brackets the call, so every way out is seen, including an exception the decorator does not catch.
-
-**Decorated before instrumentation**: the closure is out of reach, but it looks up three of backoff's module functions
-at call time, and those are patched (once something records):
-
-- ``_init_wait_gen``: the loop begins (the operation starts; the closure's settings are read once from its frame);
-- ``_next_wait``: an attempt failed and will be retried; its return value is the wait backoff chose (jitter and the
-  max_time clip included), never recomputed;
-- ``_call_handlers``: the on_success / on_giveup / on_backoff handlers are about to run; the details say which attempt,
-  when it started (``elapsed``), and what it returned or raised.
-
-From these the attempts are rebuilt with their real times and recorded when the call leaves through one of backoff's
-own exits (success, give-up, a wait generator that ran out). What is lost in that case: a call that ends with an
-exception the decorator does not catch is not recorded at all (nothing of backoff's runs after it), and attempts are
-never the current span (the app's spans inside an attempt hang under the caller's span, and a retry nested in it
-counts one level less).
-
-The same hooks serve the first case too (the wait, the give-up, which handlers run), and put the app's function back
-into the handlers' ``details["target"]`` in place of the stand-in: handlers see exactly what they would without us. No
-handler of ours is added: the app's handlers run as they are, in their order.
+backoff builds its loop as a closure at decoration time. Decorated after instrumentation: its four factories are
+patched and also build the closure around a stand-in for the app's function, so each attempt is seen exactly and is
+current while it runs. Decorated before: the closure's call-time lookups of ``_init_wait_gen`` (the loop begins),
+``_next_wait`` (the wait backoff chose) and ``_call_handlers`` (success, give-up, backoff) rebuild the attempts, with
+the limits docs/retry-libraries.md lists. No handler of ours is added; handlers see the app's function as ``target``.
 """
 
 from __future__ import annotations
@@ -43,9 +20,9 @@ from typing import Any, Final
 from backoff import _async, _sync
 
 from otel_resilience import semconv
-from otel_resilience.core import RetryOperation, Telemetry, never_raises, report_internal_error
+from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
 from otel_resilience.core.naming import callable_names
-from otel_resilience.instrumentation._attempts import ProxiedAttempts, run_as_current, run_as_current_async
+from otel_resilience.core.retry import ProxiedAttempts, RetryOperation, run_as_current, run_as_current_async
 from otel_resilience.instrumentation._base import Patches
 
 _FACTORIES: Final = ("retry_exception", "retry_predicate")
@@ -105,13 +82,15 @@ class _Call:
         self.wait_ran_out = False
 
     def give_up_result(self, tries: int, elapsed: float) -> str:
-        """Why backoff gave up, by its own test: the limits (or a wait generator that ran out) mean ``exhausted``;
-        otherwise the app's ``giveup`` predicate said so: ``not_retried``."""
-        if self.policy.predicate_form or self.wait_ran_out:
-            return semconv.RESULT_EXHAUSTED
-        if tries == self.max_tries or (self.max_time is not None and elapsed >= self.max_time):
-            return semconv.RESULT_EXHAUSTED
-        return semconv.RESULT_NOT_RETRIED
+        """Why backoff gave up, by its own test: its limits stopped a retry it wanted (a predicate form, a wait
+        generator that ran out, or the tries or time spent); otherwise the app's ``giveup`` predicate refused it."""
+        limit_reached = (
+            self.policy.predicate_form
+            or self.wait_ran_out
+            or tries == self.max_tries
+            or (self.max_time is not None and elapsed >= self.max_time)
+        )
+        return outcome.final_result(retry_wanted=limit_reached, failed=True)
 
     def retried(self, sent: Any, elapsed: float, seconds: float) -> None:
         raise NotImplementedError
@@ -147,7 +126,9 @@ class _DecoratedCall(_Call):
         if frame is not None:  # a limit given as a callable: backoff evaluated it at call time
             self.max_tries = frame.f_locals.get("max_tries_value")
             self.max_time = frame.f_locals.get("max_time_value")
-        op = telemetry.start_retry(policy.name, span_name=policy.span_name, max_attempts=_limit(self.max_tries))
+        op = RetryOperation.start(
+            telemetry, policy.name, span_name=policy.span_name, max_attempts=_limit(self.max_tries)
+        )
         if op is not None:
             self.attempts = ProxiedAttempts(op)
             self.wait = wait
@@ -157,7 +138,7 @@ class _DecoratedCall(_Call):
         assert self.attempts is not None
         if self.policy.predicate_form:
             self.attempts.reject()
-        self.attempts.close(float(seconds))
+        self.attempts.attempt_ended(float(seconds))
 
     @never_raises
     def ran_out(self, sent: Any, elapsed: float) -> None:
@@ -165,7 +146,7 @@ class _DecoratedCall(_Call):
         self.wait_ran_out = True
         if self.policy.predicate_form:
             self.attempts.reject()
-        self.attempts.close()
+        self.attempts.attempt_ended()
 
     @never_raises
     def before_handlers(self, kind: str | None, details: dict[str, Any]) -> None:
@@ -175,13 +156,13 @@ class _DecoratedCall(_Call):
             attempts.verdict = self.give_up_result(details["tries"], details["elapsed"])
             if self.policy.predicate_form:
                 attempts.reject()
-            attempts.close()
+            attempts.attempt_ended()
         elif kind == _SUCCESS:
-            attempts.close()
+            attempts.attempt_ended()
 
-    def finish(self, error: BaseException | None) -> None:
+    def ended(self, error: BaseException | None) -> None:
         if self.attempts is not None:
-            self.attempts.finish(error)
+            self.attempts.ended(error)
 
 
 class _UndecoratedCall(_Call):
@@ -445,8 +426,8 @@ class BackoffAdapter:
         variables = frame.f_locals
         policy = _Policy(variables["target"])
         policy.learn(variables)
-        op = self.telemetry.start_retry(
-            policy.name, span_name=policy.span_name, max_attempts=_limit(variables.get("max_tries_value"))
+        op = RetryOperation.start(
+            self.telemetry, policy.name, span_name=policy.span_name, max_attempts=_limit(variables.get("max_tries_value"))
         )
         if op is None:
             return None

@@ -1,29 +1,10 @@
 """Translate circuitbreaker's (fabfuel) calls into core breaker events.
 
-circuitbreaker has no listener API. ``decorate()`` builds, once per function, a closure that decides every call::
-
-    if self.opened:                              # the open check
-        return self.fallback_function(...)       # or: raise CircuitBreakerError(self)
-    return self.call(function, ...)              # or call_generator / call_async / call_async_generator
-
-That closure reaches the breaker only through attributes it looks up at call time, and those are the hook points. So
-a function decorated before instrumentation is traced exactly like one decorated after, and ``uninstrument()`` leaves
-nothing behind in either (a patched ``decorate`` would leave our wrapper in every function decorated meanwhile):
-
-- ``call``, ``call_generator``, ``call_async``, ``call_async_generator``: an admitted call (also ``breaker.call(f)``
-  used directly, which circuitbreaker never refuses). The span covers the call, or a generator's consumption.
-- the ``opened`` property: the open check. When it answers True to one of the closures ``decorate()`` builds (told
-  apart by their code objects, so that ``CircuitBreakerMonitor.get_open()`` or an app's own health check reading
-  ``opened`` is not taken for a call), the call is refused: a ``rejected`` span, ended at the refusal. A fallback, if
-  any, runs after it, under the caller's span. Only this path, which is rare, looks at the calling frame.
-- ``_CircuitBreaker__call_failed``: where circuitbreaker counts a failure. An exception it does not expect resets the
-  breaker instead: ``ignored``.
-
-State: circuitbreaker stores only closed or open; an open breaker past its recovery timeout is half-open by its own
-arithmetic (``open_remaining``, on ``circuitbreaker.monotonic``). We read ``_state`` and ``open_remaining``, never the
-``state`` property, which a subclass may have pointed at a shared store. Transitions are seen by comparing the state a
-call is admitted in and the state it leaves (and the gauge's reading) with the last one seen; the registry counts each
-once.
+circuitbreaker has no listener API, and ``decorate()`` builds a closure that reaches the breaker only through what it
+looks up at call time: the ``opened`` property (the open check: a refusal when it answers True to one of those
+closures, told apart by their code), then ``call``/``call_generator``/``call_async``/``call_async_generator`` (an
+admitted call), and ``_CircuitBreaker__call_failed`` (a failure). So import order does not matter. State is read
+from ``_state`` and ``open_remaining``; transitions are seen by the calls that see them (docs/breakers.md).
 """
 
 from __future__ import annotations
@@ -37,7 +18,7 @@ import circuitbreaker
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
 
 from otel_resilience import semconv
-from otel_resilience.core import REGISTRY, BreakerEntry, Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises
 from otel_resilience.core.breaker import (
     BreakerCall,
     any_active_call,
@@ -54,7 +35,7 @@ _REFUSAL: Final = f"{CircuitBreakerError.__module__}.{CircuitBreakerError.__qual
 """`error.type` of a refused call: what the caller gets without a fallback, and names the refusal with one."""
 
 
-_FAILURE_COUNTED: Final = failure_hook(lambda breaker, _args: breaker)
+_FAILURE_COUNTED: Final = failure_hook()
 
 
 def _read_state(breaker: CircuitBreaker) -> str:
@@ -62,6 +43,14 @@ def _read_state(breaker: CircuitBreaker) -> str:
     if breaker._state != circuitbreaker.STATE_OPEN:
         return semconv.STATE_CLOSED
     return semconv.STATE_OPEN if breaker.open_remaining > 0 else semconv.STATE_HALF_OPEN
+
+
+def _name(breaker: CircuitBreaker, function: Any) -> str:
+    own = breaker.name
+    derived = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
+    if function is not None and own == derived:
+        own = None  # the bare qualname circuitbreaker named itself after: ours is module.qualname
+    return breaker_name(own, function, breaker)
 
 
 def _decision_codes() -> frozenset[CodeType]:
@@ -76,7 +65,7 @@ class CircuitBreakerAdapter:
 
     def patch(self, patches: Patches) -> None:
         """The admitted-call entry points now; the open check and failure hooks once something records."""
-        may_record = self.telemetry.may_record  # the wrappers begin with start_breaker_call: one context read
+        may_record = self.telemetry.may_record  # the wrappers begin with BreakerCall.start: one context read
         patches.wrap(CircuitBreaker, "call", self._call, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_generator", self._call_generator, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=may_record)
@@ -87,46 +76,38 @@ class CircuitBreakerAdapter:
         patches.replace(CircuitBreaker, "opened", self._open_check(vars(CircuitBreaker)["opened"]))
         patches.wrap(CircuitBreaker, "_CircuitBreaker__call_failed", _FAILURE_COUNTED, enabled=any_active_call)
 
-    def _entry(self, breaker: CircuitBreaker, guarded: Callable[[], Any]) -> BreakerEntry:
-        def name() -> str:
-            function = guarded()
-            own = breaker.name
-            derived = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
-            if function is not None and own == derived:
-                own = None  # the bare qualname circuitbreaker named itself after: ours is module.qualname
-            return breaker_name(own, function, breaker)
-
-        return REGISTRY.entry(breaker, self.telemetry.library, name, read_state=_read_state)
-
     # --- admitted calls ----------------------------------------------------------------------------------------
 
     @never_raises
     def _admit(self, breaker: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BreakerCall | None:
         function = args[0] if args else kwargs.get("func")
-        return self.telemetry.start_breaker_call(
-            lambda: self._entry(breaker, lambda: function), _read_state(breaker), breaker
+        return self._start(breaker, function, _read_state(breaker))
+
+    def _start(self, breaker: CircuitBreaker, function: Any, state: str) -> BreakerCall | None:
+        return BreakerCall.start(
+            self.telemetry, breaker, state, subject=breaker, guarded=function, name_of=_name, read_state=_read_state
         )
 
     @never_raises
-    def _settle(self, call: BreakerCall, error: BaseException | None) -> None:
+    def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
         breaker: CircuitBreaker = call.subject  # type: ignore[assignment]
-        call.entry.observe(self.telemetry, _read_state(breaker), call)  # tripped, re-opened, or closed by a probe
-        call.finish(error, failure_count=breaker.failure_count)
+        call.observe(_read_state(breaker))  # tripped, re-opened, or closed by a probe
+        call.ended(error, failure_count=breaker.failure_count)
 
     def _call(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._admit(instance, args, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
-        return run_call(call, wrapped, args, kwargs, self._settle)
+        return run_call(call, wrapped, args, kwargs, self._end_call)
 
     def _call_generator(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return run_generator(lambda: self._admit(instance, args, kwargs), wrapped(*args, **kwargs), self._settle)
+        return run_generator(lambda: self._admit(instance, args, kwargs), wrapped(*args, **kwargs), self._end_call)
 
     def _call_async(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return run_coroutine(lambda: self._admit(instance, args, kwargs), wrapped, args, kwargs, self._settle)
+        return run_coroutine(lambda: self._admit(instance, args, kwargs), wrapped, args, kwargs, self._end_call)
 
     def _call_async_generator(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return run_async_generator(lambda: self._admit(instance, args, kwargs), wrapped(*args, **kwargs), self._settle)
+        return run_async_generator(lambda: self._admit(instance, args, kwargs), wrapped(*args, **kwargs), self._end_call)
 
     # --- refusals and failures ---------------------------------------------------------------------------------
 
@@ -149,9 +130,7 @@ class CircuitBreakerAdapter:
 
     @never_raises
     def _refused(self, breaker: CircuitBreaker, decision: FrameType) -> None:
-        call = self.telemetry.start_breaker_call(
-            lambda: self._entry(breaker, lambda: decision.f_locals.get("function")), semconv.STATE_OPEN, breaker
-        )
+        call = self._start(breaker, decision.f_locals.get("function"), semconv.STATE_OPEN)
         if call is not None:
             call.refused_in(semconv.STATE_OPEN)
-            call.finish(None, failure_count=breaker.failure_count, error_type=_REFUSAL)
+            call.ended(None, failure_count=breaker.failure_count, error_type=_REFUSAL)

@@ -1,22 +1,9 @@
 """Translate httpx's transport retries (httpcore's connection retries) and its redirect loop into HTTP attempts.
 
-``httpx.HTTPTransport(retries=N)`` / ``AsyncHTTPTransport(retries=N)`` hand `N` to httpcore's connection pool, which
-retries only failed connection attempts (``ConnectError``, ``ConnectTimeout``: refused, DNS, TLS) inside
-``HTTPConnection._connect``, after the waits ``exponential_backoff(0.5)`` yields: 0, 0.5, 1, 2 s... Hooks:
-
-- ``ConnectionPool.handle_request`` / ``AsyncConnectionPool.handle_async_request``: one request through the pool, the
-  attempt that sends it, and its response. Contrib's httpx instrumentation wraps httpx's transports, one level up:
-  never those.
-- When the pool retries (``retries > 0``): httpcore's ``trace`` request extension, its public hook for connection
-  events, tells when each connection attempt failed and when the wait after it ended (the next attempt begins). Ours is
-  set on a copy of the request's extensions and calls the app's own ``trace`` extension, if any, after ours.
-- ``exponential_backoff`` (a module function of ``httpcore._sync.connection`` and ``httpcore._async.connection``): the
-  waits httpcore sleeps, observed as it draws them, never recomputed.
-- ``httpx.Client.send`` / ``AsyncClient.send``: the redirect loop (``follow_redirects=True``) as a scope, so a redirect
-  is a resend of the same request.
-
-Only the connection attempt that succeeds sends the request: each new attempt re-injects the trace context into the
-request's (copied) headers, so the server's spans hang under the attempt that reached it.
+``ConnectionPool.handle_request``/``AsyncConnectionPool.handle_async_request`` are one request through the pool
+(contrib wraps httpx's transports, one level up); httpcore's public ``trace`` request extension tells when a
+connection attempt failed and when the next began; ``exponential_backoff`` gives the waits httpcore draws; and
+``Client.send``/``AsyncClient.send`` are scopes, so a redirect is a resend of the same request (docs/http.md).
 """
 
 from __future__ import annotations
@@ -34,7 +21,7 @@ from opentelemetry import propagate
 from opentelemetry.context import Context
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, errors, http, never_raises
+from otel_resilience.core import Telemetry, http, never_raises, outcome
 from otel_resilience.instrumentation._base import Patches
 
 LIBRARY: Final = "httpx"
@@ -135,23 +122,18 @@ class _PoolRequest:
     def responded(self, response: Any) -> None:
         status = int(response.status)
         self.request.attempt_ended(status=status)
-        failed = http.status_error_type(status) is not None
-        self.finish(semconv.RESULT_NOT_RETRIED if failed else semconv.RESULT_SUCCESS, None)
+        self.ended(outcome.final_result(retry_wanted=False, failed=outcome.status_error_type(status) is not None), None)
 
     def failed(self, error: BaseException) -> None:
         end_ns = self.connect_end if error is self.connect_error else None
         self.request.attempt_ended(error=error, end_ns=end_ns)
-        if errors.is_abort(error):
-            result = semconv.RESULT_ABORTED
-        elif isinstance(error, _RETRIED_ERRORS):
-            result = semconv.RESULT_EXHAUSTED
-        else:
-            result = semconv.RESULT_NOT_RETRIED
-        self.finish(result, error)
+        # httpcore retries only these: one escaping means its retry budget is spent
+        retried = isinstance(error, _RETRIED_ERRORS)
+        self.ended(outcome.final_result(retry_wanted=retried, failed=True, error=error), error)
 
-    def finish(self, result: str, error: BaseException | None) -> None:
+    def ended(self, result: str, error: BaseException | None) -> None:
         if self.scoped:  # the client's redirect loop may go on: its scope ends the request
-            self.request.settle(result)
+            self.request.layer_ended(result)
         else:
             self.request.ended(result, error)
 
@@ -234,6 +216,7 @@ class HttpxAdapter:
         self._responded(state, response)
         return response
 
+    # The async hook is the sync one's twin, kept beside it: the same bracket, awaited.
     async def _async_pool_request(
         self, wrapped: Callable[..., Any], pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:

@@ -1,22 +1,9 @@
 """Translate purgatory's guarded blocks and state changes into core breaker events.
 
-purgatory makes its breakers on demand: each ``factory.get_breaker(name)`` returns a new ``SyncCircuitBreaker`` (or
-``AsyncCircuitBreaker``) around the circuit's ``Context`` (its state object and counters), the factory's unit of work
-(where circuits are stored) and its message bus. The factories' decorators call ``get_breaker`` and enter the breaker
-at call time, so functions decorated before instrumentation are traced. Hook points, and why:
-
-- ``SyncCircuitBreaker.__enter__``/``__exit__`` and ``AsyncCircuitBreaker.__aenter__``/``__aexit__``: a guarded block
-  (``with breaker:``, ``async with breaker:``, the decorators). The span covers the block. ``__enter__`` raising the
-  open state (purgatory's ``OpenedState`` is itself the exception it raises) is a refusal.
-- ``Context.set_state``: every transition, while the call that caused it is active.
-- ``ClosedState.handle_exception`` and ``HalfOpenedState.handle_exception``: a failure counted. An excluded exception
-  ends the request as a success would: ``ignored``.
-
-A breaker is known by its unit of work and circuit name: the wrapper objects, and with Redis the ``Context`` objects
-too, are new every time, so the registry entry is keyed on both (two factories sharing a unit of work share their
-circuits). The gauge reads a state only from the in-memory repository, never from Redis. purgatory raises the same
-open-state object every time, its traceback growing with each raise: we record its type and message only, and keep
-no reference to it.
+A guarded block is ``SyncCircuitBreaker.__enter__``/``__exit__`` (``__aenter__``/``__aexit__``), ``__enter__`` raising
+the open state being a refusal; ``Context.set_state`` is every transition; ``handle_exception`` of the closed and
+half-open states counts a failure. ``get_breaker()`` returns new wrappers each time, so a breaker is keyed on its unit
+of work and circuit name. purgatory raises one open-state object again and again: we keep no reference to it.
 """
 
 from __future__ import annotations
@@ -32,7 +19,7 @@ from purgatory.service._sync.circuitbreaker import SyncCircuitBreaker
 from purgatory.service._sync.repository import SyncInMemoryRepository
 
 from otel_resilience import semconv
-from otel_resilience.core import REGISTRY, Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises
 from otel_resilience.core.breaker import (
     BreakerCall,
     any_active_call,
@@ -48,6 +35,10 @@ Breaker = SyncCircuitBreaker | AsyncCircuitBreaker
 
 _IN_MEMORY: Final = (SyncInMemoryRepository, AsyncInMemoryRepository)
 _FAILURE_COUNTED: Final = failure_hook(lambda _state, args: args[0])  # State.handle_exception(self, context, exc)
+
+
+def _circuit_name(_uow: Any, circuit: str) -> str:
+    return circuit
 
 
 @functools.lru_cache(maxsize=1024)
@@ -72,7 +63,7 @@ class PurgatoryAdapter:
     def patch(self, patches: Patches) -> None:
         """The block entry points now; the exits and state hooks once something records (they act only inside a
         call of ours, and there is none before: so with no SDK a block pays for one patched method, not two)."""
-        may_record = self.telemetry.may_record  # the wrappers begin with start_breaker_call: one context read
+        may_record = self.telemetry.may_record  # the wrappers begin with BreakerCall.start: one context read
         patches.wrap(SyncCircuitBreaker, "__enter__", self._enter, enabled=may_record)
         patches.wrap(AsyncCircuitBreaker, "__aenter__", self._aenter, enabled=may_record)
         self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
@@ -90,15 +81,18 @@ class PurgatoryAdapter:
     def _entering(self, breaker: Breaker) -> BreakerCall | None:
         context = breaker.context
         circuit = context.name
-        call = self.telemetry.start_breaker_call(
-            lambda: REGISTRY.entry(
-                breaker.uow, self.telemetry.library, lambda: circuit, key=circuit, read_state=_state_reader(circuit)
-            ),
+        call = BreakerCall.start(
+            self.telemetry,
+            breaker.uow,
             normalise_state(context.state),
-            context,
+            subject=context,
+            guarded=circuit,  # purgatory guards blocks, not functions: a circuit is named by its own name
+            name_of=_circuit_name,
+            key=circuit,
+            read_state=_state_reader(circuit),
         )
         if call is not None:
-            call.enter()  # current through the block, until __exit__
+            call.enter_block()  # current through the block, until __exit__
         return call
 
     @never_raises
@@ -108,10 +102,10 @@ class PurgatoryAdapter:
 
     @never_raises
     def _not_entered(self, call: BreakerCall, error: BaseException) -> None:
-        call.leave()
+        call.exit_block()
         if isinstance(error, OpenedState):
             call.refused_in(semconv.STATE_OPEN)
-        self._settle(call, error)
+        self._end_call(call, error)
 
     def _enter(self, wrapped: Callable[..., Any], instance: SyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._entering(instance)
@@ -140,14 +134,14 @@ class PurgatoryAdapter:
     # --- leaving it ----------------------------------------------------------------------------------------------
 
     @never_raises
-    def _settle(self, call: BreakerCall, error: BaseException | None) -> None:
+    def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
         context: Context = call.subject  # type: ignore[assignment]
-        call.finish(error, failure_count=context.failure_count)
+        call.ended(error, failure_count=context.failure_count)
 
     @never_raises
-    def _left(self, call: BreakerCall, error: BaseException | None) -> None:
-        call.leave()
-        self._settle(call, error)
+    def _block_ended(self, call: BreakerCall, error: BaseException | None) -> None:
+        call.exit_block()
+        self._end_call(call, error)
 
     def _exit(self, wrapped: Callable[..., Any], instance: SyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call(instance.context)
@@ -160,7 +154,7 @@ class PurgatoryAdapter:
             error = exc
             raise
         finally:
-            self._left(call, error)
+            self._block_ended(call, error)
 
     async def _aexit(self, wrapped: Callable[..., Any], instance: AsyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call(instance.context)
@@ -173,7 +167,7 @@ class PurgatoryAdapter:
             error = exc
             raise
         finally:
-            self._left(call, error)
+            self._block_ended(call, error)
 
     # --- transitions ---------------------------------------------------------------------------------------------
 
@@ -181,5 +175,5 @@ class PurgatoryAdapter:
         previous = instance.state
         result = wrapped(*args, **kwargs)
         # Outside a call of ours the change is seen at the next call, against the state last seen.
-        reported_transition(self.telemetry, instance, previous, instance.state, lambda: None)
+        reported_transition(self.telemetry, instance, previous, instance.state)
         return result

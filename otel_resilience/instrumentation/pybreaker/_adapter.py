@@ -1,25 +1,10 @@
 """Translate pybreaker's calls and state changes into core breaker events.
 
-Hook points, and why:
-
-- ``CircuitBreaker.call``: every guarded call goes through it (``breaker.call(f)``, the ``@breaker`` decorator at call
-  time — so functions decorated before instrumentation are traced — and ``with breaker.calling():``). It is where a
-  call begins and ends, outside pybreaker's lock. pybreaker re-enters ``call`` when an open breaker past its timeout
-  moves to half-open: a re-entry before the call was admitted is the same user call and passes straight through; a
-  call the guarded function makes is a new one.
-- ``CircuitBreakerState.before_call`` (closed and half-open states; the open state overrides it): the call is
-  admitted, in that state.
-- ``CircuitOpenState.before_call``: the open check. pybreaker's listeners are never told about refused calls; this
-  raising before the call was admitted is a refusal.
-- ``CircuitBreaker._inc_counter``: a failure counted. An excluded exception is counted as a success: ``ignored``.
-- ``CircuitBreaker._create_new_state(..., notify=True)``: every transition (trip, timeout, probe result, ``open()`` or
-  ``close()`` by hand, a state refreshed from shared storage), where pybreaker tells its listeners. We add no listener:
-  the app would see it in ``breaker.listeners``.
-
-State is read from ``breaker._state`` (the state object pybreaker already resolved), never through ``breaker.state``
-or ``current_state``, which read the storage (possibly Redis) and notify listeners. The failure count is read only
-from the in-memory storage. The admission, refusal, failure and transition hooks are installed once something
-records, and then cost a C-level check outside a call.
+``CircuitBreaker.call`` is every guarded call (decorator and ``calling()`` included), outside pybreaker's lock; a
+re-entry before admission (the open -> half-open move) is the same call. ``CircuitBreakerState.before_call`` admits,
+``CircuitOpenState.before_call`` refuses (pybreaker's listeners never hear of refusals), ``_inc_counter`` counts a
+failure, and ``_create_new_state(notify=True)`` is every transition; no listener of ours is added. State is read from
+``breaker._state``, never through getters that read storage or notify (docs/breakers.md).
 """
 
 from __future__ import annotations
@@ -29,14 +14,12 @@ from typing import Any, Final
 
 import pybreaker
 
-from otel_resilience.core import REGISTRY, BreakerEntry, Telemetry, never_raises
+from otel_resilience.core import BreakerCall, Telemetry, never_raises, normalise_state
 from otel_resilience.core.breaker import (
-    BreakerCall,
     admitted,
     any_active_call,
     current_call,
     failure_hook,
-    normalise_state,
     refused,
     reported_transition,
     run_call,
@@ -45,7 +28,7 @@ from otel_resilience.core.naming import breaker_name, caller_names
 from otel_resilience.instrumentation._base import Patches
 
 _PYBREAKER_MODULE: Final = pybreaker.CircuitBreaker.__module__
-_FAILURE_COUNTED: Final = failure_hook(lambda breaker, _args: breaker)
+_FAILURE_COUNTED: Final = failure_hook()
 
 
 def _read_state(breaker: pybreaker.CircuitBreaker) -> str | None:
@@ -63,6 +46,12 @@ def _is_calling_block(func: Any) -> bool:
     return getattr(func, "__module__", None) == _PYBREAKER_MODULE
 
 
+def _name(breaker: pybreaker.CircuitBreaker, guarded: Any) -> str:
+    if not breaker.name and _is_calling_block(guarded):
+        return caller_names("pybreaker")[0]  # an unnamed `calling()` block: the function it is written in
+    return breaker_name(breaker.name, guarded, breaker)
+
+
 class PyBreakerAdapter:
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
@@ -78,14 +67,6 @@ class PyBreakerAdapter:
         patches.wrap(pybreaker.CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call)
         patches.wrap(pybreaker.CircuitBreaker, "_create_new_state", self._new_state)
 
-    def _entry(self, breaker: pybreaker.CircuitBreaker, guarded: Any) -> BreakerEntry:
-        def name() -> str:
-            if not breaker.name and _is_calling_block(guarded):
-                return caller_names("pybreaker")[0]  # an unnamed `calling()` block: the function it is written in
-            return breaker_name(breaker.name, guarded, breaker)
-
-        return REGISTRY.entry(breaker, self.telemetry.library, name, read_state=_read_state)
-
     # --- calls -------------------------------------------------------------------------------------------------
 
     @never_raises
@@ -93,11 +74,14 @@ class PyBreakerAdapter:
         active = current_call(breaker)
         if active is not None and not active.admitted:
             return None  # pybreaker re-entering `call` for a probe: the same user call
-        return self.telemetry.start_breaker_call(lambda: self._entry(breaker, guarded), _read_state(breaker), breaker)
+        return BreakerCall.start(
+            self.telemetry, breaker, _read_state(breaker), subject=breaker, guarded=guarded, name_of=_name,
+            read_state=_read_state,
+        )
 
     @never_raises
-    def _settle(self, call: BreakerCall, error: BaseException | None) -> None:
-        call.finish(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
+    def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
+        call.ended(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
 
     def _call(
         self, wrapped: Callable[..., Any], instance: pybreaker.CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -108,7 +92,7 @@ class PyBreakerAdapter:
             return wrapped(*args, **kwargs)
         # A guarded generator (and the `calling()` block) is judged by pybreaker as it is consumed.
         return run_call(
-            call, wrapped, args, kwargs, self._settle, follow_generators=True, generator_is_block=_is_calling_block(guarded)
+            call, wrapped, args, kwargs, self._end_call, follow_generators=True, generator_is_block=_is_calling_block(guarded)
         )
 
     # --- inside a call -----------------------------------------------------------------------------------------
@@ -135,6 +119,7 @@ class PyBreakerAdapter:
         prev_state = kwargs.get("prev_state")
         if kwargs.get("notify") and prev_state is not None:
             reported_transition(
-                self.telemetry, instance, prev_state.name, new_state.name, lambda: self._entry(instance, None)
+                self.telemetry, instance, prev_state.name, new_state.name, breaker=instance, name_of=_name,
+                read_state=_read_state,
             )
         return new_state

@@ -1,22 +1,10 @@
 """Translate retrying's ``Retrying.call`` loop into core retry events.
 
-Every form goes through ``Retrying.call(fn, *args, **kwargs)`` at call time: ``@retry(...)`` builds a ``Retrying`` and
-calls it on each call of the decorated function (so functions decorated before instrumentation are traced too), and
-apps call ``Retrying(...).call(fn)`` themselves. Three hooks:
-
-- ``Retrying.call``: the operation. The loop is handed a stand-in for ``fn`` that runs each attempt through
-  `ProxiedAttempts` (current while it runs, ended when retrying's verdict is known).
-- ``Retrying.should_reject(attempt)``: retrying's verdict on each attempt: retried (a value rejected by
-  ``retry_on_result`` is a failed attempt, ``rejected_result``), or final (success; an error ``retry_on_exception``
-  does not retry is ``not_retried``). A rejected last attempt means the stop condition ended it: ``exhausted``.
-- the instance's ``wait`` strategy (an attribute retrying sets in ``__init__``): its return value is the wait retrying
-  chose, in milliseconds. It is wrapped in place, once per ``Retrying`` object, by a transparent proxy
-  (``wrapt.FunctionWrapper``: same result, same equality and attributes), and stays (inert) after uninstrumenting.
-
-What cannot be read: retrying adds ``wait_jitter_max`` jitter inline and hands the total straight to ``time.sleep``,
-which we never wrap. With jitter configured, ``retry.delay`` is therefore the measured gap between one attempt's end and
-the next one's start (the sleep, jitter included, plus retrying's own bookkeeping); without jitter it is exactly the
-wait the strategy returned.
+Every form goes through ``Retrying.call`` at call time (decorated before instrumentation too): the loop gets a
+stand-in for ``fn`` that runs each attempt through `ProxiedAttempts`; ``Retrying.should_reject`` gives retrying's
+verdict on each attempt; the instance's ``wait`` strategy, wrapped once in a transparent proxy, gives the wait it
+chose. retrying adds its jitter inline before ``time.sleep``, so with jitter the delay is measured instead
+(docs/retry-libraries.md).
 """
 
 from __future__ import annotations
@@ -28,10 +16,9 @@ from typing import Any, Final
 import wrapt
 from retrying import Attempt, Retrying
 
-from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises, outcome
 from otel_resilience.core.naming import callable_names
-from otel_resilience.instrumentation._attempts import ProxiedAttempts, run_as_current
+from otel_resilience.core.retry import ProxiedAttempts, RetryOperation, run_as_current
 from otel_resilience.instrumentation._base import Patches
 
 _MS: Final = 1000.0
@@ -41,7 +28,7 @@ class _RecordedWait(wrapt.FunctionWrapper):  # type: ignore[misc]
     """The instance's wait strategy, reporting each wait it returns to the operation in flight."""
 
 
-class _Run:
+class _RetryingCall:
     """One ``Retrying.call`` in flight."""
 
     __slots__ = ("attempts", "retrying", "wait", "jittered")
@@ -52,11 +39,11 @@ class _Run:
         self.wait = wait
         self.jittered = jittered
 
-    def finish(self, error: BaseException | None) -> None:
-        self.attempts.finish(error)
+    def ended(self, error: BaseException | None) -> None:
+        self.attempts.ended(error)
 
 
-_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("otel_resilience_retrying_run", default=None)
+_RUN: contextvars.ContextVar[_RetryingCall | None] = contextvars.ContextVar("otel_resilience_retrying_run", default=None)
 
 
 def _record_wait(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -68,9 +55,9 @@ def _record_wait(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ..
 
 
 @never_raises
-def _waited(run: _Run, milliseconds: Any) -> None:
+def _waited(run: _RetryingCall, milliseconds: Any) -> None:
     # with jitter the wait slept is not this value: the core measures the gap instead
-    run.attempts.close(None if run.jittered else float(milliseconds) / _MS)
+    run.attempts.attempt_ended(None if run.jittered else float(milliseconds) / _MS)
 
 
 def _current_wait(retrying: Retrying) -> object:
@@ -115,14 +102,16 @@ class RetryingAdapter:
         patches.wrap(Retrying, "should_reject", self._should_reject, enabled=_RUN.get)
 
     @never_raises
-    def _start(self, retrying: Retrying, fn: Any) -> _Run | None:
+    def _start(self, retrying: Retrying, fn: Any) -> _RetryingCall | None:
         name, span_name = callable_names(fn)
         # measured_delays: the gap stands in wherever the chosen wait cannot be read (jitter, an unwrappable wait)
-        op = self.telemetry.start_retry(name, span_name=span_name, max_attempts=_max_attempts(retrying), measured_delays=True)
+        op = RetryOperation.start(
+            self.telemetry, name, span_name=span_name, max_attempts=_max_attempts(retrying), measured_delays=True
+        )
         if op is None:
             return None
         jittered = bool(getattr(retrying, "_wait_jitter_max", 0))
-        return _Run(ProxiedAttempts(op), retrying, _recorded_wait(retrying), jittered)
+        return _RetryingCall(ProxiedAttempts(op), retrying, _recorded_wait(retrying), jittered)
 
     def _call(self, wrapped: Callable[..., Any], instance: Retrying, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not args:
@@ -147,11 +136,12 @@ class RetryingAdapter:
 
 
 @never_raises
-def _verdict(run: _Run, attempt: Attempt, reject: bool) -> None:
+def _verdict(run: _RetryingCall, attempt: Attempt, reject: bool) -> None:
+    """retrying's verdict on an attempt: another one follows unless its stop condition ends the loop first (then this
+    verdict stands: another attempt clears it)."""
     attempts = run.attempts
     if reject:
         attempts.reject()  # a value the policy rejects is a failed attempt
-        attempts.verdict = semconv.RESULT_EXHAUSTED  # unless another attempt follows (which clears the verdict)
-        return
-    attempts.verdict = semconv.RESULT_NOT_RETRIED if attempt.has_exception else semconv.RESULT_SUCCESS
-    attempts.close()
+    attempts.verdict = outcome.final_result(retry_wanted=reject, failed=reject or attempt.has_exception)
+    if not reject:
+        attempts.attempt_ended()

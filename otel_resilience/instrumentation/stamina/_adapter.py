@@ -1,22 +1,10 @@
 """Translate stamina's retries into core retry events, through the tenacity loop stamina runs on.
 
-Every form of stamina (``@stamina.retry`` on functions, ``async def``, generators and async generators;
-``stamina.retry_context`` with ``for`` and ``async for``; ``RetryingCaller`` and ``AsyncRetryingCaller``) iterates a
-``_RetryContextIterator``, whose ``__iter__`` / ``__aiter__`` start a tenacity iterator loop (``Retrying`` or
-``AsyncRetrying``, also with retries deactivated or in ``set_testing`` mode). Those two methods are looked up at call
-time, so functions decorated before instrumentation are traced too.
-
-The attempts, the wait chosen (stamina's jittered backoff, a backoff hook's custom wait, 0 in testing mode) and the
-results are read where tenacity decides them, by a `TenacityAdapter` of our own: stamina claims the operation that its
-loop starts (`otel_resilience.core.claims`), so that adapter records it with stamina's scope and names, and the
-tenacity instrumentor, if it is instrumented too, stays out. One stamina retry is one operation span and one span per
-attempt, and counts once in the retry depth.
-
-stamina's own instrumentation (Prometheus, structlog, logging, the app's ``set_on_retry_hooks``) is not touched: no
-hook of ours is registered with stamina.
-
-Names: the retried callable (the decorated function, or the callable given to a ``RetryingCaller``); for
-``retry_context`` blocks, the function they are written in.
+Every stamina form iterates a ``_RetryContextIterator``, whose ``__iter__``/``__aiter__`` (looked up at call time)
+start a tenacity loop. stamina claims that loop (core/claims.py), and a `TenacityAdapter` of our own records it under
+stamina's scope and names: one operation, counted once in the retry depth, whether or not tenacity is instrumented
+too. No hook is registered with stamina: its own instrumentation and the app's hooks stay as they are
+(docs/retry-libraries.md).
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
-"""Translate tenacity's control flow into core retry events.
+"""Translate tenacity's control flow into core retry events (docs/telemetry.md).
 
-tenacity decides everything in ``iter(retry_state)``: called with no outcome it answers ``DoAttempt``; called after an
-attempt it answers ``DoSleep(delay)`` (retry), the final value (done), or raises (``RetryError``, the reraised
-exception, or an error the policy does not retry). So one hook on ``iter`` sees every attempt start, every attempt's
-verdict and the wait tenacity chose (read from its own decision, never recomputed: waits can be random). The
-operation itself is bracketed by the entry points users call:
-
-- ``Retrying.__call__`` / ``AsyncRetrying.__call__`` (``@retry`` on functions, methods and ``async def``, also when
-  decorated before instrumentation, since the decorator calls these at call time);
-- ``BaseRetrying.__iter__`` (``for attempt in Retrying(): with attempt:``);
-- ``AsyncRetrying.__aiter__`` / ``__anext__`` (``async for attempt in AsyncRetrying():``).
-
-The operation being run is passed to ``iter`` in a context variable (correct per thread and per asyncio task; a
-``Retrying`` object is often shared). In the call forms the attempt span is made current between the ``iter`` that
-said ``DoAttempt`` and the next ``iter``; in the iterator forms the body runs in the app's frame, so it is made
-current by ``with attempt:`` (``AttemptManager.__enter__``/``__exit__``).
+tenacity decides everything in ``iter(retry_state)`` (``DoAttempt``, ``DoSleep(delay)``, the final value, or a raise),
+so one hook there sees every attempt, every verdict and the wait tenacity chose, never recomputed. The operation is
+bracketed where users enter: ``Retrying.__call__`` / ``AsyncRetrying.__call__`` (call forms, also decorated before
+instrumentation), ``BaseRetrying.__iter__`` and ``AsyncRetrying.__aiter__``/``__anext__`` (iterator forms, whose
+bodies are made current by ``AttemptManager.__enter__``/``__exit__``). The running loop reaches ``iter`` through a
+context variable: a ``Retrying`` object is often shared between threads and tasks.
 """
 
 from __future__ import annotations
@@ -29,16 +20,16 @@ from tenacity import AttemptManager, BaseRetrying, DoAttempt, DoSleep, RetryCall
 from tenacity.asyncio import AsyncRetrying
 
 from otel_resilience import semconv
-from otel_resilience.core import RetryOperation, Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises, outcome
 from otel_resilience.core.claims import current_claim
 from otel_resilience.core.naming import caller_names, callable_names
-from otel_resilience.instrumentation._attempts import run_as_current, run_as_current_async
+from otel_resilience.core.retry import RetryOperation, run_as_current, run_as_current_async
 from otel_resilience.instrumentation._base import Patches
 
 _SKIPPED_FRAMES: Final = ("tenacity",)
 
 
-class _Run:
+class _TenacityLoop:
     """One tenacity operation in flight: its core operation and what ``iter`` told us so far."""
 
     __slots__ = ("op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "__weakref__")
@@ -69,9 +60,9 @@ class _Run:
                 self.token = self.op.activate()
 
     def _attempt_decided(self, retry_state: RetryCallState, do: Any, raised: BaseException | None) -> None:
-        outcome = retry_state.outcome
-        assert outcome is not None
-        error = outcome.exception() if outcome.failed else None
+        future = retry_state.outcome
+        assert future is not None
+        error = future.exception() if future.failed else None
         state = self.retrying.iter_state
         retry_wanted = bool(state.is_explicit_retry or state.retry_run_result)
         error_type = semconv.REJECTED_RESULT if error is None and retry_wanted else None
@@ -79,34 +70,30 @@ class _Run:
             self.op.attempt_ended(error, error_type=error_type, next_delay=float(do))
             return
         self.op.attempt_ended(error, error_type=error_type)
-        if retry_wanted:
-            self.result = semconv.RESULT_EXHAUSTED  # stopped: RetryError, reraise, or retry_error_callback's value
-        elif raised is None:
-            self.result = semconv.RESULT_SUCCESS
-        else:
-            self.result = semconv.RESULT_NOT_RETRIED
+        # stopped (RetryError, reraise, or retry_error_callback's value), accepted, or raised what is not retried
+        self.result = outcome.final_result(retry_wanted=retry_wanted, failed=raised is not None)
 
     @never_raises
-    def finish(self, error: BaseException | None) -> None:
+    def ended(self, error: BaseException | None) -> None:
         self.before_iter()
         self.op.ended(self.result, error)
 
     @never_raises
-    def abandon(self) -> None:
+    def ended_early(self) -> None:
         """The app left the loop before tenacity concluded (``return`` or ``break`` inside it, or the loop object
-        was dropped): a loop left right after a successful attempt succeeded; otherwise it was aborted."""
+        was dropped)."""
         if self.op.is_ended:
             return
         body_error = self.body_error
         self.body_error = None
-        finished_ok = self.body_done and body_error is None and self.result in (None, semconv.RESULT_SUCCESS)
+        left_after_success = self.body_done and body_error is None and self.result in (None, semconv.RESULT_SUCCESS)
         self.op.attempt_ended(body_error)
-        self.op.ended(semconv.RESULT_SUCCESS if finished_ok else semconv.RESULT_ABORTED)
+        self.op.ended(outcome.abandoned_result(left_after_success))
 
 
-_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
+_RUN: contextvars.ContextVar[_TenacityLoop | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
 # Iterator forms: the run of each live RetryCallState, for `with attempt:` (which only knows its retry_state).
-_BY_STATE: weakref.WeakKeyDictionary[RetryCallState, _Run] = weakref.WeakKeyDictionary()
+_BY_STATE: weakref.WeakKeyDictionary[RetryCallState, _TenacityLoop] = weakref.WeakKeyDictionary()
 
 
 def _max_attempts(stop: Any) -> int | None:
@@ -163,7 +150,7 @@ class TenacityAdapter:
         patches.wrap(AttemptManager, "__exit__", self._attempt_exit)
 
     @never_raises
-    def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> _Run | None:
+    def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> _TenacityLoop | None:
         claim = current_claim()
         if claim is not None:
             if not claim.take(self.claimant):
@@ -173,8 +160,8 @@ class TenacityAdapter:
             return None  # an adapter made for a claimant records only what it claims
         else:
             name, span_name = callable_names(fn) if fn is not None else caller_names(*_SKIPPED_FRAMES)
-        op = self.telemetry.start_retry(name, span_name=span_name, max_attempts=_max_attempts(retrying.stop))
-        return None if op is None else _Run(op, retrying, activates, self)
+        op = RetryOperation.start(self.telemetry, name, span_name=span_name, max_attempts=_max_attempts(retrying.stop))
+        return None if op is None else _TenacityLoop(op, retrying, activates, self)
 
     # --- operations: call forms ------------------------------------------------------------------------------
 
@@ -230,7 +217,7 @@ class TenacityAdapter:
             retry_state = instance._retry_state
             _BY_STATE[retry_state] = run
             # A loop left early leaves no trace in tenacity: end the operation when its state is dropped.
-            weakref.finalize(retry_state, run.abandon)
+            weakref.finalize(retry_state, run.ended_early)
 
     def _anext(
         self, wrapped: Callable[..., Awaitable[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -279,16 +266,16 @@ class TenacityAdapter:
             run.body_done = True
             run.body_error = args[1] if len(args) > 1 else None
             if self.clean_exit_is_final and run.body_error is None:
-                run.abandon()  # a completed body ends the loop: the operation succeeded now
+                run.ended_early()  # a completed body ends the loop: the operation succeeded now
         return wrapped(*args, **kwargs)
 
 
 @never_raises
-def _activate(run: _Run) -> object:
+def _activate(run: _TenacityLoop) -> object:
     return run.op.activate()
 
 
-def _traced_attempts(attempts: Iterator[AttemptManager], run: _Run) -> Generator[AttemptManager, None, None]:
+def _traced_attempts(attempts: Iterator[AttemptManager], run: _TenacityLoop) -> Generator[AttemptManager, None, None]:
     """Drive tenacity's generator with our run visible to ``iter`` while it decides; yield its attempts unchanged."""
     try:
         while True:
@@ -304,29 +291,29 @@ def _traced_attempts(attempts: Iterator[AttemptManager], run: _Run) -> Generator
             yield manager
     except GeneratorExit:
         attempts.close()  # type: ignore[attr-defined]
-        run.abandon()
+        run.ended_early()
         raise
     except BaseException as exc:
-        run.finish(exc)
+        run.ended(exc)
         raise
-    run.finish(None)
+    run.ended(None)
 
 
-async def _traced_anext(step: Awaitable[AttemptManager], run: _Run) -> AttemptManager:
+async def _traced_anext(step: Awaitable[AttemptManager], run: _TenacityLoop) -> AttemptManager:
     token = _RUN.set(run)
     try:
         return await step
     except StopAsyncIteration:
-        run.finish(None)
+        run.ended(None)
         raise
     except BaseException as exc:
-        run.finish(exc)
+        run.ended(exc)
         raise
     finally:
         _RUN.reset(token)
 
 
-async def _traced_async_iter(step: Awaitable[Any], run: _Run, retry_state: RetryCallState) -> Any:
+async def _traced_async_iter(step: Awaitable[Any], run: _TenacityLoop, retry_state: RetryCallState) -> Any:
     run.before_iter()
     try:
         do = await step

@@ -1,24 +1,10 @@
-"""Translate urllib3's retry loop (and requests' loops on top of it) into HTTP attempts for `core.http`.
+"""Translate urllib3's retry loop (and requests' loops on top of it) into HTTP attempts for core/http.py.
 
-urllib3 makes one attempt per ``HTTPConnectionPool._make_request`` call and decides in ``HTTPConnectionPool.urlopen``,
-which calls itself once per resend: ``Retry.is_retry`` (is this status retried?), ``Retry.increment`` (the next
-``Retry``; ``MaxRetryError`` when the budget is spent; the error re-raised when the policy does not retry it), then
-``Retry.sleep`` / ``Retry.sleep_for_retry`` (the wait, see below). We hook the attempts and the verdicts, never
-``urlopen`` itself: contrib's urllib3 instrumentation wraps it, and its ``unwrap`` removes the outermost layer, whoever
-owns it. Nor requests' ``Session.send``, which contrib's requests instrumentation patches by hand.
-
-Outer loops are scopes (`core.http.scope_wrapper`), so their resends join the same request: requests'
-``Session.request`` (its redirect loop, and auth handlers resending after a 401), ``HTTPAdapter.send`` when called
-directly, and ``PoolManager.urlopen`` (cross-host redirects). A pool used directly (``pool.urlopen``, ``pool.request``)
-is followed through the ``Retry`` object each resend receives from ``increment``.
-
-The wait urllib3 chose is the argument of its ``time.sleep`` call (in ``Retry.sleep_for_retry`` for ``Retry-After``,
-``Retry._sleep_backoff`` for the backoff with its random jitter): the ``time`` name of ``urllib3.util.retry`` is
-`_RetryModuleTime`, which passes every call on to the real module and notes what ``sleep`` was given. So the value is
-urllib3's own, whatever a subclass's getters computed, and nothing is recomputed; a subclass that waits in its own
-way, not through that module, has its wait measured instead.
-
-State lives in a context variable: urllib3 is synchronous, and its whole loop runs in the caller's thread.
+One attempt per ``HTTPConnectionPool._make_request``; urllib3's verdicts from ``Retry.is_retry`` and
+``Retry.increment``; the wait from ``time.sleep`` in ``urllib3.util.retry`` (`_RetryModuleTime` notes what urllib3
+slept, whatever a subclass computed). Never ``urlopen`` nor ``Session.send``, which contrib wraps. Outer loops are
+scopes (requests' ``Session.request`` and ``HTTPAdapter.send``, ``PoolManager.urlopen``), so redirects are resends of
+one request (docs/http.md). urllib3 is synchronous: a context variable holds the run of its loop.
 """
 
 from __future__ import annotations
@@ -39,7 +25,7 @@ from urllib3.util import retry as retry_module
 from urllib3.util.retry import Retry
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, errors, http, never_raises, report_internal_error
+from otel_resilience.core import Telemetry, http, never_raises, outcome, report_internal_error
 from otel_resilience.instrumentation._base import Patches
 
 LIBRARY: Final = "urllib3"
@@ -66,18 +52,18 @@ except ImportError:  # urllib3 without requests
 
 
 class _Chain:
-    """One run of urllib3's retry loop in this thread: the request it belongs to, and where urllib3 is in it. The
-    fields below are class defaults, read until the run sets them (most runs are one attempt)."""
+    """One run of urllib3's retry loop in this thread: the request it belongs to, and where urllib3 is in it."""
 
-    awaiting = False  # an attempt ended and urllib3 has not yet decided what follows
-    decided = False  # urllib3 gave its verdict (an outer loop may still go on, inside a scope)
-    next_retry: Retry | None = None  # what increment returned: the Retry the next resend receives
-    waited: float | None = None  # what urllib3 slept since the attempt ended (`_RetryModuleTime`)
-    measured_from: float | None = None  # when a Retry that waits its own way was made (`_increment`)
+    __slots__ = ("request", "scoped", "awaiting", "decided", "next_retry", "waited", "measured_from")
 
     def __init__(self, request: http.HttpRequest, scoped: bool) -> None:
         self.request = request
-        self.scoped = scoped  # a scope (session, adapter, pool manager) ends the request; we only settle it
+        self.scoped = scoped  # a scope (session, adapter, pool manager) ends the request; we report `layer_ended`
+        self.awaiting = False  # an attempt ended and urllib3 has not yet decided what follows
+        self.decided = False  # urllib3 gave its verdict (an outer loop may still go on, inside a scope)
+        self.next_retry: Retry | None = None  # what increment returned: the Retry the next resend receives
+        self.waited: float | None = None  # what urllib3 slept since the attempt ended (`_RetryModuleTime`)
+        self.measured_from: float | None = None  # when a Retry that waits its own way was made (`_increment`)
 
     def resume(self) -> None:
         """urllib3 goes on with the next attempt: what it did between the two attempts is spent."""
@@ -145,7 +131,7 @@ class Urllib3Adapter:
         An outer call that joins the scope it runs in (an adapter inside a session, a pool manager's redirect
         recursion) costs only its check."""
         # The full check (suppression included) is made once per request, where the request starts (a scope opening,
-        # or start_request).
+        # or HttpRequest.start).
         # An outer loop is a scope: a run of urllib3's loop inside it starts afresh (`_CHAIN`), in the scope's request.
         telemetry = self.telemetry
         recording = telemetry.may_record
@@ -175,8 +161,8 @@ class Urllib3Adapter:
     def _attempt(self, wrapped: Callable[..., Any], pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``_make_request(conn, method, url, body=None, headers=None, retries=None, ...)``: one attempt. urlopen passes
         all but the first three by keyword."""
-        # Our two steps are guarded here, inline, rather than by `never_raises`: a try block costs nothing until
-        # something raises, and a guard's frame on each of them showed in every attempt's cost.
+        # Our two steps are guarded here, inline: a `never_raises` frame on each of them showed in the Python work per
+        # request of `benchmarks.opcodes`.
         try:
             started = self._start_attempt(pool, args, kwargs)
         except Exception:
@@ -233,7 +219,7 @@ class Urllib3Adapter:
                     chain.request.retrying(perf_counter() - chain.measured_from)
                 chain.resume()
                 return chain
-            self._final(chain, None)  # left urllib3's loop by a path we did not see: end it as it stands
+            self._loop_ended(chain, None)  # left urllib3's loop by a path we did not see: end it as it stands
         request, scoped = http.request_in_scope(self.telemetry, method, host)
         if request is None:
             return None
@@ -246,18 +232,16 @@ class Urllib3Adapter:
         chain.request.attempt_ended(error=error)
         handed_to_retry = chain.awaiting = isinstance(error, _HANDED_TO_RETRY)  # then Retry.increment decides
         if not handed_to_retry:
-            self._final(chain, semconv.RESULT_NOT_RETRIED, error)
+            self._loop_ended(chain, outcome.final_result(retry_wanted=False, failed=True, error=error), error)
 
-    def _final(self, chain: _Chain, result: str | None, error: BaseException | None = None) -> None:
+    def _loop_ended(self, chain: _Chain, result: str | None, error: BaseException | None = None) -> None:
         """urllib3's verdict on its loop. Inside a scope the request may still go on (a redirect requests follows):
-        settle it; otherwise the request is over."""
+        the layer ended; otherwise the request is over."""
         chain.awaiting = False
         chain.decided = True
-        if errors.is_abort(error):
-            result = semconv.RESULT_ABORTED
         if chain.scoped:
             if result is not None:
-                chain.request.settle(result)
+                chain.request.layer_ended(result)
             return
         chain.request.ended(result, error)
         if _CHAIN.get() is chain:
@@ -275,8 +259,7 @@ class Urllib3Adapter:
     def _status_accepted(self) -> None:
         chain = _CHAIN.get()
         if chain is not None and chain.awaiting:
-            failed = chain.request.error_type is not None
-            self._final(chain, semconv.RESULT_NOT_RETRIED if failed else semconv.RESULT_SUCCESS)
+            self._loop_ended(chain, outcome.final_result(retry_wanted=False, failed=chain.request.error_type is not None))
 
     def _increment(self, wrapped: Callable[..., Any], retry: Retry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         chain = _CHAIN.get()
@@ -286,10 +269,10 @@ class Urllib3Adapter:
         try:
             next_retry = wrapped(*args, **kwargs)
         except MaxRetryError:
-            self._gave_up(chain, semconv.RESULT_EXHAUSTED, None)
+            self._gave_up(chain, outcome.final_result(retry_wanted=True, failed=True), None)
             raise
         except BaseException as exc:  # the policy does not retry this error: urllib3 re-raises it
-            self._gave_up(chain, semconv.RESULT_NOT_RETRIED, exc)
+            self._gave_up(chain, outcome.final_result(retry_wanted=False, failed=True, error=exc), exc)
             raise
         if chain.awaiting:
             chain.next_retry = next_retry
@@ -299,7 +282,7 @@ class Urllib3Adapter:
 
     @never_raises
     def _gave_up(self, chain: _Chain, result: str | None, error: BaseException | None) -> None:
-        self._final(chain, result, error)
+        self._loop_ended(chain, result, error)
 
     @never_raises
     def slept(self, seconds: Any) -> None:
@@ -313,7 +296,7 @@ class Urllib3Adapter:
         """urllib3's sleep raised (an interrupt, a timeout of the app's): its loop is over."""
         chain = _CHAIN.get()
         if chain is not None and chain.awaiting:
-            self._gave_up(chain, None, error)
+            self._gave_up(chain, semconv.RESULT_ABORTED if outcome.is_abort(error) else None, error)
 
 
 class _RetryModuleTime:
