@@ -39,7 +39,7 @@ import wrapt
 from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS
 
 from otel_resilience.core import Telemetry, report_internal_error
-from otel_resilience.instrumentation._base import Patches, Wrapper
+from otel_resilience.patching import Patches, Wrapper
 from otel_resilience.targets.breaker import breaker_wrapper
 from otel_resilience.targets.retry import call_style_wrapper, decorator_style_wrapper
 from otel_resilience.targets.spec import (

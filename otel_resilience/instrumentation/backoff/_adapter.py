@@ -46,7 +46,7 @@ from otel_resilience import semconv
 from otel_resilience.core import RetryOperation, Telemetry, never_raises, report_internal_error
 from otel_resilience.core.naming import callable_names
 from otel_resilience.instrumentation._attempts import ProxiedAttempts, run_as_current, run_as_current_async
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 _FACTORIES: Final = ("retry_exception", "retry_predicate")
 _SUCCESS: Final = "on_success"  # which of the closure's handler lists runs (not contract values)
@@ -386,21 +386,19 @@ class BackoffAdapter:
         self._closure_codes: frozenset[CodeType] = frozenset()
 
     def patch(self, patches: Patches) -> None:
-        """The factories now; the call-time hooks once something records (with no SDK a decorated function runs
-        backoff's own closure, and those hooks would only cost)."""
+        """The factories, and the call-time hooks (with no SDK a decorated function runs backoff's own closure:
+        those hooks then cost only their check)."""
         self._closure_codes = frozenset(_closure_codes(_sync) | _closure_codes(_async))
         for module, is_async in ((_sync, False), (_async, True)):
             for factory in _FACTORIES:
                 patches.wrap(module, factory, functools.partial(self._decorate, is_async=is_async))
-        self.telemetry.when_live(lambda: self._patch_call_hooks(patches))
-        _Active.adapter = self
-
-    def _patch_call_hooks(self, patches: Patches) -> None:
+        may_record = self.telemetry.may_record
         for module in (_sync, _async):
             patches.wrap(module, "_init_wait_gen", self._loop_begins, enabled=self.telemetry.recording)
-            patches.wrap(module, "_next_wait", self._next_wait)
-        patches.wrap(_sync, "_call_handlers", self._handlers)
-        patches.wrap(_async, "_call_handlers", self._handlers_async)
+            patches.wrap(module, "_next_wait", self._next_wait, enabled=may_record)
+        patches.wrap(_sync, "_call_handlers", self._handlers, enabled=may_record)
+        patches.wrap(_async, "_call_handlers", self._handlers_async, enabled=may_record)
+        _Active.adapter = self
 
     # --- decoration (after instrumentation) ------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from otel_resilience import semconv
 from otel_resilience.core import Telemetry, never_raises
 from otel_resilience.core.naming import callable_names
 from otel_resilience.instrumentation._attempts import ProxiedAttempts, run_as_current
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 _MS: Final = 1000.0
 

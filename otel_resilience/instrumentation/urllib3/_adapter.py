@@ -40,7 +40,7 @@ from urllib3.util.retry import Retry
 
 from otel_resilience import semconv
 from otel_resilience.core import Telemetry, errors, http, never_raises, report_internal_error
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 LIBRARY: Final = "urllib3"
 _STARTING: Final = f"{__name__}: starting an attempt"  # where an error of ours is reported from (`_attempt`)
@@ -141,9 +141,8 @@ class Urllib3Adapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """Attempts and outer loops now; the Retry hooks once something records (they only matter inside a run).
-        An outer call that joins the scope it runs in (an adapter inside a session, a pool manager's redirect
-        recursion) costs only its check."""
+        """Attempts, outer loops and the Retry hooks (these only act inside a run). An outer call that joins the
+        scope it runs in (an adapter inside a session, a pool manager's redirect recursion) costs only its check."""
         # The full check (suppression included) is made once per request, where the request starts (a scope opening,
         # or start_request).
         # An outer loop is a scope: a run of urllib3's loop inside it starts afresh (`_CHAIN`), in the scope's request.
@@ -163,9 +162,6 @@ class Urllib3Adapter:
                 telemetry, _prepared_url, error_result=_requests_error_result, afresh=_CHAIN
             )
             patches.wrap(requests.adapters.HTTPAdapter, "send", adapter_scope, enabled=opens_scope)
-        self.telemetry.when_live(lambda: self._patch_retry_hooks(patches))
-
-    def _patch_retry_hooks(self, patches: Patches) -> None:
         patches.wrap(Retry, "is_retry", self._is_retry, enabled=_verdict_pending)
         patches.wrap(Retry, "increment", self._increment, enabled=_CHAIN.get)
         patches.replace(retry_module, "time", _RetryModuleTime(self))
