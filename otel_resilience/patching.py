@@ -183,6 +183,13 @@ def _point(owner: Any, name: str) -> _HookPoint:
     return point
 
 
+def subscribers(owner: Any, name: str) -> int:
+    """How many adapters' wrappers the patch of ``owner.name`` holds now (0: not patched by us)."""
+    with _LOCK:
+        point = _POINTS.get((owner, name))
+        return 0 if point is None else len(point.subscriptions)
+
+
 class Patches:
     """The patches of one instrumentor (or one configured target), undone exactly by `restore()`."""
 
