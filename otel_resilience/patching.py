@@ -102,9 +102,14 @@ def _layered(
     return functools.wraps(original)(patched), set_layers
 
 
-class _Subscription(NamedTuple):
-    wrapper: Wrapper
-    enabled: Enabled
+class _Subscription:
+    """One adapter's wrapper on one hook point (compared by identity: two adapters may subscribe the same wrapper)."""
+
+    __slots__ = ("wrapper", "enabled")
+
+    def __init__(self, wrapper: Wrapper, enabled: Enabled) -> None:
+        self.wrapper = wrapper
+        self.enabled = enabled
 
 
 class _HookPoint:

@@ -35,7 +35,7 @@ from tenacity.asyncio import AsyncRetrying
 from otel_resilience.core import Telemetry, never_raises
 from otel_resilience.core.claims import OperationClaim, claim_operation, current_claim, release_claim
 from otel_resilience.core.naming import callable_names, caller_names
-from otel_resilience.instrumentation.tenacity._adapter import TenacityLoops, _Run
+from otel_resilience.instrumentation.tenacity._adapter import TenacityLoops, TenacityRun
 from otel_resilience.patching import Patches
 
 _SKIPPED_FRAMES: Final = ("stamina", "tenacity")
@@ -132,7 +132,7 @@ class _StaminaLoops(TenacityLoops):
             return None
         return claim.name, claim.span_name
 
-    def body_completed(self, run: _Run) -> None:
+    def body_completed(self, run: TenacityRun) -> None:
         """stamina retries on exceptions only: a body that completed ends the retry, successfully. (Otherwise a loop
         left by ``return`` inside ``async for``, whose iterator is not closed, would end only when tenacity's state
         is garbage collected.)"""

@@ -38,7 +38,7 @@ from otel_resilience.patching import Patches
 _SKIPPED_FRAMES: Final = ("tenacity",)
 
 
-class _Run:
+class TenacityRun:
     """One tenacity operation in flight: its core operation and what ``iter`` told us so far."""
 
     __slots__ = ("op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "__weakref__")
@@ -104,9 +104,9 @@ class _Run:
         self.op.ended(semconv.RESULT_SUCCESS if finished_ok else semconv.RESULT_ABORTED)
 
 
-_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
+_RUN: contextvars.ContextVar[TenacityRun | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
 # Iterator forms: the run of each live RetryCallState, for `with attempt:` (which only knows its retry_state).
-_BY_STATE: weakref.WeakKeyDictionary[RetryCallState, _Run] = weakref.WeakKeyDictionary()
+_BY_STATE: weakref.WeakKeyDictionary[RetryCallState, TenacityRun] = weakref.WeakKeyDictionary()
 
 
 def _max_attempts(stop: Any) -> int | None:
@@ -145,16 +145,16 @@ class TenacityLoops:
         adapter does not record that loop."""
         raise NotImplementedError
 
-    def body_completed(self, run: _Run) -> None:
+    def body_completed(self, run: TenacityRun) -> None:
         """A ``with attempt:`` body of `run` completed without an exception (tenacity may still retry its result)."""
 
     @never_raises
-    def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> _Run | None:
+    def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> TenacityRun | None:
         names = self.names(fn)
         if names is None:
             return None
         op = self.telemetry.start_retry(names[0], span_name=names[1], max_attempts=_max_attempts(retrying.stop))
-        return None if op is None else _Run(op, retrying, activates, self)
+        return None if op is None else TenacityRun(op, retrying, activates, self)
 
     # --- operations: iterator forms --------------------------------------------------------------------------
 
@@ -283,11 +283,11 @@ class TenacityAdapter(TenacityLoops):
 
 
 @never_raises
-def _activate(run: _Run) -> object:
+def _activate(run: TenacityRun) -> object:
     return run.op.activate()
 
 
-def _traced_attempts(attempts: Iterator[AttemptManager], run: _Run) -> Generator[AttemptManager, None, None]:
+def _traced_attempts(attempts: Iterator[AttemptManager], run: TenacityRun) -> Generator[AttemptManager, None, None]:
     """Drive tenacity's generator with our run visible to ``iter`` while it decides; yield its attempts unchanged."""
     try:
         while True:
@@ -311,7 +311,7 @@ def _traced_attempts(attempts: Iterator[AttemptManager], run: _Run) -> Generator
     run.finish(None)
 
 
-async def _traced_anext(step: Awaitable[AttemptManager], run: _Run) -> AttemptManager:
+async def _traced_anext(step: Awaitable[AttemptManager], run: TenacityRun) -> AttemptManager:
     token = _RUN.set(run)
     try:
         return await step
@@ -325,7 +325,7 @@ async def _traced_anext(step: Awaitable[AttemptManager], run: _Run) -> AttemptMa
         _RUN.reset(token)
 
 
-async def _traced_async_iter(step: Awaitable[Any], run: _Run, retry_state: RetryCallState) -> Any:
+async def _traced_async_iter(step: Awaitable[Any], run: TenacityRun, retry_state: RetryCallState) -> Any:
     run.before_iter()
     try:
         do = await step
