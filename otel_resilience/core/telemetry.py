@@ -58,7 +58,7 @@ class Telemetry:
         self._live = False
         self._uses_globals = tracer_provider is None and meter_provider is None
         self.disabled = False
-        """Set when uninstrumenting could not remove our wrapper (another layer sat on it): record nothing more."""
+        """Set by `uninstrument()`: what outlives the patches (closures decorated while instrumented) records nothing."""
         self.retry_attempts = self.meter.create_histogram(
             semconv.METRIC_RETRY_ATTEMPTS,
             unit="{attempt}",
