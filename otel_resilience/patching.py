@@ -2,11 +2,18 @@
 
 Several adapters can need the same hook point (stamina runs on tenacity; a configured target can name a library's
 method). Each patched attribute therefore gets one `_HookPoint`: one function in the class, whatever the number of
-adapters, with their wrappers as layers inside it (the latest subscriber outermost, as if each had patched on top).
+adapters, with their wrappers as layers inside it (the latest declared outermost, as if each had patched on top).
 `Patches.wrap` subscribes; `Patches.restore` unsubscribes, and the very original object goes back when the last
 subscriber leaves, in any order. If somebody patched on top of ours meanwhile, their layer is left alone and ours
-stays under it, with no layers (it calls straight through) until an adapter subscribes again. Subscribing and
-unsubscribing happen at instrument time, under one process-wide lock; an app's call only reads the layers.
+stays under it, with no layers (it calls straight through) until an adapter subscribes again.
+
+An adapter declares every patch in one place, at instrument time. Those it marks ``deferred`` (hooks that only act
+inside a call of ours) are subscribed by `Patches.activate`, which the instrumentor runs when its Telemetry first
+records: at instrument time when an SDK is already there, else in the first call that finds one. With no SDK a call
+then pays for its entry point only: ``python -m benchmarks.no_sdk`` counts 38 to 49 Python instructions added per
+call this way, against 54 to 404 with every hook patched by `instrument()` (stamina failing twice: 404, tenacity 224).
+Subscribing happens under one process-wide lock, and layers keep the order in which they were declared, so the
+patched attributes end the same whichever thread, or call, activates first.
 
 Why a plain function and not wrapt's ``FunctionWrapper``: wrapt binds a ``BoundFunctionWrapper`` on every attribute
 access of a patched method. Measured once more (``python -m benchmarks.patch_overhead``: wrapt 2.5, Python 3.11, a
@@ -18,8 +25,10 @@ through a ``FunctionWrapper`` and 0.22 µs through this module's function, again
 
 from __future__ import annotations
 
+import bisect
 import functools
 import inspect
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -102,14 +111,19 @@ def _layered(
     return functools.wraps(original)(patched), set_layers
 
 
+_DECLARED = itertools.count()
+"""Numbers the subscriptions in the order adapters declare them: the order of the layers in a patch."""
+
+
 class _Subscription:
     """One adapter's wrapper on one hook point (compared by identity: two adapters may subscribe the same wrapper)."""
 
-    __slots__ = ("wrapper", "enabled")
+    __slots__ = ("wrapper", "enabled", "order")
 
     def __init__(self, wrapper: Wrapper, enabled: Enabled) -> None:
         self.wrapper = wrapper
         self.enabled = enabled
+        self.order = next(_DECLARED)
 
 
 class _HookPoint:
@@ -126,7 +140,7 @@ class _HookPoint:
         self._bind = bind
         patched, self._set_layers = _layered(function, bind, ())
         self.installed: Any = type(original)(patched) if isinstance(original, (staticmethod, classmethod)) else patched
-        self.subscriptions: list[_Subscription] = []  # innermost first
+        self.subscriptions: list[_Subscription] = []  # innermost (declared first) first
 
     def is_reachable(self) -> bool:
         """Our patch is still what the attribute holds, or under somebody's layer on top of it."""
@@ -155,7 +169,7 @@ class _HookPoint:
     def subscribe(self, subscription: _Subscription) -> None:
         if not self.subscriptions and vars(self.owner).get(self.name) is self.original:
             setattr(self.owner, self.name, self.installed)
-        self.subscriptions.append(subscription)
+        bisect.insort(self.subscriptions, subscription, key=lambda s: s.order)
         self._rebuild()
 
     def unsubscribe(self, subscription: _Subscription) -> bool:
@@ -174,7 +188,7 @@ class _HookPoint:
         return False
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 _POINTS: dict[tuple[Any, str], _HookPoint] = {}
 
 
@@ -188,11 +202,11 @@ def _point(owner: Any, name: str) -> _HookPoint:
     return point
 
 
-def subscribers(owner: Any, name: str) -> int:
-    """How many adapters' wrappers the patch of ``owner.name`` holds now (0: not patched by us)."""
+def subscribers(owner: Any, name: str) -> list[Wrapper]:
+    """The wrappers the patch of ``owner.name`` holds now, innermost first (none: not patched by us)."""
     with _LOCK:
         point = _POINTS.get((owner, name))
-        return 0 if point is None else len(point.subscriptions)
+        return [] if point is None else [s.wrapper for s in point.subscriptions]
 
 
 class Patches:
@@ -201,28 +215,54 @@ class Patches:
     def __init__(self) -> None:
         self._subscribed: list[tuple[_HookPoint, _Subscription]] = []
         self._replaced: list[tuple[Any, str, Any, Any]] = []
+        self._deferred: list[Callable[[], None]] | None = []
+        """What `activate` will patch; None once it ran (or after `restore`)."""
 
-    def wrap(self, owner: Any, name: str, wrapper: Wrapper, *, enabled: Enabled = None) -> None:
+    def wrap(self, owner: Any, name: str, wrapper: Wrapper, *, enabled: Enabled = None, deferred: bool = False) -> None:
         """Subscribe `wrapper` to ``owner.name`` (a method, staticmethod or classmethod of a class, or a module's
-        function): one patch serves every subscriber."""
+        function): one patch serves every subscriber. `deferred`: by `activate`, not now."""
         subscription = _Subscription(wrapper, enabled)
         with _LOCK:
-            point = _point(owner, name)
-            point.subscribe(subscription)
-            self._subscribed.append((point, subscription))
+            if deferred and self._deferred is not None:
+                self._deferred.append(lambda: self._subscribe(owner, name, subscription))
+            else:
+                self._subscribe(owner, name, subscription)
 
-    def replace(self, owner: Any, name: str, replacement: Any) -> None:
+    def _subscribe(self, owner: Any, name: str, subscription: _Subscription) -> None:
+        point = _point(owner, name)
+        point.subscribe(subscription)
+        self._subscribed.append((point, subscription))
+
+    def replace(self, owner: Any, name: str, replacement: Any, *, deferred: bool = False) -> None:
         """Put `replacement` in place of ``owner.name``, for what `wrap` cannot wrap (a property whose getter is the
         hook point, a module attribute that is not a function); not shared: one adapter owns it."""
         with _LOCK:
-            original = vars(owner)[name]
-            setattr(owner, name, replacement)
-            self._replaced.append((owner, name, original, replacement))
+            if deferred and self._deferred is not None:
+                self._deferred.append(lambda: self._replace(owner, name, replacement))
+            else:
+                self._replace(owner, name, replacement)
+
+    def _replace(self, owner: Any, name: str, replacement: Any) -> None:
+        original = vars(owner)[name]
+        setattr(owner, name, replacement)
+        self._replaced.append((owner, name, original, replacement))
+
+    def activate(self) -> None:
+        """Apply the deferred patches, once. It runs on the app's thread when its first call finds an SDK: it never
+        raises (an error is logged once), and a call that finds it running waits for it."""
+        try:
+            with _LOCK:
+                pending, self._deferred = self._deferred, None
+                for apply in pending or ():
+                    apply()
+        except Exception:
+            report_internal_error("otel_resilience.patching: applying deferred patches")
 
     def restore(self) -> bool:
         """Undo every patch; False when some original could not go back because another layer sits on ours."""
         clean = True
         with _LOCK:
+            self._deferred = None  # a call still in flight must not apply them now
             for owner, name, original, ours in reversed(self._replaced):
                 if vars(owner).get(name) is ours:
                     setattr(owner, name, original)

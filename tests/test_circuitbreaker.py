@@ -385,7 +385,7 @@ def test_behaviour_identical_with_and_without(otel: Otel, clock: Clock) -> None:
     assert len(otel.spans()) == 6
 
 
-def test_no_sdk_records_nothing_and_changes_nothing(clock: Clock) -> None:
+def test_no_sdk_records_nothing_and_adds_no_inner_hooks(clock: Clock) -> None:
     opened = vars(CircuitBreaker)["opened"]
     CircuitBreakerInstrumentor().instrument()
     try:
@@ -393,11 +393,10 @@ def test_no_sdk_records_nothing_and_changes_nothing(clock: Clock) -> None:
         assert [type(x).__name__ for x in run_cycle(charge, past_timeout(clock))][:3] == [
             "ConnectionError", "ConnectionError", "CircuitBreakerError",
         ]
-        assert vars(CircuitBreaker)["opened"] is not opened  # hooked by instrument(), not by the first recorded call
+        assert vars(CircuitBreaker)["opened"] is opened  # the open check is only hooked once something records
         assert [b for b in breakers() if b["name"] == "nosdk"] == []
     finally:
         CircuitBreakerInstrumentor().uninstrument()
-    assert vars(CircuitBreaker)["opened"] is opened
 
 
 def test_suppressed_instrumentation_records_nothing(instrumented: Otel) -> None:

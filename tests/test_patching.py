@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any
@@ -22,6 +22,7 @@ from otel_resilience.instrumentation.stamina import StaminaInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from otel_resilience.patching import Patches
 from tests.conftest import Otel
+from tests.processes import checked, run_python
 
 # Every attribute that the tenacity and stamina instrumentors both patch.
 SHARED = [
@@ -159,6 +160,26 @@ def test_a_patch_somebody_removed_is_made_anew() -> None:
     assert vars(Target)["method"] is original
 
 
+def test_deferred_patches_wait_for_activate_and_keep_their_declared_order() -> None:
+    original = vars(Target)["method"]
+    log: list[str] = []
+    first, second = Patches(), Patches()
+    first.wrap(Target, "method", calls(log, "first, deferred"), deferred=True)
+    second.wrap(Target, "method", calls(log, "second"))
+    assert Target().method(1) == 2 and log == ["second"]
+    first.activate()
+    first.activate()  # once
+    log.clear()
+    assert Target().method(1) == 2 and log == ["second", "first, deferred"]  # declared first: innermost
+    assert first.restore() and second.restore()
+    assert vars(Target)["method"] is original
+    late = Patches()
+    late.wrap(Target, "method", calls(log, "late"), deferred=True)
+    assert late.restore()
+    late.activate()  # a call still in flight after uninstrument applies nothing
+    assert vars(Target)["method"] is original
+
+
 # --- instrumentors that share hook points ---------------------------------------------------------------------------
 
 
@@ -229,55 +250,76 @@ def test_uninstrumenting_in_entry_point_order_leaves_no_layer_behind(otel: Otel)
         assert all(vars(owner)[name] is original for (owner, name), original in originals.items())
 
 
-def test_many_threads_making_their_first_recorded_call_at_once(otel: Otel) -> None:
-    def patched_now() -> dict[tuple[Any, str], Any]:
-        return {(owner, name): vars(owner)[name] for owner, name in SHARED + [(Retrying, "__call__")]}
+def layout() -> dict[str, list[str]]:
+    """What the shared attributes hold: per attribute, the adapter and method of each layer in our patch, innermost
+    first, and the number of ``__wrapped__`` steps to the original."""
+    described = {}
+    for owner, name in SHARED:
+        layers = [f"{type(w.__self__).__name__}.{w.__name__}" for w in patching.subscribers(owner, name)]
+        current, steps = vars(owner)[name], 0
+        while hasattr(current, "__wrapped__"):
+            current, steps = current.__wrapped__, steps + 1
+        described[f"{owner.__qualname__}.{name}"] = [*layers, f"depth {steps}"]
+    return described
 
-    # A single-threaded run: what instrument() patched, and what a first call leaves.
-    TenacityInstrumentor().instrument(**otel.kwargs())
-    StaminaInstrumentor().instrument(**otel.kwargs())
-    try:
-        single = patched_now()
-        retried_calls()
-        assert patched_now() == single
-        single_layers = {key: patching.subscribers(*key) for key in single}
-    finally:
-        StaminaInstrumentor().uninstrument()
-        TenacityInstrumentor().uninstrument()
-    otel.exporter.clear()
 
-    threads_count = 16
-    barrier = threading.Barrier(threads_count)
-    errors: list[BaseException] = []
+FIRST_CALLS = """
+import json, sys, threading
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from otel_resilience import semconv
+from otel_resilience.instrumentation.stamina import StaminaInstrumentor
+from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
+from tests.test_patching import layout, retried_calls
 
-    def first_call() -> None:
-        try:
-            barrier.wait()
-            retried_calls()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+StaminaInstrumentor().instrument()  # no SDK yet: the hooks that act only while recording wait
+TenacityInstrumentor().instrument()
+before = layout()
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+metrics.set_meter_provider(MeterProvider())
+count = int(sys.argv[1])
+barrier = threading.Barrier(count)
 
-    TenacityInstrumentor().instrument(**otel.kwargs())
-    StaminaInstrumentor().instrument(**otel.kwargs())
-    try:
-        before = patched_now()
-        threads = [threading.Thread(target=first_call) for _ in range(threads_count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
-        assert patched_now() == before  # the app's threads patched nothing
-        assert {key: patching.subscribers(*key) for key in before} == single_layers
-    finally:
-        StaminaInstrumentor().uninstrument()
-        TenacityInstrumentor().uninstrument()
-    ops = [s for s in otel.spans() if s.name.startswith("retry ")]
-    assert len(ops) == 2 * threads_count
-    assert all(s.attributes[semconv.RETRY_ATTEMPTS] == 2 for s in ops)
+def first_call():
+    barrier.wait()
+    retried_calls()
+
+threads = [threading.Thread(target=first_call) for _ in range(count)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+operations = [s for s in exporter.get_finished_spans() if s.name.startswith("retry ")]
+attempts = sorted(s.attributes[semconv.RETRY_ATTEMPTS] for s in operations)
+print(json.dumps({"before": before, "after": layout(), "attempts": attempts}))
+"""
+
+
+def test_many_threads_making_their_first_recorded_call_at_once() -> None:
+    """Instrumented before the SDK exists, then many threads make the first recorded calls at once: the patches they
+    apply end exactly as after one thread's first call, and every call is recorded whole."""
+    single, many = (json.loads(checked(run_python(FIRST_CALLS, str(n))).stdout) for n in (1, 16))
+    entries = {
+        "BaseRetrying.__iter__": ["TenacityAdapter._iter_form", "depth 1"],
+        "AsyncRetrying.__aiter__": ["TenacityAdapter._aiter_form", "depth 1"],
+    }
+    assert single["before"] == many["before"] == {name: entries.get(name, ["depth 0"]) for name in single["before"]}
+    assert many["after"] == single["after"]
+    # every layer in the order the instrumentors declared it (stamina first), whoever applied it first
+    assert single["after"]["BaseRetrying.__iter__"] == [
+        "_StaminaLoops._iter_form", "TenacityAdapter._iter_form", "depth 1",
+    ]
+    assert single["after"]["BaseRetrying.iter"] == ["_StaminaLoops._iter", "TenacityAdapter._iter", "depth 1"]
+    assert single["attempts"] == [2, 2] and many["attempts"] == [2] * 32
 
 
 @pytest.fixture(autouse=True)
 def no_patch_left() -> Iterator[None]:
     yield
-    assert patching.subscribers(Target, "method") == 0
+    assert patching.subscribers(Target, "method") == []

@@ -307,7 +307,7 @@ def _tb_depth(exc: BaseException) -> int:
     return depth
 
 
-def test_no_sdk_records_nothing_and_changes_nothing(clock: Clock) -> None:
+def test_no_sdk_records_nothing_and_adds_no_inner_hooks(clock: Clock) -> None:
     inner = [(Context, "set_state"), (SyncCircuitBreaker, "__exit__"), (AsyncCircuitBreaker, "__aexit__")]
     before = [vars(owner)[name] for owner, name in inner]
     PurgatoryInstrumentor().instrument()
@@ -315,12 +315,10 @@ def test_no_sdk_records_nothing_and_changes_nothing(clock: Clock) -> None:
         guarded = SyncCircuitBreakerFactory(default_threshold=2, default_ttl=30)("nosdk")(charge)
         seen = run_cycle(guarded, past_timeout(clock))
         assert [type(x).__name__ for x in seen][:3] == ["ConnectionError", "ConnectionError", "OpenedState"]
-        # hooked by instrument(), not by the first recorded call (their check is a context variable's get)
-        assert all(vars(owner)[name] is not hook for (owner, name), hook in zip(inner, before, strict=True))
+        assert [vars(owner)[name] for owner, name in inner] == before  # one patched method per block, no more
         assert [b for b in breakers() if b["name"] == "nosdk"] == []
     finally:
         PurgatoryInstrumentor().uninstrument()
-    assert [vars(owner)[name] for owner, name in inner] == before
 
 
 def test_states_map_to_the_contract() -> None:

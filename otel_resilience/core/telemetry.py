@@ -57,6 +57,9 @@ class Telemetry:
         self.meter = metrics.get_meter(scope, __version__, meter_provider, schema_url=_SCHEMA_URL)
         self._live = False
         self._uses_globals = tracer_provider is None and meter_provider is None
+        self.on_live: Callable[[], None] | None = None
+        """Run by the first check that finds something recording, before any call records (calls checking meanwhile
+        wait for it): the instrumentor applies its deferred patches there. It must not raise."""
         self.disabled = False
         """Set by `uninstrument()`: what outlives the patches (closures decorated while instrumented) records nothing."""
         self.retry_attempts = self.meter.create_histogram(
@@ -125,6 +128,8 @@ class Telemetry:
         (then their tracer and meter tell whether they are real)."""
         if self.disabled or (_is_noop_tracer(self.tracer) and _is_noop_meter(self.meter)):
             return False
+        if self.on_live is not None:
+            self.on_live()
         self._live = True
         return True
 

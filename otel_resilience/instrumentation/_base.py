@@ -38,6 +38,8 @@ class ResilienceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self.telemetry = Telemetry(self.library, kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
         self.patches = Patches()
         self._patch(self.telemetry)
+        self.telemetry.on_live = self.patches.activate
+        self.telemetry.may_record()  # with an SDK already there, the deferred patches are applied now
 
     def _uninstrument(self, **kwargs: Any) -> None:
         telemetry = getattr(self, "telemetry", None)

@@ -63,15 +63,15 @@ class AioBreakerAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The call entry points; the admission, refusal and failure hooks (they act only inside a call of ours); the
-        transition hook (a state change is counted also outside calls)."""
+        """The call entry points; deferred until something records: the admission, refusal and failure hooks (they
+        act only inside a call of ours) and the transition hook."""
         may_record = self.telemetry.may_record  # the wrappers begin with start_breaker_call: one context read
         patches.wrap(CircuitBreaker, "call", self._call, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=may_record)
-        patches.wrap(CircuitBreakerBaseState, "before_call", self._admission, enabled=any_active_call)
-        patches.wrap(CircuitOpenState, "before_call", self._open_check, enabled=any_active_call)
-        patches.wrap(CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call)
-        patches.wrap(CircuitBreaker, "_create_new_state", self._new_state, enabled=may_record)
+        patches.wrap(CircuitBreakerBaseState, "before_call", self._admission, enabled=any_active_call, deferred=True)
+        patches.wrap(CircuitOpenState, "before_call", self._open_check, enabled=any_active_call, deferred=True)
+        patches.wrap(CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
+        patches.wrap(CircuitBreaker, "_create_new_state", self._new_state, deferred=True)
 
     def _entry(self, breaker: CircuitBreaker, guarded: Any) -> BreakerEntry:
         return REGISTRY.entry(

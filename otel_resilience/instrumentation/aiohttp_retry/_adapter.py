@@ -189,11 +189,12 @@ class AiohttpRetryAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The loop; where contrib's span of an attempt opens and is about to end (only inside a loop of ours)."""
+        """The loop; deferred until something records: where contrib's span of an attempt opens and is about to end
+        (only inside a loop of ours)."""
         patches.wrap(_RequestContext, "_do_request", self._do_request, enabled=self.telemetry.recording)
-        patches.wrap(Trace, "send_request_start", self._request_start, enabled=_RUN.get)
-        patches.wrap(Trace, "send_request_end", self._request_end, enabled=_RUN.get)
-        patches.wrap(Trace, "send_request_exception", self._request_exception, enabled=_RUN.get)
+        patches.wrap(Trace, "send_request_start", self._request_start, enabled=_RUN.get, deferred=True)
+        patches.wrap(Trace, "send_request_end", self._request_end, enabled=_RUN.get, deferred=True)
+        patches.wrap(Trace, "send_request_exception", self._request_exception, enabled=_RUN.get, deferred=True)
 
     async def _do_request(self, wrapped: Callable[..., Any], context: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         run = self._start(context)

@@ -60,18 +60,17 @@ class BackoffAdapter:
         self._closure_codes: frozenset[CodeType] = frozenset()
 
     def patch(self, patches: Patches) -> None:
-        """The factories, and the call-time hooks (with no SDK a decorated function runs backoff's own closure:
-        those hooks then cost only their check)."""
+        """The factories; deferred until something records: the call-time hooks (with no SDK a decorated function
+        runs backoff's own closure, and those hooks would only cost)."""
         self._closure_codes = frozenset(closure_codes(_sync) | closure_codes(_async))
         for module, is_async in ((_sync, False), (_async, True)):
             for factory in FACTORIES:
                 patches.wrap(module, factory, functools.partial(self._decorate, is_async=is_async))
-        may_record = self.telemetry.may_record
         for module in (_sync, _async):
-            patches.wrap(module, "_init_wait_gen", self._loop_begins, enabled=self.telemetry.recording)
-            patches.wrap(module, "_next_wait", self._next_wait, enabled=may_record)
-        patches.wrap(_sync, "_call_handlers", self._handlers, enabled=may_record)
-        patches.wrap(_async, "_call_handlers", self._handlers_async, enabled=may_record)
+            patches.wrap(module, "_init_wait_gen", self._loop_begins, enabled=self.telemetry.recording, deferred=True)
+            patches.wrap(module, "_next_wait", self._next_wait, deferred=True)
+        patches.wrap(_sync, "_call_handlers", self._handlers, deferred=True)
+        patches.wrap(_async, "_call_handlers", self._handlers_async, deferred=True)
         Active.telemetry = self.telemetry
 
     def _decorate(

@@ -75,14 +75,14 @@ class CircuitBreakerAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The admitted-call entry points; the open check and the failure hook."""
+        """The admitted-call entry points; deferred until something records: the open check and the failure hook."""
         may_record = self.telemetry.may_record  # the wrappers begin with start_breaker_call: one context read
         patches.wrap(CircuitBreaker, "call", self._call, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_generator", self._call_generator, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_async_generator", self._call_async_generator, enabled=may_record)
-        patches.replace(CircuitBreaker, "opened", self._open_check(vars(CircuitBreaker)["opened"]))
-        patches.wrap(CircuitBreaker, "_CircuitBreaker__call_failed", _FAILURE_COUNTED, enabled=any_active_call)
+        patches.replace(CircuitBreaker, "opened", self._open_check(vars(CircuitBreaker)["opened"]), deferred=True)
+        patches.wrap(CircuitBreaker, "_CircuitBreaker__call_failed", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
 
     def _entry(self, breaker: CircuitBreaker, guarded: Callable[[], Any]) -> BreakerEntry:
         def name() -> str:

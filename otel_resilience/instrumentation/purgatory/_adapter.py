@@ -70,15 +70,16 @@ class PurgatoryAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The block entry points; the exits and state hooks (they act only inside a call of ours)."""
+        """The block entry points; deferred until something records: the exits and state hooks (they act only inside
+        a call of ours, and there is none before: so with no SDK a block pays for one patched method, not two)."""
         may_record = self.telemetry.may_record  # the wrappers begin with start_breaker_call: one context read
         patches.wrap(SyncCircuitBreaker, "__enter__", self._enter, enabled=may_record)
         patches.wrap(AsyncCircuitBreaker, "__aenter__", self._aenter, enabled=may_record)
-        patches.wrap(SyncCircuitBreaker, "__exit__", self._exit, enabled=any_active_call)
-        patches.wrap(AsyncCircuitBreaker, "__aexit__", self._aexit, enabled=any_active_call)
-        patches.wrap(Context, "set_state", self._set_state, enabled=any_active_call)
-        patches.wrap(ClosedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call)
-        patches.wrap(HalfOpenedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call)
+        patches.wrap(SyncCircuitBreaker, "__exit__", self._exit, enabled=any_active_call, deferred=True)
+        patches.wrap(AsyncCircuitBreaker, "__aexit__", self._aexit, enabled=any_active_call, deferred=True)
+        patches.wrap(Context, "set_state", self._set_state, enabled=any_active_call, deferred=True)
+        patches.wrap(ClosedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
+        patches.wrap(HalfOpenedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
 
     # --- entering a block ----------------------------------------------------------------------------------------
 

@@ -68,14 +68,13 @@ class PyBreakerAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The call entry point; the admission, refusal and failure hooks (they act only inside a call of ours); the
-        transition hook (a state change is counted also outside calls)."""
-        may_record = self.telemetry.may_record
-        patches.wrap(pybreaker.CircuitBreaker, "call", self._call, enabled=may_record)
-        patches.wrap(pybreaker.CircuitBreakerState, "before_call", self._admission, enabled=any_active_call)
-        patches.wrap(pybreaker.CircuitOpenState, "before_call", self._open_check, enabled=any_active_call)
-        patches.wrap(pybreaker.CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call)
-        patches.wrap(pybreaker.CircuitBreaker, "_create_new_state", self._new_state, enabled=may_record)
+        """The call entry point; deferred until something records: the admission, refusal and failure hooks (they
+        act only inside a call of ours) and the transition hook."""
+        patches.wrap(pybreaker.CircuitBreaker, "call", self._call, enabled=self.telemetry.may_record)
+        patches.wrap(pybreaker.CircuitBreakerState, "before_call", self._admission, enabled=any_active_call, deferred=True)
+        patches.wrap(pybreaker.CircuitOpenState, "before_call", self._open_check, enabled=any_active_call, deferred=True)
+        patches.wrap(pybreaker.CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
+        patches.wrap(pybreaker.CircuitBreaker, "_create_new_state", self._new_state, deferred=True)
 
     def _entry(self, breaker: pybreaker.CircuitBreaker, guarded: Any) -> BreakerEntry:
         def name() -> str:

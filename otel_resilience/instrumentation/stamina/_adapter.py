@@ -121,9 +121,9 @@ class _StaminaLoops(TenacityLoops):
         self.claimant = claimant
 
     def patch(self, patches: Patches) -> None:
-        """stamina starts only iterator forms; a claim is set only while something records."""
-        patches.wrap(BaseRetrying, "__iter__", self._iter_form, enabled=current_claim)
-        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form, enabled=current_claim)
+        """stamina starts only iterator forms, and claims them only while something records: deferred until then."""
+        patches.wrap(BaseRetrying, "__iter__", self._iter_form, enabled=current_claim, deferred=True)
+        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form, enabled=current_claim, deferred=True)
         self.patch_loop_hooks(patches)
 
     def names(self, fn: Any) -> tuple[str, str] | None:

@@ -121,7 +121,7 @@ def _max_attempts(stop: Any) -> int | None:
 
 _iterator_runs_exist: Final = _BY_STATE.data.__len__
 """The check of the hooks that only act on an iterator form's run: a C call (a WeakKeyDictionary keeps its entries in
-``data``), so that with no run in flight (no SDK) ``with attempt:`` costs little more than the patch."""
+``data``), so that with no run in flight ``with attempt:`` costs little more than the patch."""
 
 
 class TenacityLoops:
@@ -133,12 +133,13 @@ class TenacityLoops:
         self.telemetry = telemetry
 
     def patch_loop_hooks(self, patches: Patches) -> None:
-        """Their checks are C calls (a context variable, a dict's length): what a traced call costs with no SDK."""
-        patches.wrap(BaseRetrying, "iter", self._iter, enabled=_RUN.get)
-        patches.wrap(AsyncRetrying, "iter", self._async_iter, enabled=_RUN.get)
-        patches.wrap(AsyncRetrying, "__anext__", self._anext, enabled=_iterator_runs_exist)
-        patches.wrap(AttemptManager, "__enter__", self._attempt_enter, enabled=_iterator_runs_exist)
-        patches.wrap(AttemptManager, "__exit__", self._attempt_exit, enabled=_iterator_runs_exist)
+        """Deferred until something records (they act only on a run of ours, and there is none before); then their
+        checks are C calls (a context variable, a dict's length)."""
+        patches.wrap(BaseRetrying, "iter", self._iter, enabled=_RUN.get, deferred=True)
+        patches.wrap(AsyncRetrying, "iter", self._async_iter, enabled=_RUN.get, deferred=True)
+        patches.wrap(AsyncRetrying, "__anext__", self._anext, enabled=_iterator_runs_exist, deferred=True)
+        patches.wrap(AttemptManager, "__enter__", self._attempt_enter, enabled=_iterator_runs_exist, deferred=True)
+        patches.wrap(AttemptManager, "__exit__", self._attempt_exit, enabled=_iterator_runs_exist, deferred=True)
 
     def names(self, fn: Any) -> tuple[str, str] | None:
         """(``retry.name``, span name) of a loop starting now around `fn` (None for iterator forms); None: this

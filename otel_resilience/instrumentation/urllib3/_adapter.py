@@ -141,8 +141,9 @@ class Urllib3Adapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """Attempts, outer loops and the Retry hooks (these only act inside a run). An outer call that joins the
-        scope it runs in (an adapter inside a session, a pool manager's redirect recursion) costs only its check."""
+        """Attempts and outer loops; deferred until something records: the Retry hooks (they only act inside a run).
+        An outer call that joins the scope it runs in (an adapter inside a session, a pool manager's redirect
+        recursion) costs only its check."""
         # The full check (suppression included) is made once per request, where the request starts (a scope opening,
         # or start_request).
         # An outer loop is a scope: a run of urllib3's loop inside it starts afresh (`_CHAIN`), in the scope's request.
@@ -162,9 +163,9 @@ class Urllib3Adapter:
                 telemetry, _prepared_url, error_result=_requests_error_result, afresh=_CHAIN
             )
             patches.wrap(requests.adapters.HTTPAdapter, "send", adapter_scope, enabled=opens_scope)
-        patches.wrap(Retry, "is_retry", self._is_retry, enabled=_verdict_pending)
-        patches.wrap(Retry, "increment", self._increment, enabled=_CHAIN.get)
-        patches.replace(retry_module, "time", _RetryModuleTime(self))
+        patches.wrap(Retry, "is_retry", self._is_retry, enabled=_verdict_pending, deferred=True)
+        patches.wrap(Retry, "increment", self._increment, enabled=_CHAIN.get, deferred=True)
+        patches.replace(retry_module, "time", _RetryModuleTime(self), deferred=True)
 
     # --- attempts ------------------------------------------------------------------------------------------------
 
