@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import stamina
 import tenacity
-from tenacity import AttemptManager, BaseRetrying, Retrying
+from tenacity import AttemptManager, BaseRetrying
 from tenacity.asyncio import AsyncRetrying
 
 from otel_resilience import patching, semconv
