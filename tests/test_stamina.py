@@ -564,3 +564,14 @@ def test_behaviour_identical_with_and_without(otel: Otel, sleeps: Sleeps, own_ho
         StaminaInstrumentor().uninstrument()
     assert traced == bare
     assert len(by_name(otel, "retry Flaky")) == 1
+
+
+def test_the_stamina_internals_naming_reads_are_still_there() -> None:
+    """What `decorator_frames` reads of stamina's internals: if a stamina release renames them, this fails (and
+    functions decorated with ``@stamina.retry`` would otherwise be named after the function they are called from)."""
+    from otel_resilience.instrumentation.stamina._adapter import decorator_frames
+
+    codes, variable = decorator_frames()
+    names = {code.co_name for code in codes}
+    assert {"sync_inner", "async_inner"} <= names <= {"sync_inner", "async_inner", "sync_gen_inner", "async_gen_inner"}
+    assert all(variable in code.co_freevars for code in codes)

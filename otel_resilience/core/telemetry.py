@@ -4,7 +4,6 @@ observations (`RetryOperation`, `BreakerCall`, `HttpRequest`) start in their own
 
 from __future__ import annotations
 
-import threading
 import functools
 from collections.abc import Callable
 
@@ -23,13 +22,6 @@ from otel_resilience.core.registry import observe_states
 from otel_resilience.version import __version__
 
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
-
-
-def _run_guarded(callback: Callable[[], None]) -> None:
-    try:
-        callback()
-    except Exception:
-        report_internal_error(f"installing hooks ({getattr(callback, '__qualname__', callback)})")
 
 
 # The two readings below, and `recording`'s of `trace._TRACER_PROVIDER` and `_METER_PROVIDER`, use OpenTelemetry's
@@ -62,10 +54,11 @@ class Telemetry:
         self.meter = metrics.get_meter(scope, __version__, meter_provider, schema_url=_SCHEMA_URL)
         self._live = False
         self._uses_globals = tracer_provider is None and meter_provider is None
-        self._when_live: list[Callable[[], None]] = []
-        self._live_lock = threading.Lock()
+        self.on_live: Callable[[], None] | None = None
+        """Run by the first check that finds something recording, before any call records (calls checking meanwhile
+        wait for it): the instrumentor applies its deferred patches there. It must not raise."""
         self.disabled = False
-        """Set when uninstrumenting could not remove our wrapper (another layer sat on it): record nothing more."""
+        """Set by `uninstrument()`: what outlives the patches (closures decorated while instrumented) records nothing."""
         self.retry_attempts = self.meter.create_histogram(
             semconv.METRIC_RETRY_ATTEMPTS,
             unit="{attempt}",
@@ -130,9 +123,11 @@ class Telemetry:
     def _became_live(self) -> bool:
         """The slow path of `recording()`: a provider was set since the last call, or explicit providers were given
         (then their tracer and meter tell whether they are real)."""
-        if self.disabled or not self._resolve_live():
+        if self.disabled or (_is_noop_tracer(self.tracer) and _is_noop_meter(self.meter)):
             return False
-        self._went_live()
+        if self.on_live is not None:
+            self.on_live()
+        self._live = True
         return True
 
     def records(self) -> bool:
@@ -143,32 +138,6 @@ class Telemetry:
         except Exception:
             report_internal_error("Telemetry.recording")
             return False
-
-    def when_live(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once, as soon as something records (now, if it already does). Adapters install the hooks
-        that only matter while recording (attempt and transition hooks) this way, so that an app with no SDK pays
-        for one patched entry point per call and nothing more."""
-        with self._live_lock:
-            if not self._live:
-                self._when_live.append(callback)
-                callback = None  # type: ignore[assignment]
-        if callback is not None:
-            _run_guarded(callback)
-        elif not self._live and self._resolve_live():
-            self._went_live()
-
-    def _resolve_live(self) -> bool:
-        return not (_is_noop_tracer(self.tracer) and _is_noop_meter(self.meter))
-
-    def _went_live(self) -> None:
-        with self._live_lock:
-            if self._live:
-                return
-            callbacks, self._when_live = self._when_live, []
-            for callback in callbacks:
-                if not self.disabled:
-                    _run_guarded(callback)  # runs inside the app's first call after an SDK appears
-            self._live = True
 
     def record_retry(self, name: str, result: str, depth: int, attempts: int, seconds: float) -> None:
         """The metric points of one retried operation (or HTTP request) that ended: `retry.attempts` and

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from otel_resilience._environment import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, is_disabled
 from otel_resilience.core import Telemetry, never_raises, report_internal_error
-from otel_resilience.instrumentation._base import Patches, Wrapper
+from otel_resilience.patching import Patches, Wrapper
 from otel_resilience.targets._definitions import (
     MAIN,
     ClassHook,

@@ -15,7 +15,7 @@ from otel_resilience import semconv
 from otel_resilience.core import BreakerCall, Telemetry, never_raises, normalise_state
 from otel_resilience.core.breaker import run_call, run_coroutine
 from otel_resilience.core.naming import breaker_name
-from otel_resilience.instrumentation._base import Wrapper
+from otel_resilience.patching import Wrapper
 from otel_resilience.targets.spec import Resolved, report_no_callable
 
 _logger = logging.getLogger("otel_resilience")

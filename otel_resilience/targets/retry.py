@@ -26,7 +26,7 @@ import wrapt
 
 from otel_resilience.core import RetryOperation, Telemetry, never_raises
 from otel_resilience.core.naming import callable_names
-from otel_resilience.instrumentation._base import Wrapper
+from otel_resilience.patching import Wrapper
 from otel_resilience.targets._arguments import ArgumentLocator, Found, attemptable
 from otel_resilience.targets.spec import Resolved, report_no_callable
 

@@ -28,7 +28,7 @@ from otel_resilience.core.breaker import (
     run_call,
     run_coroutine,
 )
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 _FAILURE_COUNTED: Final = failure_hook()
 
@@ -48,17 +48,15 @@ class AioBreakerAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The call entry points now; admission, refusal, failure and transition hooks once something records."""
+        """The call entry points; deferred until something records: the admission, refusal and failure hooks (they
+        act only inside a call of ours) and the transition hook."""
         may_record = self.telemetry.may_record  # the wrappers begin with BreakerCall.start: one context read
         patches.wrap(CircuitBreaker, "call", self._call, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=may_record)
-        self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
-
-    def _patch_inner_hooks(self, patches: Patches) -> None:
-        patches.wrap(CircuitBreakerBaseState, "before_call", self._admission, enabled=any_active_call)
-        patches.wrap(CircuitOpenState, "before_call", self._open_check, enabled=any_active_call)
-        patches.wrap(CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call)
-        patches.wrap(CircuitBreaker, "_create_new_state", self._new_state)
+        patches.wrap(CircuitBreakerBaseState, "before_call", self._admission, enabled=any_active_call, deferred=True)
+        patches.wrap(CircuitOpenState, "before_call", self._open_check, enabled=any_active_call, deferred=True)
+        patches.wrap(CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
+        patches.wrap(CircuitBreaker, "_create_new_state", self._new_state, deferred=True)
 
     # --- calls -------------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from yarl import URL
 from otel_resilience import semconv
 from otel_resilience.core import Telemetry, http, never_raises, outcome
 from otel_resilience.core.retry import run_as_current_async
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 _CONTRIB_MARK: Final = "_is_instrumented_by_opentelemetry"
 """The attribute contrib's aiohttp-client instrumentation sets on the trace config it adds to every session."""
@@ -177,14 +177,12 @@ class AiohttpRetryAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
+        """The loop; deferred until something records: where contrib's span of an attempt opens and is about to end
+        (only inside a loop of ours)."""
         patches.wrap(_RequestContext, "_do_request", self._do_request, enabled=self.telemetry.recording)
-        self.telemetry.when_live(lambda: self._patch_contrib_hooks(patches))
-
-    def _patch_contrib_hooks(self, patches: Patches) -> None:
-        """Where contrib's span of an attempt opens and is about to end (only inside a loop of ours)."""
-        patches.wrap(Trace, "send_request_start", self._request_start, enabled=_RUN.get)
-        patches.wrap(Trace, "send_request_end", self._request_end, enabled=_RUN.get)
-        patches.wrap(Trace, "send_request_exception", self._request_exception, enabled=_RUN.get)
+        patches.wrap(Trace, "send_request_start", self._request_start, enabled=_RUN.get, deferred=True)
+        patches.wrap(Trace, "send_request_end", self._request_end, enabled=_RUN.get, deferred=True)
+        patches.wrap(Trace, "send_request_exception", self._request_exception, enabled=_RUN.get, deferred=True)
 
     async def _do_request(self, wrapped: Callable[..., Any], context: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         run = self._start(context)

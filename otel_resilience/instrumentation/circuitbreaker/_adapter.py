@@ -29,7 +29,7 @@ from otel_resilience.core.breaker import (
     run_generator,
 )
 from otel_resilience.core.naming import breaker_name
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 _REFUSAL: Final = f"{CircuitBreakerError.__module__}.{CircuitBreakerError.__qualname__}"
 """`error.type` of a refused call: what the caller gets without a fallback, and names the refusal with one."""
@@ -64,17 +64,14 @@ class CircuitBreakerAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The admitted-call entry points now; the open check and failure hooks once something records."""
+        """The admitted-call entry points; deferred until something records: the open check and the failure hook."""
         may_record = self.telemetry.may_record  # the wrappers begin with BreakerCall.start: one context read
         patches.wrap(CircuitBreaker, "call", self._call, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_generator", self._call_generator, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_async", self._call_async, enabled=may_record)
         patches.wrap(CircuitBreaker, "call_async_generator", self._call_async_generator, enabled=may_record)
-        self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
-
-    def _patch_inner_hooks(self, patches: Patches) -> None:
-        patches.replace(CircuitBreaker, "opened", self._open_check(vars(CircuitBreaker)["opened"]))
-        patches.wrap(CircuitBreaker, "_CircuitBreaker__call_failed", _FAILURE_COUNTED, enabled=any_active_call)
+        patches.replace(CircuitBreaker, "opened", self._open_check(vars(CircuitBreaker)["opened"]), deferred=True)
+        patches.wrap(CircuitBreaker, "_CircuitBreaker__call_failed", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
 
     # --- admitted calls ----------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from opentelemetry.context import Context
 
 from otel_resilience import semconv
 from otel_resilience.core import Telemetry, http, never_raises, outcome
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 LIBRARY: Final = "httpx"
 

@@ -29,7 +29,7 @@ from otel_resilience.core.breaker import (
     reported_transition,
 )
 from otel_resilience.core.registry import StateReader
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 Breaker = SyncCircuitBreaker | AsyncCircuitBreaker
 
@@ -61,19 +61,16 @@ class PurgatoryAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The block entry points now; the exits and state hooks once something records (they act only inside a
-        call of ours, and there is none before: so with no SDK a block pays for one patched method, not two)."""
+        """The block entry points; deferred until something records: the exits and state hooks (they act only inside
+        a call of ours, and there is none before: so with no SDK a block pays for one patched method, not two)."""
         may_record = self.telemetry.may_record  # the wrappers begin with BreakerCall.start: one context read
         patches.wrap(SyncCircuitBreaker, "__enter__", self._enter, enabled=may_record)
         patches.wrap(AsyncCircuitBreaker, "__aenter__", self._aenter, enabled=may_record)
-        self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
-
-    def _patch_inner_hooks(self, patches: Patches) -> None:
-        patches.wrap(SyncCircuitBreaker, "__exit__", self._exit, enabled=any_active_call)
-        patches.wrap(AsyncCircuitBreaker, "__aexit__", self._aexit, enabled=any_active_call)
-        patches.wrap(Context, "set_state", self._set_state, enabled=any_active_call)
-        patches.wrap(ClosedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call)
-        patches.wrap(HalfOpenedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call)
+        patches.wrap(SyncCircuitBreaker, "__exit__", self._exit, enabled=any_active_call, deferred=True)
+        patches.wrap(AsyncCircuitBreaker, "__aexit__", self._aexit, enabled=any_active_call, deferred=True)
+        patches.wrap(Context, "set_state", self._set_state, enabled=any_active_call, deferred=True)
+        patches.wrap(ClosedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
+        patches.wrap(HalfOpenedState, "handle_exception", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
 
     # --- entering a block ----------------------------------------------------------------------------------------
 

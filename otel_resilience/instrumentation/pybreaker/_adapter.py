@@ -25,7 +25,7 @@ from otel_resilience.core.breaker import (
     run_call,
 )
 from otel_resilience.core.naming import breaker_name, caller_names
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 _PYBREAKER_MODULE: Final = pybreaker.CircuitBreaker.__module__
 _FAILURE_COUNTED: Final = failure_hook()
@@ -57,15 +57,13 @@ class PyBreakerAdapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """The call entry point now; admission, refusal, failure and transition hooks once something records."""
+        """The call entry point; deferred until something records: the admission, refusal and failure hooks (they
+        act only inside a call of ours) and the transition hook."""
         patches.wrap(pybreaker.CircuitBreaker, "call", self._call, enabled=self.telemetry.may_record)
-        self.telemetry.when_live(lambda: self._patch_inner_hooks(patches))
-
-    def _patch_inner_hooks(self, patches: Patches) -> None:
-        patches.wrap(pybreaker.CircuitBreakerState, "before_call", self._admission, enabled=any_active_call)
-        patches.wrap(pybreaker.CircuitOpenState, "before_call", self._open_check, enabled=any_active_call)
-        patches.wrap(pybreaker.CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call)
-        patches.wrap(pybreaker.CircuitBreaker, "_create_new_state", self._new_state)
+        patches.wrap(pybreaker.CircuitBreakerState, "before_call", self._admission, enabled=any_active_call, deferred=True)
+        patches.wrap(pybreaker.CircuitOpenState, "before_call", self._open_check, enabled=any_active_call, deferred=True)
+        patches.wrap(pybreaker.CircuitBreaker, "_inc_counter", _FAILURE_COUNTED, enabled=any_active_call, deferred=True)
+        patches.wrap(pybreaker.CircuitBreaker, "_create_new_state", self._new_state, deferred=True)
 
     # --- calls -------------------------------------------------------------------------------------------------
 

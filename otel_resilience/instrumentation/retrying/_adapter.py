@@ -19,7 +19,7 @@ from retrying import Attempt, Retrying
 from otel_resilience.core import Telemetry, never_raises, outcome
 from otel_resilience.core.naming import callable_names
 from otel_resilience.core.retry import ProxiedAttempts, RetryOperation, run_as_current
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 _MS: Final = 1000.0
 

@@ -1,44 +1,86 @@
-"""Translate stamina's retries into core retry events, through the tenacity loop stamina runs on.
-
-Every stamina form iterates a ``_RetryContextIterator``, whose ``__iter__``/``__aiter__`` (looked up at call time)
-start a tenacity loop. stamina claims that loop (core/claims.py), and a `TenacityAdapter` of our own records it under
-stamina's scope and names: one operation, counted once in the retry depth, whether or not tenacity is instrumented
-too. No hook is registered with stamina: its own instrumentation and the app's hooks stay as they are
+"""Every stamina form iterates a ``_RetryContextIterator``, whose ``__iter__``/``__aiter__`` (looked up at call time)
+start a tenacity loop. stamina claims that loop (core/claims.py), and tenacity's loop hooks of our own
+(`TenacityLoops`) record it under stamina's scope and names: one operation, counted once in the retry depth, whether or
+not tenacity is instrumented too. Names come from ``RetryingCaller.__call__``, or for decorated functions from
+`decorator_frames`. No hook is registered with stamina: its own instrumentation and the app's hooks stay as they are
 (docs/retry-libraries.md).
 """
 
 from __future__ import annotations
 
+import contextvars
 import sys
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from types import CodeType
 from typing import Any, Final
 
+import stamina
 from stamina._core import _RetryContextIterator
+from tenacity import BaseRetrying
+from tenacity.asyncio import AsyncRetrying
 
 from otel_resilience.core import Telemetry, never_raises
-from otel_resilience.core.claims import OperationClaim, claim_operation, release_claim
+from otel_resilience.core.claims import OperationClaim, claim_operation, current_claim, release_claim
 from otel_resilience.core.naming import callable_names, caller_names
-from otel_resilience.instrumentation._base import Patches
-from otel_resilience.instrumentation.tenacity._adapter import TenacityAdapter
+from otel_resilience.instrumentation.tenacity._adapter import TenacityLoops, TenacityLoop
+from otel_resilience.patching import Patches
 
 _SKIPPED_FRAMES: Final = ("stamina", "tenacity")
 _OURS: Final = "otel_resilience"
-_RETRIED_CALLABLE: Final = ("wrapped", "callable_")  # in stamina's decorator closures and its RetryingCallers
 
 
-def _stamina_callable() -> Any:
-    """The callable that stamina itself is retrying, when one of its own loops is starting (decorators, callers):
-    read from the frame of that loop. None for a ``retry_context`` block the app wrote."""
+def decorator_frames() -> tuple[frozenset[CodeType], str]:
+    """stamina's internals that naming needs, in one place: the code of the functions that ``@stamina.retry`` puts in
+    place of the app's (nested in ``stamina._core.retry``), and the name of their closure variable holding the app's
+    callable. No public hook gives that callable to a function decorated before instrumentation; stamina's own name
+    for it (``RetryDetails.name``) drops the class of a callable object. A test fails when stamina renames them."""
+    codes: set[CodeType] = set()
+    pending = [stamina.retry.__code__]
+    while pending:
+        for const in pending.pop().co_consts:
+            if isinstance(const, CodeType):
+                pending.append(const)
+                if const.co_name.endswith("_inner"):
+                    codes.add(const)
+    return frozenset(codes), "wrapped"
+
+
+_DECORATOR_CODES, _DECORATED_VARIABLE = decorator_frames()
+
+
+def _decorated_callable() -> Any:
+    """The app's callable, when the loop starting now is that of a function decorated with ``@stamina.retry`` (the
+    first frame outside ours is stamina's decorated function)."""
     frame = sys._getframe(2)
     while frame is not None and frame.f_globals.get("__name__", "").startswith(_OURS):
         frame = frame.f_back  # type: ignore[assignment]
-    if frame is None or not frame.f_globals.get("__name__", "").startswith("stamina"):
+    if frame is None or frame.f_code not in _DECORATOR_CODES:
         return None
-    variables = frame.f_locals
-    for name in _RETRIED_CALLABLE:
-        if name in variables:
-            return variables[name]
-    return None
+    return frame.f_locals.get(_DECORATED_VARIABLE)
+
+
+class _Called:
+    """The callable a ``RetryingCaller`` was asked to call: named by the loop that the call starts, once (a
+    ``retry_context`` inside that callable is a loop of its own)."""
+
+    __slots__ = ("callable", "taken")
+
+    def __init__(self, called: Any) -> None:
+        self.callable = called
+        self.taken = False
+
+
+_CALLED: contextvars.ContextVar[_Called | None] = contextvars.ContextVar("otel_resilience_stamina_called", default=None)
+
+
+def _retried_callable() -> Any:
+    """The callable stamina is retrying: given to a ``RetryingCaller``, or decorated; None for a ``retry_context``
+    block the app wrote."""
+    called = _CALLED.get()
+    if called is not None and not called.taken:
+        called.taken = True
+        return called.callable
+    return _decorated_callable()
 
 
 def _claimed_iteration(attempts: Iterator[Any], claim: OperationClaim) -> Generator[Any, None, None]:
@@ -58,33 +100,60 @@ def _claimed_iteration(attempts: Iterator[Any], claim: OperationClaim) -> Genera
     yield from attempts
 
 
+class _StaminaLoops(TenacityLoops):
+    """Records the tenacity loops that stamina claims, under stamina's scope and names."""
+
+    def __init__(self, telemetry: Telemetry, claimant: StaminaAdapter) -> None:
+        super().__init__(telemetry)
+        self.claimant = claimant
+
+    def patch(self, patches: Patches) -> None:
+        """stamina starts only iterator forms, and claims them only while something records: deferred until then."""
+        patches.wrap(BaseRetrying, "__iter__", self._iter_form, enabled=current_claim, deferred=True)
+        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form, enabled=current_claim, deferred=True)
+        self.patch_loop_hooks(patches)
+
+    def names(self, fn: Any) -> tuple[str, str] | None:
+        claim = current_claim()
+        if claim is None or not claim.take(self.claimant):
+            return None
+        return claim.name, claim.span_name
+
+    def body_completed(self, run: TenacityLoop) -> None:
+        """stamina retries on exceptions only: a body that completed ends the retry, successfully. (Otherwise a loop
+        left by ``return`` inside ``async for``, whose iterator is not closed, would end only when tenacity's state
+        is garbage collected.)"""
+        run.ended_early()
+
+
 class StaminaAdapter:
     """Holds the Telemetry for stamina, claims stamina's loops, and records them through its own tenacity hooks."""
 
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
-        # stamina retries on exceptions only: an attempt whose body completed ends the retry, successfully
-        self.loops = TenacityAdapter(telemetry, claimant=self, clean_exit_is_final=True)
+        self.loops = _StaminaLoops(telemetry, self)
 
     def patch(self, patches: Patches) -> None:
-        self.loops.patch(patches)
         recording = self.telemetry.recording
+        self.loops.patch(patches)
         patches.wrap(_RetryContextIterator, "__iter__", self._iter, enabled=recording)
         patches.wrap(_RetryContextIterator, "__aiter__", self._aiter, enabled=recording)
+        patches.wrap(stamina.RetryingCaller, "__call__", self._caller_call, enabled=recording)
+        patches.wrap(stamina.AsyncRetryingCaller, "__call__", self._async_caller_call, enabled=recording)
 
     @never_raises
-    def _claim(self, context: _RetryContextIterator) -> OperationClaim:
-        retried = _stamina_callable()
+    def _claim(self) -> OperationClaim:
+        retried = _retried_callable()
         name, span_name = callable_names(retried) if retried is not None else caller_names(*_SKIPPED_FRAMES)
         return OperationClaim(self, name, span_name)
 
     def _iter(self, wrapped: Callable[..., Iterator[Any]], instance: _RetryContextIterator, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
-        claim = self._claim(instance)
+        claim = self._claim()
         attempts = wrapped(*args, **kwargs)
         return attempts if claim is None else _claimed_iteration(attempts, claim)
 
     def _aiter(self, wrapped: Callable[..., Any], instance: _RetryContextIterator, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        claim = self._claim(instance)
+        claim = self._claim()
         if claim is None:
             return wrapped(*args, **kwargs)
         token = claim_operation(claim)  # stamina's __aiter__ starts tenacity's loop right away
@@ -92,3 +161,21 @@ class StaminaAdapter:
             return wrapped(*args, **kwargs)
         finally:
             release_claim(token)
+
+    # --- RetryingCaller / AsyncRetryingCaller: ``caller(on, callable_, *args, **kwargs)`` ------------------------
+
+    def _caller_call(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        token = _CALLED.set(_Called(args[1] if len(args) > 1 else None))
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            _CALLED.reset(token)
+
+    async def _async_caller_call(
+        self, wrapped: Callable[..., Awaitable[Any]], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        token = _CALLED.set(_Called(args[1] if len(args) > 1 else None))
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            _CALLED.reset(token)

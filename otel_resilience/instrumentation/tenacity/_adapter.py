@@ -24,17 +24,17 @@ from otel_resilience.core import Telemetry, never_raises, outcome
 from otel_resilience.core.claims import current_claim
 from otel_resilience.core.naming import caller_names, callable_names
 from otel_resilience.core.retry import RetryOperation, run_as_current, run_as_current_async
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 _SKIPPED_FRAMES: Final = ("tenacity",)
 
 
-class _TenacityLoop:
+class TenacityLoop:
     """One tenacity operation in flight: its core operation and what ``iter`` told us so far."""
 
     __slots__ = ("op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "__weakref__")
 
-    def __init__(self, op: RetryOperation, retrying: BaseRetrying, activates: bool, owner: TenacityAdapter) -> None:
+    def __init__(self, op: RetryOperation, retrying: BaseRetrying, activates: bool, owner: TenacityLoops) -> None:
         self.op = op
         self.retrying = retrying
         self.owner = owner  # the adapter that started it: only its hooks act on it (several adapters may hook tenacity)
@@ -91,9 +91,9 @@ class _TenacityLoop:
         self.op.ended(outcome.abandoned_result(left_after_success))
 
 
-_RUN: contextvars.ContextVar[_TenacityLoop | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
+_RUN: contextvars.ContextVar[TenacityLoop | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
 # Iterator forms: the run of each live RetryCallState, for `with attempt:` (which only knows its retry_state).
-_BY_STATE: weakref.WeakKeyDictionary[RetryCallState, _TenacityLoop] = weakref.WeakKeyDictionary()
+_BY_STATE: weakref.WeakKeyDictionary[RetryCallState, TenacityLoop] = weakref.WeakKeyDictionary()
 
 
 def _max_attempts(stop: Any) -> int | None:
@@ -106,88 +106,45 @@ def _max_attempts(stop: Any) -> int | None:
     return None
 
 
-class TenacityAdapter:
-    """Holds the Telemetry for tenacity and installs the hooks.
+_iterator_runs_exist: Final = _BY_STATE.data.__len__
+"""The check of the hooks that only act on an iterator form's run: a C call (a WeakKeyDictionary keeps its entries in
+``data``), so that with no run in flight ``with attempt:`` costs little more than the patch."""
 
-    A library that runs its retries on tenacity (stamina) makes its own `TenacityAdapter` with ``claimant`` set, with
-    its own Telemetry: that adapter records only the loops its claimant claims (`otel_resilience.core.claims`), under
-    the claimant's scope and names, and the tenacity instrumentor's adapter stays out of them. So a stamina retry is
-    one operation, whichever of the two is instrumented, and its retry depth counts once.
 
-    `clean_exit_is_final`: the claimant's policy never retries a ``with attempt:`` body that completed (stamina
-    retries on exceptions only), so the operation succeeds right there. Without it, a loop left by ``return`` inside
-    ``async for`` (an async iterator is not closed) would end only when tenacity's state is garbage collected."""
+class TenacityLoops:
+    """The hooks that follow one tenacity loop from its start to its end: ``iter`` (each attempt's start, verdict and
+    chosen wait), ``with attempt:`` and ``async for``. Each adapter acts only on the runs it started (several
+    adapters subscribe to these hook points: stamina's records the tenacity loops it runs)."""
 
-    def __init__(self, telemetry: Telemetry, claimant: object | None = None, *, clean_exit_is_final: bool = False) -> None:
+    def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
-        self.claimant = claimant
-        self.clean_exit_is_final = clean_exit_is_final
 
-    def patch(self, patches: Patches) -> None:
-        """The entry points now; the attempt hooks once something records (with no SDK they would only cost). A
-        claimant claims only while it records, and only iterator forms (stamina's): its adapter installs just those
-        entry points, and only then."""
-        if self.claimant is not None:
-            self.telemetry.when_live(lambda: self._patch_claimed_hooks(patches))
-            return
-        recording = self.telemetry.recording
-        patches.wrap(Retrying, "__call__", self._call, enabled=recording)
-        patches.wrap(AsyncRetrying, "__call__", self._async_call, enabled=recording)
-        patches.wrap(BaseRetrying, "__iter__", self._iter_form, enabled=recording)
-        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form, enabled=recording)
-        self.telemetry.when_live(lambda: self._patch_attempt_hooks(patches))
+    def patch_loop_hooks(self, patches: Patches) -> None:
+        """Deferred until something records (they act only on a run of ours, and there is none before); then their
+        checks are C calls (a context variable, a dict's length)."""
+        patches.wrap(BaseRetrying, "iter", self._iter, enabled=_RUN.get, deferred=True)
+        patches.wrap(AsyncRetrying, "iter", self._async_iter, enabled=_RUN.get, deferred=True)
+        patches.wrap(AsyncRetrying, "__anext__", self._anext, enabled=_iterator_runs_exist, deferred=True)
+        patches.wrap(AttemptManager, "__enter__", self._attempt_enter, enabled=_iterator_runs_exist, deferred=True)
+        patches.wrap(AttemptManager, "__exit__", self._attempt_exit, enabled=_iterator_runs_exist, deferred=True)
 
-    def _patch_claimed_hooks(self, patches: Patches) -> None:
-        patches.wrap(BaseRetrying, "__iter__", self._iter_form, enabled=current_claim)
-        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form, enabled=current_claim)
-        self._patch_attempt_hooks(patches)
+    def names(self, fn: Any) -> tuple[str, str] | None:
+        """(``retry.name``, span name) of a loop starting now around `fn` (None for iterator forms); None: this
+        adapter does not record that loop."""
+        raise NotImplementedError
 
-    def _patch_attempt_hooks(self, patches: Patches) -> None:
-        patches.wrap(BaseRetrying, "iter", self._iter, enabled=_RUN.get)
-        patches.wrap(AsyncRetrying, "iter", self._async_iter, enabled=_RUN.get)
-        patches.wrap(AsyncRetrying, "__anext__", self._anext)
-        patches.wrap(AttemptManager, "__enter__", self._attempt_enter)
-        patches.wrap(AttemptManager, "__exit__", self._attempt_exit)
+    def body_completed(self, run: TenacityLoop) -> None:
+        """A ``with attempt:`` body of `run` completed without an exception (tenacity may still retry its result)."""
 
     @never_raises
-    def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> _TenacityLoop | None:
-        claim = current_claim()
-        if claim is not None:
-            if not claim.take(self.claimant):
-                return None  # a loop another library runs on tenacity: that library's adapter records it
-            name, span_name = claim.name, claim.span_name
-        elif self.claimant is not None:
-            return None  # an adapter made for a claimant records only what it claims
-        else:
-            name, span_name = callable_names(fn) if fn is not None else caller_names(*_SKIPPED_FRAMES)
-        op = RetryOperation.start(self.telemetry, name, span_name=span_name, max_attempts=_max_attempts(retrying.stop))
-        return None if op is None else _TenacityLoop(op, retrying, activates, self)
-
-    # --- operations: call forms ------------------------------------------------------------------------------
-
-    def _call(self, wrapped: Callable[..., Any], instance: Retrying, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not getattr(instance, "enabled", True):  # `enabled` is tenacity >= 9
-            return wrapped(*args, **kwargs)
-        run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
-        if run is None:
-            return wrapped(*args, **kwargs)
-        return run_as_current(_RUN, run, wrapped, args, kwargs)
-
-    def _async_call(
-        self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Awaitable[Any]:
-        if not getattr(instance, "enabled", True):  # `enabled` is tenacity >= 9
-            return wrapped(*args, **kwargs)
-        return self._async_call_traced(wrapped, instance, args, kwargs)
-
-    async def _async_call_traced(
-        self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        # Started when awaited, not when the coroutine was made: the awaiting task's context is the parent.
-        run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
-        if run is None:
-            return await wrapped(*args, **kwargs)
-        return await run_as_current_async(_RUN, run, wrapped, args, kwargs)
+    def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> TenacityLoop | None:
+        names = self.names(fn)
+        if names is None:
+            return None
+        op = RetryOperation.start(
+            self.telemetry, names[0], span_name=names[1], max_attempts=_max_attempts(retrying.stop)
+        )
+        return None if op is None else TenacityLoop(op, retrying, activates, self)
 
     # --- operations: iterator forms --------------------------------------------------------------------------
 
@@ -222,7 +179,7 @@ class TenacityAdapter:
     def _anext(
         self, wrapped: Callable[..., Awaitable[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[AttemptManager]:
-        run = _BY_STATE.get(instance._retry_state) if _BY_STATE else None
+        run = _BY_STATE.get(instance._retry_state)
         if run is None or run.owner is not self:
             return wrapped(*args, **kwargs)
         return _traced_anext(wrapped(*args, **kwargs), run)
@@ -252,7 +209,7 @@ class TenacityAdapter:
         return _traced_async_iter(wrapped(*args, **kwargs), run, args[0] if args else kwargs["retry_state"])
 
     def _attempt_enter(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        run = _BY_STATE.get(instance.retry_state) if _BY_STATE else None
+        run = _BY_STATE.get(instance.retry_state)
         if run is not None and run.owner is self and run.token is None:
             run.body_done = False
             run.body_error = None
@@ -260,22 +217,67 @@ class TenacityAdapter:
         return wrapped(*args, **kwargs)
 
     def _attempt_exit(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        run = _BY_STATE.get(instance.retry_state) if _BY_STATE else None
+        run = _BY_STATE.get(instance.retry_state)
         if run is not None and run.owner is self:
             run.before_iter()  # the body is over: the attempt is no longer current
             run.body_done = True
             run.body_error = args[1] if len(args) > 1 else None
-            if self.clean_exit_is_final and run.body_error is None:
-                run.ended_early()  # a completed body ends the loop: the operation succeeded now
+            if run.body_error is None:
+                self.body_completed(run)
         return wrapped(*args, **kwargs)
 
 
+class TenacityAdapter(TenacityLoops):
+    """Holds the Telemetry for tenacity and installs the hooks: the entry points users call, and the loop hooks.
+    A loop that another library runs on tenacity and claims (`otel_resilience.core.claims`: stamina's) is that
+    library's adapter's to record; this one stays out of it."""
+
+    def patch(self, patches: Patches) -> None:
+        recording = self.telemetry.recording
+        patches.wrap(Retrying, "__call__", self._call, enabled=recording)
+        patches.wrap(AsyncRetrying, "__call__", self._async_call, enabled=recording)
+        patches.wrap(BaseRetrying, "__iter__", self._iter_form, enabled=recording)
+        patches.wrap(AsyncRetrying, "__aiter__", self._aiter_form, enabled=recording)
+        self.patch_loop_hooks(patches)
+
+    def names(self, fn: Any) -> tuple[str, str] | None:
+        if current_claim() is not None:
+            return None  # a loop another library runs on tenacity: that library's adapter records it
+        return callable_names(fn) if fn is not None else caller_names(*_SKIPPED_FRAMES)
+
+    # --- operations: call forms ------------------------------------------------------------------------------
+
+    def _call(self, wrapped: Callable[..., Any], instance: Retrying, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not getattr(instance, "enabled", True):  # `enabled` is tenacity >= 9
+            return wrapped(*args, **kwargs)
+        run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
+        if run is None:
+            return wrapped(*args, **kwargs)
+        return run_as_current(_RUN, run, wrapped, args, kwargs)
+
+    def _async_call(
+        self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]:
+        if not getattr(instance, "enabled", True):  # `enabled` is tenacity >= 9
+            return wrapped(*args, **kwargs)
+        return self._async_call_traced(wrapped, instance, args, kwargs)
+
+    async def _async_call_traced(
+        self, wrapped: Callable[..., Awaitable[Any]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        # Started when awaited, not when the coroutine was made: the awaiting task's context is the parent.
+        run = self._start(instance, args[0] if args else kwargs.get("fn"), activates=True)
+        if run is None:
+            return await wrapped(*args, **kwargs)
+        return await run_as_current_async(_RUN, run, wrapped, args, kwargs)
+
+
 @never_raises
-def _activate(run: _TenacityLoop) -> object:
+def _activate(run: TenacityLoop) -> object:
     return run.op.activate()
 
 
-def _traced_attempts(attempts: Iterator[AttemptManager], run: _TenacityLoop) -> Generator[AttemptManager, None, None]:
+def _traced_attempts(attempts: Iterator[AttemptManager], run: TenacityLoop) -> Generator[AttemptManager, None, None]:
     """Drive tenacity's generator with our run visible to ``iter`` while it decides; yield its attempts unchanged."""
     try:
         while True:
@@ -299,7 +301,7 @@ def _traced_attempts(attempts: Iterator[AttemptManager], run: _TenacityLoop) -> 
     run.ended(None)
 
 
-async def _traced_anext(step: Awaitable[AttemptManager], run: _TenacityLoop) -> AttemptManager:
+async def _traced_anext(step: Awaitable[AttemptManager], run: TenacityLoop) -> AttemptManager:
     token = _RUN.set(run)
     try:
         return await step
@@ -313,7 +315,7 @@ async def _traced_anext(step: Awaitable[AttemptManager], run: _TenacityLoop) -> 
         _RUN.reset(token)
 
 
-async def _traced_async_iter(step: Awaitable[Any], run: _TenacityLoop, retry_state: RetryCallState) -> Any:
+async def _traced_async_iter(step: Awaitable[Any], run: TenacityLoop, retry_state: RetryCallState) -> Any:
     run.before_iter()
     try:
         do = await step

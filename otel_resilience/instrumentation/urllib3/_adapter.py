@@ -26,7 +26,7 @@ from urllib3.util.retry import Retry
 
 from otel_resilience import semconv
 from otel_resilience.core import Telemetry, http, never_raises, outcome, report_internal_error
-from otel_resilience.instrumentation._base import Patches
+from otel_resilience.patching import Patches
 
 LIBRARY: Final = "urllib3"
 _STARTING: Final = f"{__name__}: starting an attempt"  # where an error of ours is reported from (`_attempt`)
@@ -127,7 +127,7 @@ class Urllib3Adapter:
         self.telemetry = telemetry
 
     def patch(self, patches: Patches) -> None:
-        """Attempts and outer loops now; the Retry hooks once something records (they only matter inside a run).
+        """Attempts and outer loops; deferred until something records: the Retry hooks (they only act inside a run).
         An outer call that joins the scope it runs in (an adapter inside a session, a pool manager's redirect
         recursion) costs only its check."""
         # The full check (suppression included) is made once per request, where the request starts (a scope opening,
@@ -149,12 +149,9 @@ class Urllib3Adapter:
                 telemetry, _prepared_url, error_result=_requests_error_result, afresh=_CHAIN
             )
             patches.wrap(requests.adapters.HTTPAdapter, "send", adapter_scope, enabled=opens_scope)
-        self.telemetry.when_live(lambda: self._patch_retry_hooks(patches))
-
-    def _patch_retry_hooks(self, patches: Patches) -> None:
-        patches.wrap(Retry, "is_retry", self._is_retry, enabled=_verdict_pending)
-        patches.wrap(Retry, "increment", self._increment, enabled=_CHAIN.get)
-        patches.replace(retry_module, "time", _RetryModuleTime(self))
+        patches.wrap(Retry, "is_retry", self._is_retry, enabled=_verdict_pending, deferred=True)
+        patches.wrap(Retry, "increment", self._increment, enabled=_CHAIN.get, deferred=True)
+        patches.replace(retry_module, "time", _RetryModuleTime(self), deferred=True)
 
     # --- attempts ------------------------------------------------------------------------------------------------
 
