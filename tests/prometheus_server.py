@@ -150,12 +150,15 @@ _IDENTIFIER = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right"}
 
 
+_NAME_MATCHER = re.compile(r'__name__=~"([\w|]+)"')
+
+
 def queried_metrics(expr: str) -> set[str]:
     """The metric names a PromQL expression selects: identifiers outside strings, label matchers, ranges and label
-    lists that are neither functions nor keywords (enough for the dashboard's queries, which use no `@` or
-    durations outside ranges)."""
+    lists that are neither functions nor keywords, and the alternatives of a ``__name__=~"a|b"`` matcher (enough for
+    the dashboard's queries, which use no `@` or durations outside ranges)."""
+    names = {name for alternatives in _NAME_MATCHER.findall(expr) for name in alternatives.split("|")}
     text = _LABEL_LISTS.sub(" ", _MATCHERS.sub(" ", _STRINGS.sub('""', expr)))
-    names = set()
     for match in _IDENTIFIER.finditer(text):
         rest = text[match.end():].lstrip()
         if match.group() not in _KEYWORDS and not rest.startswith("(") and not match.group()[0].isdigit():

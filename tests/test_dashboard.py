@@ -17,7 +17,8 @@ DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "otel_resili
 BUILT_INS = {"__rate_interval", "__range", "__interval", "__all"}
 """Grafana's own: the rate window, the time range, the step, and the "All" value a variable is set to."""
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
-SELECTOR = re.compile(r"\b(retry_\w+|circuitbreaker_\w+)\{([^}]*)\}")
+SELECTOR = re.compile(r'\b(retry_\w+|circuitbreaker_\w+)\{([^}]*)\}|\{__name__=~"(\w+)\|[\w|]+",([^}]*)\}')
+"""A selector and its matchers: `metric{...}`, or `{__name__=~"metric|other", ...}` (the state gauge's two names)."""
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,8 @@ def test_every_selector_follows_the_variables(dashboard: dict[str, Any]) -> None
         for target in panel["targets"]:
             selectors = SELECTOR.findall(target["expr"])
             assert selectors, (panel["title"], target["expr"])
-            for metric, matchers in selectors:
+            for named, named_matchers, by_regex, regex_matchers in selectors:
+                metric, matchers = (named, named_matchers) if named else (by_regex, regex_matchers)
                 assert 'job=~"$service"' in matchers, (panel["title"], metric)
                 own = "retry_name" if metric.startswith("retry_") else "circuitbreaker_name"
                 assert f'{own}=~"${own}"' in matchers, (panel["title"], metric)
