@@ -1,0 +1,62 @@
+"""Exemplars: with the SDK's default exemplar filter (trace-based), a retried operation's histogram points carry an
+exemplar in the bucket the operation landed in, naming the trace that holds its retry spans, so a dashboard panel
+leads to the retried trace behind a number. The SDK records the span current when the operation ended: the caller's
+span, parent of the operation span, in the same trace; an operation with no span around it gets no exemplar.
+
+(opentelemetry-exporter-prometheus does not write exemplars; they reach Prometheus through OTLP, the Collector's
+prometheus exporter with OpenMetrics, and Prometheus's exemplar storage: docs/dashboards.md.)"""
+
+from __future__ import annotations
+
+import tenacity
+
+from otel_resilience import semconv
+from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
+from tests.conftest import Otel, instrumented_fixture
+
+instrumented = instrumented_fixture(TenacityInstrumentor)
+
+
+def test_a_bucket_links_to_the_trace_of_an_operation_that_landed_there(instrumented: Otel) -> None:
+    failures = [ConnectionError("down"), ConnectionError("down")]
+
+    @tenacity.retry(stop=tenacity.stop_after_attempt(5), wait=tenacity.wait_none())
+    def fetch() -> str:
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    tracer = instrumented.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("GET /orders") as request:
+        assert fetch() == "ok"
+    operation = next(s for s in instrumented.spans() if s.name.startswith(f"{semconv.RETRY_OPERATION_SPAN_PREFIX} "))
+    assert operation.context.trace_id == request.get_span_context().trace_id
+
+    # one collection: the SDK hands each exemplar to one collection only
+    points = {
+        metric.name: metric.data.data_points
+        for resource in instrumented.reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    (attempts,) = points[semconv.METRIC_RETRY_ATTEMPTS]
+    (duration,) = points[semconv.METRIC_RETRY_DURATION]
+    for point, value in ((attempts, 3), (duration, None)):
+        (exemplar,) = point.exemplars
+        assert exemplar.trace_id == operation.context.trace_id
+        assert exemplar.span_id == request.get_span_context().span_id
+        if value is not None:
+            assert exemplar.value == value
+            # the exemplar sits in the bucket the operation was counted in (le=3 of 1,2,3,...)
+            bucket = list(point.explicit_bounds).index(3.0)
+            assert point.bucket_counts[bucket] == 1
+
+
+def test_no_span_around_the_operation_means_no_exemplar(instrumented: Otel) -> None:
+    @tenacity.retry(stop=tenacity.stop_after_attempt(2), wait=tenacity.wait_none())
+    def fetch() -> str:
+        return "ok"
+
+    fetch()
+    (attempts,) = instrumented.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
+    assert attempts.count == 1 and not attempts.exemplars
