@@ -160,7 +160,7 @@ def queried_metrics(expr: str) -> set[str]:
     names = {name for alternatives in _NAME_MATCHER.findall(expr) for name in alternatives.split("|")}
     text = _LABEL_LISTS.sub(" ", _MATCHERS.sub(" ", _STRINGS.sub('""', expr)))
     for match in _IDENTIFIER.finditer(text):
-        rest = text[match.end():].lstrip()
+        rest = text[match.end() :].lstrip()
         if match.group() not in _KEYWORDS and not rest.startswith("(") and not match.group()[0].isdigit():
             names.add(match.group())
     return names

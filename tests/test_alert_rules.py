@@ -35,7 +35,8 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_promtool_check_rules() -> None:
-    result = promtool("check", "rules", str(RULES), *(str(p) for p in (ROOT / "tests" / "promtool").glob("*.rules.yml")))
+    overrides = (str(p) for p in (ROOT / "tests" / "promtool").glob("*.rules.yml"))
+    result = promtool("check", "rules", str(RULES), *overrides)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules())} rules found" in result.stdout
 
@@ -70,7 +71,10 @@ def test_every_alert_fires_and_stays_quiet_on_healthy_and_recovered_series(alert
     """For each alert, some unit test has it firing, and beside the firing series a healthy one that never fires and
     a recovered one that fired and then stopped."""
     cases = [
-        (test, case) for test in _alert_tests() for case in test.get("alert_rule_test", []) if case["alertname"] == alert
+        (test, case)
+        for test in _alert_tests()
+        for case in test.get("alert_rule_test", [])
+        if case["alertname"] == alert
     ]
     assert any(case["exp_alerts"] for _, case in cases), f"no unit test fires {alert}"
     for test in {id(t): t for t, _ in cases}.values():
@@ -97,7 +101,7 @@ def test_every_alert_is_usable_on_call(alert: dict[str, Any]) -> None:
     assert alert["labels"]["severity"] in ("warning", "critical")
     thresholds = THRESHOLD.findall(alert["expr"])
     assert len(thresholds) == 1, "one threshold, overridable by recording otel_resilience:threshold:<name>"
-    (name, default), = thresholds
+    ((name, default),) = thresholds
     assert f"otel_resilience:threshold:{name}, default {default}" in " ".join(annotations["description"].split())
 
 
@@ -105,7 +109,8 @@ def test_thresholds_are_documented_with_their_defaults() -> None:
     text = DOCS.read_text()
     for alert in alerts():
         ((name, default),) = THRESHOLD.findall(alert["expr"])
-        assert re.search(rf"\| `{alert['alert']}` \|.*\| `otel_resilience:threshold:{name}` \| {re.escape(default)}\b", text), (
+        row = rf"\| `{alert['alert']}` \|.*\| `otel_resilience:threshold:{name}` \| {re.escape(default)}\b"
+        assert re.search(row, text), (
             f"docs/dashboards.md has no row for {alert['alert']} with threshold {name} = {default}"
         )
 

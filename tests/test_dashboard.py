@@ -37,7 +37,8 @@ def variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_variables(dashboard: dict[str, Any]) -> None:
     defined = variables(dashboard)
     assert defined["datasource"]["type"] == "datasource" and defined["datasource"]["query"] == "prometheus"
-    for name, label in (("service", "service"), ("retry_name", "retry.name"), ("circuitbreaker_name", "circuitbreaker.name")):
+    labels = {"service": "service", "retry_name": "retry.name", "circuitbreaker_name": "circuitbreaker.name"}
+    for name, label in labels.items():
         variable = defined[name]
         assert variable["type"] == "query" and variable["label"] == label
         assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}

@@ -95,7 +95,11 @@ class AppProcess:
         self.stderr = (workdir / "app.stderr").open("w+")
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from tests._dashboard_app import main; main()", str(port)],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
         )
 
     def expect(self, line: str) -> None:
@@ -229,7 +233,8 @@ def _expected_panels(run: Run) -> dict[tuple[str, str], tuple[tuple[str, ...], d
     per_second = 1 / run.seconds
     names = list(OPERATIONS)
     buckets = {"1.0": 1, "2.0": 2, "3.0": 3, "4.0": 4, "5.0": 5, "6.0": 6, "8.0": 8, "10.0": 10, "+Inf": 10**9}
-    attempts_of = {FETCH: [1] * app.FAST + [app.MAX_ATTEMPTS] * (app.RETRIED_TWICE + app.EXHAUSTED), SYNC: [2], PUSH: [2, 2]}
+    slow = [app.MAX_ATTEMPTS] * (app.RETRIED_TWICE + app.EXHAUSTED)
+    attempts_of = {FETCH: [1] * app.FAST + slow, SYNC: [2], PUSH: [2, 2]}
     return {
         ("Retried operations per second, by result", "A"): (
             ("retry_result",),
@@ -243,27 +248,33 @@ def _expected_panels(run: Run) -> dict[tuple[str, str], tuple[tuple[str, ...], d
             },
         ),
         ("Attempts per operation (amplification)", "A"): (
-            ("retry_name",), {n: ATTEMPTS[n] / OPERATIONS[n] for n in names}
+            ("retry_name",),
+            {n: ATTEMPTS[n] / OPERATIONS[n] for n in names},
         ),
         ("Distribution of attempts per operation", "A"): (
-            ("le",), {le: sum(a <= bound for n in names for a in attempts_of[n]) for le, bound in buckets.items()}
+            ("le",),
+            {le: sum(a <= bound for n in names for a in attempts_of[n]) for le, bound in buckets.items()},
         ),
         ("Share of operations that needed a retry", "A"): (
-            ("retry_name",), {n: 1 - ONE_ATTEMPT[n] / OPERATIONS[n] for n in names}
+            ("retry_name",),
+            {n: 1 - ONE_ATTEMPT[n] / OPERATIONS[n] for n in names},
         ),
         ("Share of operations that needed a retry", "B"): (
-            ("retry_name",), {n: (SUCCEEDED[n] - ONE_ATTEMPT[n]) / OPERATIONS[n] for n in names}
+            ("retry_name",),
+            {n: (SUCCEEDED[n] - ONE_ATTEMPT[n]) / OPERATIONS[n] for n in names},
         ),
         ("Share of operations exhausted", "A"): (("retry_name",), {n: EXHAUSTED[n] / OPERATIONS[n] for n in names}),
         ("Nested retries (retry.depth ≥ 2), operations per second", "A"): (
-            ("retry_name", "retry_depth", "retry_result"), {(PUSH, "2", "exhausted"): EXHAUSTED[PUSH] * per_second}
+            ("retry_name", "retry_depth", "retry_result"),
+            {(PUSH, "2", "exhausted"): EXHAUSTED[PUSH] * per_second},
         ),
         ("Transitions", "A"): (
             ("circuitbreaker_name", "circuitbreaker_previous_state", "circuitbreaker_state"),
             {(BREAKER, *pair): count for pair, count in TRANSITIONS.items()},
         ),
         ("Trips (closed → open) in the selected range", "A"): (
-            ("circuitbreaker_name",), {BREAKER: TRANSITIONS[("closed", "open")]}
+            ("circuitbreaker_name",),
+            {BREAKER: TRANSITIONS[("closed", "open")]},
         ),
         ("Breaker calls per second, by result", "A"): (
             ("circuitbreaker_name", "circuitbreaker_result"),
@@ -273,7 +284,10 @@ def _expected_panels(run: Run) -> dict[tuple[str, str], tuple[tuple[str, ...], d
             },
         ),
         ("Rejected calls", "A"): (("circuitbreaker_name",), {BREAKER: CALLS[("open", "rejected")]}),
-        ("Rejected share of calls", "A"): (("circuitbreaker_name",), {BREAKER: CALLS[("open", "rejected")] / ALL_CALLS}),
+        ("Rejected share of calls", "A"): (
+            ("circuitbreaker_name",),
+            {BREAKER: CALLS[("open", "rejected")] / ALL_CALLS},
+        ),
     }
 
 
@@ -300,9 +314,9 @@ def test_every_panel_query_returns_what_the_scenario_implies(run: Run) -> None:
             # a step well under the scrape interval, so that no scrape falls between two steps
             series = run.prometheus.query_range(query, run.before, run.after, "100ms")
             assert [s["metric"].get("circuitbreaker_name") for s in series] == [BREAKER], series
-            values = [float(v) for _, v in series[0]["values"]]
-            assert set(values) <= {0.0, 1.0, 2.0} and 2.0 in values and values[-1] == 0.0, values
-            assert values.index(2.0) > 0, "closed before it opened"
+            states = [float(v) for _, v in series[0]["values"]]
+            assert set(states) <= {0.0, 1.0, 2.0} and 2.0 in states and states[-1] == 0.0, states
+            assert states.index(2.0) > 0, "closed before it opened"
         elif title == "Breakers not closed, for":
             got = _values(run.prometheus.query(query, run.while_open), "circuitbreaker_name")
             assert set(got) == {BREAKER} and 0 <= got[BREAKER] < 60, got
@@ -402,8 +416,10 @@ def test_every_recording_rule_returns_what_the_scenario_implies(run: Run) -> Non
     _assert_rates(
         run,
         _rule_values(
-            run, "job_circuitbreaker_name_circuitbreaker_result:circuitbreaker_calls:rate5m",
-            "circuitbreaker_name", "circuitbreaker_result",
+            run,
+            "job_circuitbreaker_name_circuitbreaker_result:circuitbreaker_calls:rate5m",
+            "circuitbreaker_name",
+            "circuitbreaker_result",
         ),
         {(BREAKER, r): sum(c for (_, res), c in CALLS.items() if res == r) for r in ("success", "failure", "rejected")},
     )

@@ -9,6 +9,7 @@ prometheus exporter with OpenMetrics, and Prometheus's exemplar storage: docs/da
 from __future__ import annotations
 
 import tenacity
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 from otel_resilience import semconv
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
@@ -33,15 +34,18 @@ def test_a_bucket_links_to_the_trace_of_an_operation_that_landed_there(instrumen
     assert operation.context.trace_id == request.get_span_context().trace_id
 
     # one collection: the SDK hands each exemplar to one collection only
+    data = instrumented.reader.get_metrics_data()
+    assert data is not None
     points = {
         metric.name: metric.data.data_points
-        for resource in instrumented.reader.get_metrics_data().resource_metrics
+        for resource in data.resource_metrics
         for scope in resource.scope_metrics
         for metric in scope.metrics
     }
     (attempts,) = points[semconv.METRIC_RETRY_ATTEMPTS]
     (duration,) = points[semconv.METRIC_RETRY_DURATION]
     for point, value in ((attempts, 3), (duration, None)):
+        assert isinstance(point, HistogramDataPoint)
         (exemplar,) = point.exemplars
         assert exemplar.trace_id == operation.context.trace_id
         assert exemplar.span_id == request.get_span_context().span_id
