@@ -22,7 +22,7 @@ SECTIONS = ("receivers", "processors", "exporters", "connectors", "extensions")
 CONTRIB_TYPES = {
     "receivers": {"otlp"},
     "processors": {"memory_limiter", "batch", "tail_sampling"},
-    "exporters": {"otlp", "otlphttp", "loadbalancing", "debug"},
+    "exporters": {"otlp", "otlphttp", "loadbalancing", "debug", "prometheus", "prometheusremotewrite"},
     "connectors": {"spanmetrics", "forward"},
     "extensions": {"health_check"},
 }
@@ -91,8 +91,25 @@ def test_receivers_take_otlp_grpc_and_http(config: dict[str, Any]) -> None:
 
 
 def test_backend_is_set_by_environment(config: dict[str, Any]) -> None:
-    for name, exporter in config["exporters"].items():
+    pushing = {name: e for name, e in config["exporters"].items() if component_type(name) != "prometheus"}
+    assert pushing
+    for name, exporter in pushing.items():
         assert re.fullmatch(r"\$\{env:[A-Z_]+\}", exporter["endpoint"]), name
+
+
+def test_metrics_pipeline_serves_prometheus(config: dict[str, Any]) -> None:
+    """The dashboards and alerts read Prometheus: every metric, the apps' and the span metrics, is served for it to
+    scrape, unsampled, with exemplars (OpenMetrics), and series of processes that are gone expire."""
+    pipelines = config["service"]["pipelines"]
+    serving = [p for name, p in pipelines.items() if "prometheus" in p["exporters"]]
+    assert len(serving) == 1 and set(serving[0]["receivers"]) == {"otlp", "spanmetrics"}
+    assert "tail_sampling" not in serving[0].get("processors", [])
+    exporter = config["exporters"]["prometheus"]
+    assert re.fullmatch(r"0\.0\.0\.0:\d+", exporter["endpoint"])
+    assert exporter["enable_open_metrics"] is True  # exemplars travel only in OpenMetrics
+    assert exporter.get("add_metric_suffixes", True), "the rules and the dashboard expect _total, _seconds, _bucket"
+    assert exporter.get("metric_expiration")
+    assert config["connectors"]["spanmetrics"]["exemplars"]["enabled"] is True
 
 
 def _policy_keys(policy: dict[str, Any]) -> list[str]:
