@@ -35,6 +35,10 @@ class RedisServer:
     def __init__(self, binary: str) -> None:
         self.binary = binary
         self.port = free_port()
+        self.closed_port = free_port()
+        """A loopback port with no listener, for refused connects (fixed per server, so runs compare)."""
+        while self.closed_port == self.port:
+            self.closed_port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="otel-resilience-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
