@@ -57,6 +57,14 @@ def _open(attempts: ProxiedAttempts, open_stream: Callable[..., Any], args: tupl
     return stream
 
 
+@never_raises
+def _closed_early(attempts: ProxiedAttempts) -> None:
+    """The consumer closed the stream before its end: the attempt in flight ends now, and nothing failed."""
+    if attempts.op.in_attempt and not attempts.open:
+        attempts._returned(None, None)
+    attempts.finish(None)
+
+
 class StreamAttempts:
     """The attempts of one retried stream consumption. `start` makes the operation when consumption begins (None:
     nothing records; the stream is then passed through untouched)."""
@@ -107,7 +115,7 @@ class StreamAttempts:
         try:
             value = yield from stream
         except GeneratorExit:
-            attempts.finish(None)  # closed early by the consumer: nothing failed
+            _closed_early(attempts)
             raise
         except BaseException as exc:
             attempts.finish(exc)
@@ -153,7 +161,7 @@ class StreamAttempts:
                         await aclose()
                 finally:
                     if attempts is not None:
-                        attempts.finish(None)  # closed early by the consumer: nothing failed
+                        _closed_early(attempts)
                 raise
             except BaseException as exc:  # thrown in by the consumer: the loop decides what it means
                 thrown = exc
