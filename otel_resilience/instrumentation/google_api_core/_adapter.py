@@ -32,8 +32,6 @@ from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any, Final
 
-from google.api_core.gapic_v1 import method as gapic_method
-from google.api_core.gapic_v1 import method_async as gapic_method_async
 from google.api_core.retry import RetryFailureReason
 from google.api_core.retry import retry_streaming, retry_streaming_async, retry_unary, retry_unary_async
 from opentelemetry import context
@@ -179,8 +177,17 @@ class GoogleApiCoreAdapter:
                 wrapper = wrapper_of.get(id(value))
                 if wrapper is not None:
                     patches.wrap(package, alias, wrapper, enabled=recording)
+        try:
+            from google.api_core.gapic_v1 import method as gapic_method
+            from google.api_core.gapic_v1 import method_async as gapic_method_async
+        except ImportError:  # generated clients need grpcio, an optional extra of google-api-core
+            return
         patches.wrap(gapic_method._GapicCallable, "__call__", self._gapic_call, enabled=recording)
-        patches.wrap(gapic_method_async._AsyncGapicCallable, "__call__", self._gapic_call_async, enabled=recording)
+        # Its own class only in recent versions; before, async methods were _GapicCallables whose loop ran after
+        # __call__ returned (named by the wrapped function then).
+        async_gapic = getattr(gapic_method_async, "_AsyncGapicCallable", None)
+        if async_gapic is not None and "__call__" in vars(async_gapic):
+            patches.wrap(async_gapic, "__call__", self._gapic_call_async, enabled=recording)
 
     # --- generated clients: which RPC ----------------------------------------------------------------------------
 
