@@ -146,6 +146,7 @@ class _Run:
 
     @never_raises
     def finish(self, error: BaseException | None) -> None:
+        """The call is over (only called once it failed at least once)."""
         attempts = self.attempts
         if attempts is None:
             return
@@ -161,7 +162,8 @@ _RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("otel_resilie
 
 
 def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, tuple[Any, ...], dict[str, Any]]:
-    """(do, fail, the other positional arguments, the other keyword arguments) of a ``call_with_retry`` call."""
+    """(do, fail, the other positional arguments, the other keyword arguments) of a ``call_with_retry`` call whose
+    ``do`` or ``fail`` was given by keyword."""
     kwargs = dict(kwargs)
     do = args[0] if args else kwargs.pop("do")
     fail = args[1] if len(args) > 1 else kwargs.pop("fail")
@@ -216,33 +218,42 @@ class RedisAdapter:
         return None if op is None else ProxiedAttempts(op)
 
     def _call_with_retry(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # Every command's path (with an SDK): kept to one object and two bound methods until something fails.
+        if len(args) < 2:
+            try:
+                do, fail, args, kwargs = _arguments(args, kwargs)
+            except KeyError:
+                return wrapped(*args, **kwargs)  # redis raises its own TypeError
+            args = (do, fail, *args)
+        run = _Run(self, instance, args[0], args[1])
         try:
-            do, fail, rest, options = _arguments(args, kwargs)
-        except (IndexError, KeyError):
-            return wrapped(*args, **kwargs)  # redis raises its own TypeError
-        run = _Run(self, instance, do, fail)
-        try:
-            value = wrapped(run.attempt, run.fail, *rest, **options)
+            value = wrapped(run.attempt, run.fail, *args[2:], **kwargs)
         except BaseException as exc:
-            run.finish(exc)
+            if run.attempts is not None:
+                run.finish(exc)
             raise
-        run.finish(None)
+        if run.attempts is not None:
+            run.finish(None)
         return value
 
     async def _call_with_retry_async(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        if len(args) < 2:
+            try:
+                do, fail, args, kwargs = _arguments(args, kwargs)
+            except KeyError:
+                return await wrapped(*args, **kwargs)
+            args = (do, fail, *args)
+        run = _Run(self, instance, args[0], args[1])
         try:
-            do, fail, rest, options = _arguments(args, kwargs)
-        except (IndexError, KeyError):
-            return await wrapped(*args, **kwargs)
-        run = _Run(self, instance, do, fail)
-        try:
-            value = await wrapped(run.attempt_async, run.fail_async, *rest, **options)
+            value = await wrapped(run.attempt_async, run.fail_async, *args[2:], **kwargs)
         except BaseException as exc:
-            run.finish(exc)
+            if run.attempts is not None:
+                run.finish(exc)
             raise
-        run.finish(None)
+        if run.attempts is not None:
+            run.finish(None)
         return value
 
 
