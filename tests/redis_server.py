@@ -32,8 +32,10 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process; `stop()` and `start()` again keep its port."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *, cluster: bool = False) -> None:
         self.binary = binary
+        self.cluster = cluster
+        """A one-node cluster holding every slot (for cluster clients)."""
         self.port = free_port()
         self.closed_port = free_port()
         """A loopback port with no listener, for refused connects (fixed per server, so runs compare)."""
@@ -45,7 +47,8 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning"],
+             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning",
+             *(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"] if self.cluster else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + START_GUARD
@@ -56,10 +59,25 @@ class RedisServer:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
                     conn.sendall(b"PING\r\n")
                     if conn.recv(16).startswith(b"+PONG"):
-                        return
+                        break
             except OSError:
                 time.sleep(0.02)
-        raise AssertionError(f"redis-server did not answer on port {self.port} within {START_GUARD} s")
+        else:
+            raise AssertionError(f"redis-server did not answer on port {self.port} within {START_GUARD} s")
+        if self.cluster:
+            self._own_every_slot(deadline)
+
+    def _own_every_slot(self, deadline: float) -> None:
+        """Assign all slots to this node (kept in nodes.conf across a restart) and wait until the cluster is ok."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=START_GUARD) as conn:
+            conn.sendall(b"CLUSTER ADDSLOTSRANGE 0 16383\r\n")
+            conn.recv(64)  # +OK, or an error when a restarted node owns them already
+            while time.monotonic() < deadline:
+                conn.sendall(b"CLUSTER INFO\r\n")
+                if b"cluster_state:ok" in conn.recv(4096):
+                    return
+                time.sleep(0.05)
+        raise AssertionError(f"the one-node cluster on port {self.port} did not become ok within {START_GUARD} s")
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -75,7 +93,7 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def redis_server_or_skip() -> RedisServer:
+def redis_server_or_skip(*, cluster: bool = False) -> RedisServer:
     """A started server. In CI a missing ``redis-server`` fails the test; elsewhere it skips with the reason."""
     binary = shutil.which("redis-server") or next(
         (str(p) for p in (Path("/usr/bin/redis-server"), Path("/usr/sbin/redis-server")) if p.exists()), None
@@ -84,6 +102,6 @@ def redis_server_or_skip() -> RedisServer:
         if in_ci():
             pytest.fail("CI=true and redis-server is not installed (.ci/run installs the Debian package)")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(binary)
+    server = RedisServer(binary, cluster=cluster)
     server.start()
     return server

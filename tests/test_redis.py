@@ -27,6 +27,7 @@ from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from redis.backoff import ConstantBackoff, ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
 
 from otel_resilience import semconv
 from otel_resilience.instrumentation.redis import RedisRetryInstrumentor
@@ -43,6 +44,13 @@ TIMEOUT = 0.3
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
     started = redis_server_or_skip()
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def cluster_server() -> Iterator[RedisServer]:
+    started = redis_server_or_skip(cluster=True)
     yield started
     started.close()
 
@@ -117,6 +125,20 @@ def stopped(world: World) -> list[Any]:
     client.set("user:1", "ada")
     world.pause()
     return [client.get("user:1")]
+
+
+def cluster_transaction(world: World) -> list[Any]:
+    """A cluster client's transaction (cluster clients run it in ``Retry.call_with_retry``) on a stopped node."""
+    client = RedisCluster(host="127.0.0.1", port=world.server.port, retry=policy(), socket_timeout=TIMEOUT)
+    try:
+        client.set("user:1", "ada")
+        world.pause()
+        with client.pipeline(transaction=True) as pipe:
+            pipe.set("user:1", "grace")
+            pipe.get("user:1")
+            return list(pipe.execute())
+    finally:
+        client.close()
 
 
 def stopped_async(world: World) -> list[Any]:
@@ -289,6 +311,18 @@ def test_a_command_on_a_server_that_stays_stopped_is_exhausted(server: RedisServ
     assert (op.attributes[semconv.RETRY_ATTEMPTS], op.attributes[semconv.RETRY_RESULT]) == (3, semconv.RESULT_EXHAUSTED)
     assert op.attributes[semconv.ERROR_TYPE] == "redis.exceptions.TimeoutError"
     assert [a.attributes.get(semconv.RETRY_DELAY) for a in attempts] == [0.01, 0.01, None]
+
+
+@pytest.mark.parametrize("contrib", [False, True], ids=["alone", "beside_contrib"])
+def test_a_cluster_transaction_on_a_stopped_node_is_retried(cluster_server: RedisServer, contrib: bool) -> None:
+    observed, otel = check_identity(cluster_server, cluster_transaction, 1, contrib)
+    assert observed == Observed([b"OK", b"grace"], None, [0.01])
+    ours = ours_of(otel)
+    (op,) = [s for s in ours if s.name == "retry transaction"]
+    attempts = children(ours, op)
+    assert (op.attributes[semconv.RETRY_NAME], op.attributes[semconv.RETRY_RESULT]) == ("redis.transaction", "success")
+    assert [a.attributes.get(semconv.ERROR_TYPE) for a in attempts] == ["redis.exceptions.TimeoutError", None]
+    assert attempts[0].attributes[semconv.RETRY_DELAY] == 0.01
 
 
 def test_waits_are_the_ones_redis_drew(server: RedisServer) -> None:
