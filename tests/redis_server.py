@@ -7,6 +7,7 @@ foreground on its own port and working directory, persisting nothing.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher, so below 55536) is free too."""
+    for _ in range(1000):
+        port = random.SystemRandom().randrange(20000, 45000)  # not the app's global random
+        try:
+            with socket.socket() as probe, socket.socket() as bus:
+                probe.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """One ``redis-server`` process; `stop()` and `start()` again keep its port."""
 
@@ -36,7 +51,7 @@ class RedisServer:
         self.binary = binary
         self.cluster = cluster
         """A one-node cluster holding every slot (for cluster clients)."""
-        self.port = free_port()
+        self.port = free_cluster_port() if cluster else free_port()
         self.closed_port = free_port()
         """A loopback port with no listener, for refused connects (fixed per server, so runs compare)."""
         while self.closed_port == self.port:

@@ -8,8 +8,10 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import importlib
+from types import ModuleType
+
 import google.api_core.retry
-import google.api_core.retry_async
 import pytest
 from google.api_core import exceptions, gapic_v1
 from google.api_core.retry import (
@@ -33,6 +35,14 @@ from tests.retry_support import Flaky, exception_events, metric_summary, operati
 instrumented = instrumented_fixture(GoogleApiCoreInstrumentor)
 TRANSIENT = if_exception_type(exceptions.ServiceUnavailable)
 RPC = "/google.pubsub.v1.Publisher/Publish"
+
+
+def legacy_retry_async() -> ModuleType | None:
+    """``google.api_core.retry_async`` (the legacy name of AsyncRetry's module), where the version has it."""
+    try:
+        return importlib.import_module("google.api_core.retry_async")
+    except ImportError:
+        return None
 
 
 @pytest.fixture(autouse=True)
@@ -294,11 +304,12 @@ def test_an_async_streaming_retry(instrumented: Otel, fake_time: FakeTime) -> No
 
 
 def test_uninstrument_restores_the_originals(otel: Otel) -> None:
+    legacy = legacy_retry_async()
     before = (retry_unary.retry_target, retry_streaming.retry_target_stream, google.api_core.retry.retry_target,
-              google.api_core.retry_async.retry_target, gapic_v1.method._GapicCallable.__call__)
+              getattr(legacy, "retry_target", None), gapic_v1.method._GapicCallable.__call__)
     GoogleApiCoreInstrumentor().instrument(**otel.kwargs())
     assert retry_unary.retry_target is not before[0]
     assert google.api_core.retry.retry_target is not before[2]
     GoogleApiCoreInstrumentor().uninstrument()
     assert (retry_unary.retry_target, retry_streaming.retry_target_stream, google.api_core.retry.retry_target,
-            google.api_core.retry_async.retry_target, gapic_v1.method._GapicCallable.__call__) == before
+            getattr(legacy, "retry_target", None), gapic_v1.method._GapicCallable.__call__) == before

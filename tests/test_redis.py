@@ -26,7 +26,7 @@ import redis.retry
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
-from redis.backoff import ConstantBackoff, ExponentialWithJitterBackoff
+from redis.backoff import ConstantBackoff, EqualJitterBackoff
 from redis.cluster import RedisCluster
 
 from otel_resilience import semconv
@@ -110,18 +110,22 @@ def policy() -> redis.retry.Retry:
     return redis.retry.Retry(ConstantBackoff(0.01), 2)
 
 
+RETRIED = {"retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
+"""Before redis 6 a client used its ``retry`` only when told what to retry on; since, this only repeats the default."""
+
+
 def first_try(world: World) -> list[Any]:
-    client = redis.Redis(port=world.server.port, retry=policy())
+    client = redis.Redis(port=world.server.port, retry=policy(), **RETRIED)
     return [client.set("user:1", "ada"), client.get("user:1"), client.ping()]
 
 
 def refused(world: World) -> list[Any]:
-    client = redis.Redis(port=world.server.closed_port, retry=policy())
+    client = redis.Redis(port=world.server.closed_port, retry=policy(), **RETRIED)
     return [client.ping()]
 
 
 def stopped(world: World) -> list[Any]:
-    client = redis.Redis(port=world.server.port, retry=policy(), socket_timeout=TIMEOUT)
+    client = redis.Redis(port=world.server.port, retry=policy(), socket_timeout=TIMEOUT, **RETRIED)
     client.set("user:1", "ada")
     world.pause()
     return [client.get("user:1")]
@@ -129,7 +133,7 @@ def stopped(world: World) -> list[Any]:
 
 def cluster_transaction(world: World) -> list[Any]:
     """A cluster client's transaction (cluster clients run it in ``Retry.call_with_retry``) on a stopped node."""
-    client = RedisCluster(host="127.0.0.1", port=world.server.port, retry=policy(), socket_timeout=TIMEOUT)
+    client = RedisCluster(host="127.0.0.1", port=world.server.port, retry=policy(), socket_timeout=TIMEOUT, **RETRIED)
     try:
         client.set("user:1", "ada")
         world.pause()
@@ -144,7 +148,8 @@ def cluster_transaction(world: World) -> list[Any]:
 def stopped_async(world: World) -> list[Any]:
     async def run() -> list[Any]:
         client = redis.asyncio.Redis(
-            port=world.server.port, retry=redis.asyncio.retry.Retry(ConstantBackoff(0.01), 2), socket_timeout=TIMEOUT
+            port=world.server.port, retry=redis.asyncio.retry.Retry(ConstantBackoff(0.01), 2), socket_timeout=TIMEOUT,
+            **RETRIED,
         )
         try:
             await client.set("user:1", "ada")
@@ -158,7 +163,7 @@ def stopped_async(world: World) -> list[Any]:
 
 def refused_async(world: World) -> list[Any]:
     async def run() -> list[Any]:
-        client = redis.asyncio.Redis(port=world.server.closed_port, retry=redis.asyncio.retry.Retry(ConstantBackoff(0.01), 2))
+        client = redis.asyncio.Redis(port=world.server.closed_port, retry=redis.asyncio.retry.Retry(ConstantBackoff(0.01), 2), **RETRIED)
         try:
             return [await client.ping()]
         finally:
@@ -329,7 +334,7 @@ def test_waits_are_the_ones_redis_drew(server: RedisServer) -> None:
     """A jittered backoff: the delay on each attempt is the wait redis slept, never recomputed."""
 
     def jittered(world: World) -> list[Any]:
-        client = redis.Redis(port=world.server.closed_port, retry=redis.retry.Retry(ExponentialWithJitterBackoff(0.01, 0.05), 3))
+        client = redis.Redis(port=world.server.closed_port, retry=redis.retry.Retry(EqualJitterBackoff(cap=0.05, base=0.01), 3), **RETRIED)
         return [client.ping()]
 
     with instrumentation(True, False) as otel:
@@ -341,7 +346,7 @@ def test_waits_are_the_ones_redis_drew(server: RedisServer) -> None:
 
 
 def test_clients_and_policies_made_before_instrumenting_are_covered(server: RedisServer) -> None:
-    client = redis.Redis(port=server.closed_port, retry=policy())
+    client = redis.Redis(port=server.closed_port, retry=policy(), **RETRIED)
     with instrumentation(True, False) as otel:
         World(server).observe(lambda world: [client.ping()])
     op, attempts = operation(otel, "connect", False)

@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import Any, Final
 
 from google.api_core.retry import RetryFailureReason
-from google.api_core.retry import retry_streaming, retry_streaming_async, retry_unary, retry_unary_async
+from google.api_core.retry import retry_base, retry_streaming, retry_streaming_async, retry_unary, retry_unary_async
 from opentelemetry import context
 
 from otel_resilience import semconv
@@ -45,6 +45,8 @@ from otel_resilience.instrumentation._streams import StreamAttempts
 
 _TARGET, _SLEEP_GENERATOR, _EXCEPTION_FACTORY = 0, 2, 5
 """Positions of the stand-ins' arguments, the same in all four loop functions."""
+_DRAWN_FIRST: Final = "next_sleep" in inspect.signature(retry_base._retry_error_helper).parameters
+"""Whether this version draws each wait before the attempt it follows (its error helper is handed the value)."""
 
 
 # --- which RPC a generated client is calling ------------------------------------------------------------------------------
@@ -105,13 +107,19 @@ class _Holder:
 
 
 class _DrawnWaits:
-    """The loop's sleep generator: the same values, each noted as the wait chosen after the attempt that failed."""
+    """The loop's sleep generator: the same values, each noted as the wait chosen after the attempt that failed.
 
-    __slots__ = ("_holder", "_source", "_iterator")
+    Versions before 2.17 draw the wait for an attempt before making it (``for sleep in sleep_generator:``), later ones
+    after it failed: with `drawn_first`, a value is the failed attempt's wait only once the next one is drawn (the
+    loop went on after sleeping it)."""
 
-    def __init__(self, holder: _Holder | StreamAttempts, source: Iterable[float]) -> None:
+    __slots__ = ("_holder", "_source", "_iterator", "_drawn_first", "_previous")
+
+    def __init__(self, holder: _Holder | StreamAttempts, source: Iterable[float], drawn_first: bool) -> None:
         self._holder = holder
         self._source = source
+        self._drawn_first = drawn_first
+        self._previous: Any = None
 
     def __iter__(self) -> Iterator[float]:
         self._iterator = iter(self._source)
@@ -119,7 +127,11 @@ class _DrawnWaits:
 
     def __next__(self) -> float:
         delay = next(self._iterator)
-        _drawn(self._holder.attempts, delay)
+        if not self._drawn_first:
+            _drawn(self._holder.attempts, delay)
+        elif self._previous is not None:
+            _drawn(self._holder.attempts, self._previous)
+        self._previous = delay
         return delay
 
 
@@ -160,8 +172,14 @@ class GoogleApiCoreAdapter:
 
     def patch(self, patches: Patches) -> None:
         import google.api_core.retry as retry_package
-        import google.api_core.retry_async as retry_async_package
 
+        packages: list[ModuleType] = [retry_package]
+        try:  # the legacy module name for AsyncRetry, back in later 2.x versions
+            import google.api_core.retry_async as retry_async_package
+        except ImportError:
+            pass
+        else:
+            packages.append(retry_async_package)
         recording = self.telemetry.recording
         loops: list[tuple[ModuleType, str, Callable[..., Any]]] = [
             (retry_unary, "retry_target", self._unary),
@@ -172,7 +190,7 @@ class GoogleApiCoreAdapter:
         wrapper_of = {id(vars(module)[name]): wrapper for module, name, wrapper in loops}
         for module, name, wrapper in loops:
             patches.wrap(module, name, wrapper, enabled=recording)
-        for package in (retry_package, retry_async_package):  # the re-exports, found by identity
+        for package in packages:  # the re-exports, found by identity
             for alias, value in list(vars(package).items()):
                 wrapper = wrapper_of.get(id(value))
                 if wrapper is not None:
@@ -324,7 +342,7 @@ def _stand_ins(
             kwargs[name] = make(default)
 
     replace(_TARGET, "target", lambda _: target)
-    replace(_SLEEP_GENERATOR, "sleep_generator", lambda source: _DrawnWaits(holder, source))
+    replace(_SLEEP_GENERATOR, "sleep_generator", lambda source: _DrawnWaits(holder, source, _DRAWN_FIRST))
     factory_default = _default_factory(getattr(loop, "__func__", loop))
     replace(
         _EXCEPTION_FACTORY,

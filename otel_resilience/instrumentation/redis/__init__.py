@@ -11,8 +11,9 @@ Usage::
     client = redis.Redis(retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=2), 3))
     client.get("user:1")
 
-Sync, asyncio and cluster clients (all run their retries in ``Retry.call_with_retry``), connects and health checks
-are covered, also for clients and Retry objects made before instrumenting. Operations and attempts are named by the
+Everything that retries in ``Retry.call_with_retry`` is covered: commands, pipelines and transactions of the sync and
+asyncio clients, connects and health checks, cluster clients' transactions and node connections; also for clients
+and Retry objects made before instrumenting. Operations and attempts are named by the
 command (``GET``). Beside contrib's redis instrumentation (``opentelemetry-instrumentation-redis``), whose span per
 command covers the whole retry loop, our spans hang under it (see ``docs/retry-libraries.md`` for why).
 """
