@@ -232,6 +232,17 @@ def test_a_retry_inside_an_rpc_attempt_is_not_named_by_the_rpc(instrumented: Ote
     assert inner_op.attributes[semconv.RETRY_DEPTH] == 2
 
 
+def test_a_method_called_without_retry_lends_its_name_to_no_loop(instrumented: Otel) -> None:
+    inner = unavailable(1)
+
+    def transport(request: Any, timeout: Any = None, metadata: Any = None) -> Any:
+        return Retry(predicate=TRANSIENT)(inner)()
+
+    transport._method = RPC  # type: ignore[attr-defined]
+    gapic_v1.method.wrap_method(transport, default_retry=Retry(predicate=TRANSIENT))({}, retry=None)
+    assert [s.name for s in instrumented.spans() if s.name.startswith("retry ")] == ["retry Flaky"]
+
+
 # --- streams ------------------------------------------------------------------------------------------------------------
 
 

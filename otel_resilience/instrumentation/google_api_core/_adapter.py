@@ -19,7 +19,8 @@ originals:
   ``retry.stop_reason=timeout``, ``NON_RETRYABLE_ERROR`` is ``not_retried``.
 
 Naming: a loop started by a generated client's method (``gapic_v1.method._GapicCallable``, whose ``__call__`` is
-patched to say which RPC is being called) is named by the RPC (``google.pubsub.v1.Publisher/Publish``, spans
+patched to say which method is being called; the loop is its own when the loop's target wraps the method's transport
+callable) is named by the RPC (``google.pubsub.v1.Publisher/Publish``, spans
 ``Publisher/Publish``); any other by the wrapped function.
 """
 
@@ -52,17 +53,8 @@ _DRAWN_FIRST: Final = "next_sleep" in inspect.signature(retry_base._retry_error_
 # --- which RPC a generated client is calling ------------------------------------------------------------------------------
 
 
-class _Rpc:
-    """A generated client's method being called; the first loop started inside it takes its name, once."""
-
-    __slots__ = ("gapic", "taken")
-
-    def __init__(self, gapic: Any) -> None:
-        self.gapic = gapic
-        self.taken = False
-
-
-_RPC: contextvars.ContextVar[_Rpc | None] = contextvars.ContextVar("otel_resilience_google_rpc", default=None)
+_RPC: contextvars.ContextVar[Any] = contextvars.ContextVar("otel_resilience_google_rpc", default=None)
+"""The generated client's method (``_GapicCallable``) being called, if any."""
 
 
 def rpc_names(gapic: Any) -> tuple[str, str]:
@@ -86,11 +78,17 @@ def rpc_names(gapic: Any) -> tuple[str, str]:
     return full, f"{service.rpartition('.')[2]}/{method}" if service else method
 
 
+def _innermost(fn: Any) -> Any:
+    """What a loop's target finally calls: through ``functools.partial`` and ``functools.wraps`` layers."""
+    return inspect.unwrap(fn.func if isinstance(fn, functools.partial) else fn)
+
+
 def _loop_names(target: Any) -> tuple[str, str]:
-    rpc = _RPC.get()
-    if rpc is not None and not rpc.taken:
-        rpc.taken = True
-        return rpc_names(rpc.gapic)
+    """Named by the RPC when the loop is the one a generated client's method started around its transport call
+    (a retry inside that call, or in a method called with ``retry=None``, keeps its own name)."""
+    gapic = _RPC.get()
+    if gapic is not None and _innermost(target) is _innermost(gapic._target):
+        return rpc_names(gapic)
     return callable_names(target)
 
 
@@ -109,7 +107,7 @@ class _Holder:
 class _DrawnWaits:
     """The loop's sleep generator: the same values, each noted as the wait chosen after the attempt that failed.
 
-    Versions before 2.17 draw the wait for an attempt before making it (``for sleep in sleep_generator:``), later ones
+    Older versions (2.16.0 among them) draw the wait for an attempt before making it (``for sleep in sleep_generator:``), later ones
     after it failed: with `drawn_first`, a value is the failed attempt's wait only once the next one is drawn (the
     loop went on after sleeping it)."""
 
@@ -211,7 +209,7 @@ class GoogleApiCoreAdapter:
 
     @staticmethod
     def _gapic_call(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        token = _RPC.set(_Rpc(instance))
+        token = _RPC.set(instance)
         try:
             return wrapped(*args, **kwargs)
         finally:
@@ -221,7 +219,7 @@ class GoogleApiCoreAdapter:
     async def _gapic_call_async(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        token = _RPC.set(_Rpc(instance))
+        token = _RPC.set(instance)
         try:
             return await wrapped(*args, **kwargs)
         finally:
