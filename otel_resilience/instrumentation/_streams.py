@@ -184,6 +184,8 @@ class _Forwarding:
         self._stream = stream
 
     def __getattr__(self, name: str) -> Any:
+        if name in _Forwarding.__slots__:  # not set yet (an object made without __init__, as copy does)
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 
