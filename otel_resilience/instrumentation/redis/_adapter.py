@@ -131,6 +131,8 @@ class _Run:
         self.failures += 1
         attempts = self.attempts
         if attempts is None:
+            if self.failures > 1:
+                return  # nothing recorded the first failure: this call stays unobserved, not half-told
             attempts = self.attempts = self.adapter.start(self)
             if attempts is None:
                 return
