@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -368,3 +369,35 @@ def test_names_come_from_the_command() -> None:
     assert loop_name(lambda: (conn, command_name)) == "GET"
     assert loop_name(lambda: args) == "GET"  # cluster clients close over the command's args
     assert loop_name(redis.connection.Connection(port=free_port())._send_ping) == "health_check"
+
+
+def test_threads_each_get_their_own_operation(server: RedisServer) -> None:
+    """Four threads' commands fail at once on the same closed port: four operations, each with its own attempts and
+    waits (the loop in flight is found per thread)."""
+    import threading
+
+    def refused_in_threads(world: World) -> list[Any]:
+        errors: list[str] = []
+
+        def one() -> None:
+            try:
+                redis.Redis(port=world.server.closed_port, retry=policy(), **RETRIED).ping()
+            except redis.ConnectionError as exc:
+                errors.append(type(exc).__name__)
+
+        workers = [threading.Thread(target=one) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+        return errors
+
+    with instrumentation(True, False) as otel:
+        observed = World(server).observe(refused_in_threads)
+    assert observed.values == ["ConnectionError"] * 4 and len(observed.sleeps) == 8
+    ops = [s for s in ours_of(otel) if s.name == "retry connect"]
+    assert len(ops) == 4
+    for op in ops:
+        attempts = children(ours_of(otel), op)
+        assert [a.attributes.get(semconv.RETRY_DELAY) for a in attempts] == [0.01, 0.01, None]
+        assert op.attributes[semconv.RETRY_TOTAL_DELAY] == pytest.approx(0.02)
