@@ -114,6 +114,7 @@ class RetryOperation:
         max_attempts: int | None,
         parent: Context | None,
         measured_delays: bool = False,
+        start_ns: int | None = None,
     ) -> RetryOperation:
         self = cls()
         self._telemetry = telemetry
@@ -122,7 +123,7 @@ class RetryOperation:
         parent_ctx = context.get_current() if parent is None else parent
         self.depth = current_depth(parent_ctx) + 1
         self._measured_delays = measured_delays
-        self._start_ns = time_ns()
+        self._start_ns = time_ns() if start_ns is None else start_ns
         attributes: dict[str, AttributeValue] = {semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: self.depth}
         if max_attempts is not None:
             attributes[semconv.RETRY_MAX_ATTEMPTS] = max_attempts
@@ -259,12 +260,18 @@ class RetryOperation:
 
     @never_raises
     def ended(
-        self, result: str | None = None, error: BaseException | None = None, *, error_type: str | None = None
+        self,
+        result: str | None = None,
+        error: BaseException | None = None,
+        *,
+        error_type: str | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> None:
         """The operation is over. `result` is one of ``semconv.RETRY_RESULTS`` (inferred when None: success unless
         the last attempt failed or `error` escaped); a `BaseException` that is not an `Exception` makes it
-        ``aborted`` whatever else was said. `error` is the exception that escaped to the caller, if any. Ignored
-        once the operation has ended."""
+        ``aborted`` whatever else was said. `error` is the exception that escaped to the caller, if any.
+        `attributes` are more end attributes of the operation span (``retry.stop_reason``). Ignored once the
+        operation has ended."""
         if self._ended:
             return
         self._ended = True
@@ -283,6 +290,8 @@ class RetryOperation:
             semconv.RETRY_RESULT: result,
             semconv.RETRY_TOTAL_DELAY: self.total_delay,
         }
+        if attributes:
+            outcome.update(attributes)
         self._finish_pending(None)
         span = self._span
         if result != semconv.RESULT_SUCCESS:

@@ -181,15 +181,23 @@ class Telemetry:
         max_attempts: int | None = None,
         parent: Context | None = None,
         measured_delays: bool = False,
+        start_ns: int | None = None,
     ) -> RetryOperation | None:
         """Start observing one retried operation, or return None when nothing records (the adapter then stays out
         of the way entirely). `name` is ``retry.name`` (``module.qualname``); `span_name` the bare qualname.
         `measured_delays=True` records the gap between attempts as `retry.delay` when the library's chosen wait
-        cannot be read. (HTTP requests are `core.http.start_request`'s.)"""
+        cannot be read. `start_ns` is for an adapter that learns an operation is retried only after its first
+        attempt failed (redis): when it really began. (HTTP requests are `core.http.start_request`'s.)"""
         if not self.recording():
             return None
         return RetryOperation.start(
-            self, name, span_name=span_name, max_attempts=max_attempts, parent=parent, measured_delays=measured_delays
+            self,
+            name,
+            span_name=span_name,
+            max_attempts=max_attempts,
+            parent=parent,
+            measured_delays=measured_delays,
+            start_ns=start_ns,
         )
 
     def record_retry(self, name: str, result: str, depth: int, attempts: int, seconds: float) -> None:

@@ -24,7 +24,7 @@ from otel_resilience.core import RetryOperation, never_raises
 class ProxiedAttempts:
     """The attempts of one retried call, and how the call ended."""
 
-    __slots__ = ("op", "error", "end_ns", "open", "rejected", "last_error", "verdict")
+    __slots__ = ("op", "error", "end_ns", "open", "rejected", "last_error", "verdict", "pending_delay", "attributes")
 
     def __init__(self, op: RetryOperation) -> None:
         self.op = op
@@ -35,6 +35,12 @@ class ProxiedAttempts:
         self.last_error: BaseException | None = None
         self.verdict: str | None = None
         """`retry.result` as the library decided it on its way out (gave up: exhausted / not_retried), if it did."""
+        self.pending_delay: float | None = None
+        """The wait the library chose after the attempt that returned, when it is known before the library has
+        decided that another attempt follows (google-api-core draws it, then may still stop at its deadline): the
+        attempt is closed with it only when the next attempt starts."""
+        self.attributes: dict[str, Any] | None = None
+        """More end attributes of the operation span, set by the adapter (``retry.stop_reason``)."""
 
     # --- the stand-in runs each attempt through these ----------------------------------------------------------------
 
@@ -61,11 +67,19 @@ class ProxiedAttempts:
     @never_raises
     def _begin(self) -> object:
         """The attempt starts and is made current; returns the token to detach it (None if that failed)."""
-        self.close()  # a verdict we never saw (the library went straight on): the attempt ends as it stood
+        self.close(self.pending_delay)  # a verdict we never saw: the attempt ends as it stood (with the wait drawn)
+        self.pending_delay = None
         self.verdict = None
         self.rejected = False
         self.op.attempt_started()
         return self.op.activate()
+
+    @never_raises
+    def ran(self, start_ns: int, error: BaseException) -> None:
+        """An attempt that began at `start_ns` and failed with `error` just now, before the call was known to be
+        retried (redis: a command gets no span of ours unless its first attempt fails)."""
+        self.op.attempt_started(start_ns=start_ns)
+        self._returned(None, error)
 
     @never_raises
     def _returned(self, token: object, error: BaseException | None) -> None:
@@ -112,7 +126,7 @@ class ProxiedAttempts:
             result = semconv.RESULT_NOT_RETRIED
         else:
             result = semconv.RESULT_ABORTED
-        self.op.ended(result, error)
+        self.op.ended(result, error, attributes=self.attributes)
 
 
 class Finishing(Protocol):
