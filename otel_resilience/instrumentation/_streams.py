@@ -18,6 +18,10 @@ proxied loop. Usage, sync (async: `opener_async` and `consume_async`)::
     stream = library_loop(streams.opener(open_stream), ...)   # the library's generator, as it was made
     return streams.consume(stream)           # what the caller iterates instead
 
+A drop-in target's helper may pass on anything its attempted callable returns, so it uses `StreamAttempts.attempt`
+instead of an opener: a returned iterator (or async iterator, or an awaitable of either) is observed, as the iterator
+it was; anything else is handed back as it is, its attempt ending when the call returned.
+
 Behaviour is unchanged: the consumer gets the same items, the same exception objects, and the library's
 ``send``/``throw``/``close`` reach the stream as before. What the opener returns is handed back wrapped in an object that
 forwards iteration (and, only where the stream has them, ``send``/``throw``/``close`` or ``asend``/``athrow``/
@@ -99,10 +103,25 @@ class StreamAttempts:
                 return open_stream(*args, **kwargs)
             stream = _open(attempts, open_stream, args, kwargs)
             if inspect.isawaitable(stream):
-                return _opened(attempts, stream)
+                return _opened(attempts, stream, _AttemptAsyncIterable)
             return _AttemptAsyncIterable(attempts, stream)
 
         return open_attempt
+
+    def attempt(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One call of an attempted callable that may or may not return a stream (a drop-in target's helper does
+        what it likes with the result). An iterator or async iterator it returns, or that its awaitable gives, is
+        handed back as an iterator of the same kind whose steps are the attempt's; anything else (a value, a list,
+        an iterator that is also a context manager, such as a file, which a stand-in could not replace in a
+        ``with``) is handed back as it is, and the attempt ended when the call returned. Once the operation is
+        over (a helper that kept the callable), calls pass straight through."""
+        attempts = self.attempts
+        if attempts is None or attempts.op.is_ended:
+            return fn(*args, **kwargs)
+        result = _open(attempts, fn, args, kwargs)
+        if inspect.isawaitable(result) and _stream_steps(result) is None:
+            return _opened(attempts, result, _observed)
+        return _observed(attempts, result)
 
     # --- the operation: the consumption ----------------------------------------------------------------------------------
 
@@ -193,9 +212,7 @@ class _AttemptIterable(_Forwarding):
     __slots__ = ()
 
     def __iter__(self) -> _Steps:
-        iterator = iter(self._stream)
-        kind = _GeneratorSteps if hasattr(iterator, "send") and hasattr(iterator, "throw") else _Steps
-        return kind(self._attempts, iterator)
+        return _steps(self._attempts, iter(self._stream))
 
 
 class _Steps(_Forwarding):
@@ -234,8 +251,10 @@ class _GeneratorSteps(_Steps):
         self._stream.close()
 
 
-async def _opened(attempts: ProxiedAttempts, awaitable: Awaitable[Any]) -> Any:
-    """An opener's awaitable, awaited as part of its attempt."""
+async def _opened(
+    attempts: ProxiedAttempts, awaitable: Awaitable[Any], observe: Callable[[ProxiedAttempts, Any], Any]
+) -> Any:
+    """An opener's awaitable, awaited as part of its attempt; `observe` makes what it gave the attempt's."""
     token = _activate(attempts)
     try:
         stream = await awaitable
@@ -243,16 +262,14 @@ async def _opened(attempts: ProxiedAttempts, awaitable: Awaitable[Any]) -> Any:
         attempts._returned(token, exc)
         raise
     _deactivate(attempts, token)
-    return _AttemptAsyncIterable(attempts, stream)
+    return observe(attempts, stream)
 
 
 class _AttemptAsyncIterable(_Forwarding):
     __slots__ = ()
 
     def __aiter__(self) -> _AsyncSteps:
-        iterator = self._stream.__aiter__()
-        has_generator_methods = all(hasattr(iterator, name) for name in ("asend", "athrow", "aclose"))
-        return (_AsyncGeneratorSteps if has_generator_methods else _AsyncSteps)(self._attempts, iterator)
+        return _async_steps(self._attempts, self._stream.__aiter__())
 
 
 class _AsyncSteps(_Forwarding):
@@ -287,6 +304,36 @@ class _AsyncGeneratorSteps(_AsyncSteps):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+def _steps(attempts: ProxiedAttempts, iterator: Any) -> _Steps:
+    kind = _GeneratorSteps if hasattr(iterator, "send") and hasattr(iterator, "throw") else _Steps
+    return kind(attempts, iterator)
+
+
+def _async_steps(attempts: ProxiedAttempts, iterator: Any) -> _AsyncSteps:
+    has_generator_methods = all(hasattr(iterator, name) for name in ("asend", "athrow", "aclose"))
+    return (_AsyncGeneratorSteps if has_generator_methods else _AsyncSteps)(attempts, iterator)
+
+
+def _stream_steps(value: Any) -> Callable[[ProxiedAttempts, Any], Any] | None:
+    """How to observe `value` as an iterator of the same kind, or None when it is not one we can stand in for."""
+    kind = type(value)
+    if hasattr(kind, "__anext__") and hasattr(kind, "__aiter__") and not hasattr(kind, "__aenter__"):
+        return _async_steps
+    if hasattr(kind, "__next__") and hasattr(kind, "__iter__") and not hasattr(kind, "__enter__"):
+        return _steps
+    return None
+
+
+def _observed(attempts: ProxiedAttempts, value: Any) -> Any:
+    """What an attempted callable returned, as its attempt's: a stream goes on being the attempt; anything else
+    ends it now."""
+    steps = _stream_steps(value)
+    if steps is None:
+        attempts._returned(None, None)
+        return value
+    return steps(attempts, value)
 
 
 __all__ = ["StreamAttempts"]
