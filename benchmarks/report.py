@@ -3,7 +3,7 @@
     python -m benchmarks.report            # or: python -m benchmarks.report --passes 5 -k http
 
 Beside the pytest-benchmark figures it reports `benchmarks.no_sdk` (bare and no-SDK alternated, for a budget smaller
-than the machine's drift) and three more looks at an HTTP request's cost, for a target whose differences are smaller
+than the machine's drift), `benchmarks.redis_cost` (a redis command's hot path, against a local redis-server) and three more looks at an HTTP request's cost, for a target whose differences are smaller
 than the machine's noise: `benchmarks.opcodes` (the Python work, counted, not timed), `benchmarks.http_cpu` (CPU time
 in alternated rounds, with a 95% interval) and `benchmarks.machine` (machine instructions counted by cachegrind, when
 valgrind is installed).
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import http_cpu, machine, no_sdk, opcodes, verdict
+from benchmarks import http_cpu, machine, no_sdk, opcodes, redis_cost, verdict
 from benchmarks.opcodes import HTTP_ATTEMPT_VS_CONTRIB_TARGET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             *http_cpu.render(http_cpu.measure()),
             *machine.render(machine.measure()),
         ]
-        report = render(rows(json_paths), options.passes, no_sdk.render(no_sdk.measure()), http_measures)
+        no_sdk_lines = [*no_sdk.render(no_sdk.measure()), *redis_cost.render(redis_cost.measure())]
+        report = render(rows(json_paths), options.passes, no_sdk_lines, http_measures)
     out = ROOT / "docs" / "performance.md"
     out.write_text(report)
     print(report)

@@ -118,16 +118,28 @@ class RetryOperation:
         span_name: str | None = None,
         max_attempts: int | None = None,
         measured_delays: bool = False,
+        parent: Context | None = None,
+        start_ns: int | None = None,
     ) -> RetryOperation | None:
         """Start observing one retried operation, or return None when nothing records (the adapter then stays out of
         the way). `name` is ``retry.name`` (``module.qualname``), `span_name` the bare qualname. `measured_delays`:
-        the gap between attempts is `retry.delay` where the library's chosen wait cannot be read."""
+        the gap between attempts is `retry.delay` where the library's chosen wait cannot be read. `parent`: the
+        context the operation belongs to when it starts later than its call (a stream's operation starts at its first
+        item); default: the current one. `start_ns`: when the operation really began, for an adapter that learns it
+        is retried only after its first attempt failed (redis)."""
         if not telemetry.recording():
             return None
-        return cls(telemetry, name, span_name or name, max_attempts, measured_delays)
+        return cls(telemetry, name, span_name or name, max_attempts, measured_delays, parent, start_ns)
 
     def __init__(
-        self, telemetry: Telemetry, name: str, span_name: str, max_attempts: int | None, measured_delays: bool
+        self,
+        telemetry: Telemetry,
+        name: str,
+        span_name: str,
+        max_attempts: int | None,
+        measured_delays: bool,
+        parent: Context | None,
+        start_ns: int | None,
     ) -> None:
         self._telemetry = telemetry
         self.name = name
@@ -141,9 +153,10 @@ class RetryOperation:
         self._last_error_type: str | None = None
         self._in_attempt = False
         self._ended = False
-        parent = context.get_current()
+        if parent is None:
+            parent = context.get_current()
         self.depth = current_depth(parent) + 1
-        self._start_ns = time_ns()
+        self._start_ns = time_ns() if start_ns is None else start_ns
         attributes: dict[str, AttributeValue] = {semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: self.depth}
         if max_attempts is not None:
             attributes[semconv.RETRY_MAX_ATTEMPTS] = max_attempts
@@ -277,11 +290,16 @@ class RetryOperation:
 
     @never_raises
     def ended(
-        self, result: str | None = None, error: BaseException | None = None, *, error_type: str | None = None
+        self,
+        result: str | None = None,
+        error: BaseException | None = None,
+        *,
+        error_type: str | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> None:
         """The operation is over: `result` is the library's verdict (one of ``semconv.RETRY_RESULTS``; None: see
-        `outcome.operation_result`), `error` the exception that escaped to the caller, if any. Ignored once the
-        operation has ended."""
+        `outcome.operation_result`), `error` the exception that escaped to the caller, if any, and `attributes` more
+        end attributes of the operation span (``retry.stop_reason``). Ignored once the operation has ended."""
         if self._ended:
             return
         self._ended = True
@@ -291,29 +309,36 @@ class RetryOperation:
         result = outcome.operation_result(result, error, self._last_error_type is not None)
         if result != semconv.RESULT_SUCCESS and error_type is None:
             error_type = errors.error_type(error) if error is not None else self._last_error_type
-        attributes: dict[str, Any] = {
+        span_attributes: dict[str, Any] = {
             semconv.RETRY_ATTEMPTS: self.attempts,
             semconv.RETRY_RESULT: result,
             semconv.RETRY_TOTAL_DELAY: self.total_delay,
         }
+        if attributes:
+            span_attributes.update(attributes)
         self._report_ended_attempt(None)
         span = self._span
         if result != semconv.RESULT_SUCCESS:
             if error_type is not None:
-                attributes[semconv.ERROR_TYPE] = error_type
+                span_attributes[semconv.ERROR_TYPE] = error_type
             span.set_status(_ERROR)
             if error is not None:
                 stacktrace = self._telemetry.settings.stacktraces != "none"
                 span.add_event(
                     semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=stacktrace), end_ns
                 )
-        span.set_attributes(attributes)
+        span.set_attributes(span_attributes)
         span.end(end_ns)
         self._telemetry.record_retry(self.name, result, self.depth, self.attempts, (end_ns - self._start_ns) / _NS)
 
     @property
     def is_ended(self) -> bool:
         return self._ended
+
+    @property
+    def in_attempt(self) -> bool:
+        """Whether an attempt has started and not yet ended (a stream's attempt lasts while it is read)."""
+        return self._in_attempt
 
 
 # --- running a library's loop (every retry adapter alike) ------------------------------------------------------------
@@ -325,7 +350,7 @@ class ProxiedAttempts:
     runs each attempt through `run` (the attempt span current while it runs), and reports the library's verdict
     (`reject`, `attempt_ended` with the chosen wait, `verdict`), so the attempt ends when the function returned."""
 
-    __slots__ = ("op", "error", "end_ns", "returned", "rejected", "last_error", "verdict")
+    __slots__ = ("op", "error", "end_ns", "returned", "rejected", "last_error", "verdict", "pending_delay", "attributes")
 
     def __init__(self, op: RetryOperation) -> None:
         self.op = op
@@ -336,10 +361,16 @@ class ProxiedAttempts:
         self.last_error: BaseException | None = None
         self.verdict: str | None = None
         """`retry.result` as the library decided it on its way out (gave up: exhausted / not_retried), if it did."""
+        self.pending_delay: float | None = None
+        """The wait the library chose after the attempt that returned, when it is known before the library has
+        decided that another attempt follows (google-api-core draws it, then may still stop at its deadline): the
+        attempt ends with it only when the next attempt starts."""
+        self.attributes: dict[str, Any] | None = None
+        """More end attributes of the operation span, set by the adapter (``retry.stop_reason``)."""
 
     # The sync and async forms are twins kept side by side: one awaits the attempt, the other calls it.
     def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        token = self._attempt_started()
+        token = self.attempt_started()
         error: BaseException | None = None
         try:
             return fn(*args, **kwargs)
@@ -347,10 +378,10 @@ class ProxiedAttempts:
             error = exc
             raise
         finally:
-            self._returned(token, error)
+            self.attempt_returned(token, error)
 
     async def run_async(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        token = self._attempt_started()
+        token = self.attempt_started()
         error: BaseException | None = None
         try:
             return await fn(*args, **kwargs)
@@ -358,19 +389,28 @@ class ProxiedAttempts:
             error = exc
             raise
         finally:
-            self._returned(token, error)
+            self.attempt_returned(token, error)
 
     @never_raises
-    def _attempt_started(self) -> object:
+    def attempt_started(self) -> object:
         """The attempt starts and is made current; returns the token to detach it (None if that failed)."""
-        self.attempt_ended()  # a verdict we never saw (the library went straight on): the attempt ends as it stood
+        # a verdict we never saw (the library went straight on): the attempt ends as it stood, with any wait drawn
+        self.attempt_ended(self.pending_delay)
+        self.pending_delay = None
         self.verdict = None
         self.rejected = False
         self.op.attempt_started()
         return self.op.activate()
 
     @never_raises
-    def _returned(self, token: object, error: BaseException | None) -> None:
+    def ran(self, start_ns: int, error: BaseException) -> None:
+        """An attempt that began at `start_ns` and failed with `error` just now, before the call was known to be
+        retried (redis: a command gets no span of ours unless its first attempt fails)."""
+        self.op.attempt_started(start_ns=start_ns)
+        self.attempt_returned(None, error)
+
+    @never_raises
+    def attempt_returned(self, token: object, error: BaseException | None) -> None:
         self.op.deactivate(token)
         self.end_ns = time_ns()
         self.error = error
@@ -401,7 +441,7 @@ class ProxiedAttempts:
     def ended(self, error: BaseException | None) -> None:
         """The call is over; `error` is what escaped to the caller (`outcome.proxied_result` names the result)."""
         self.attempt_ended()
-        self.op.ended(outcome.proxied_result(self.verdict, error, self.last_error), error)
+        self.op.ended(outcome.proxied_result(self.verdict, error, self.last_error), error, attributes=self.attributes)
 
 
 class Ending(Protocol):

@@ -111,7 +111,7 @@ class Telemetry:
 
     def may_record(self) -> bool:
         """`recording()` without its context read (is instrumentation suppressed here?): the first check of a patched
-        entry point whose wrapper starts its work with `start_breaker_call` or `start_retry`, which make that read,
+        entry point whose wrapper starts its work with `BreakerCall.start` or `RetryOperation.start`, which make that read,
         so that a call reads the context once."""
         if not self._live:
             if self._uses_globals and trace._TRACER_PROVIDER is None and _metrics_internal._METER_PROVIDER is None:

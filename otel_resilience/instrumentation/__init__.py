@@ -21,4 +21,6 @@ INSTRUMENTORS: Final = {
     "resilience_urllib3": "otel_resilience.instrumentation.urllib3:Urllib3RetryInstrumentor",
     "resilience_httpx": "otel_resilience.instrumentation.httpx:HttpxRetryInstrumentor",
     "resilience_aiohttp_retry": "otel_resilience.instrumentation.aiohttp_retry:AiohttpRetryInstrumentor",
+    "resilience_google_api_core": "otel_resilience.instrumentation.google_api_core:GoogleApiCoreInstrumentor",
+    "resilience_redis": "otel_resilience.instrumentation.redis:RedisRetryInstrumentor",
 }

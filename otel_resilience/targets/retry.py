@@ -10,25 +10,40 @@ Two styles, as configured:
   and what it returns is wrapped so that each call of it is an operation. The proxy finds the operation of the call
   it belongs to through a context variable (several threads or tasks may call one decorated function at once).
 
+A helper that is a generator or async generator function (it re-creates a stream when it breaks: ``yield from
+make_stream()`` in a loop) runs only as its result is consumed, so its operation is that consumption, through
+`otel_resilience.instrumentation._streams.StreamAttempts`: it starts at the first item asked for and ends when the
+consumption does; each call of the callable is an attempt, which goes on while the stream it returned is read (an
+error mid-stream is that attempt's failure). The caller gets a generator of the same kind forwarding items, ``send``,
+``throw`` and ``close``.
+
 Nothing here knows the helper's policy, so: ``retry.delay`` is measured (the gap between one attempt's end and the
 next one's start, via ``measured_delays=True``), ``retry.max_attempts`` is never set, and the result is ``success``
-when the last attempt returned, ``exhausted`` when it failed or something escaped, ``aborted`` for a BaseException.
+when the last attempt returned (or the consumer of a stream stopped early), ``exhausted`` when it failed or something
+escaped, ``aborted`` for a BaseException.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar, Token
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import wrapt
 
+from opentelemetry import context
+from opentelemetry.context import Context
+
 from otel_resilience.core import RetryOperation, Telemetry, never_raises
 from otel_resilience.core.naming import callable_names
+from otel_resilience.core.retry import ProxiedAttempts
+from otel_resilience.instrumentation._streams import StreamAttempts
 from otel_resilience.patching import Wrapper
 from otel_resilience.targets._arguments import ArgumentLocator, Found, attemptable
-from otel_resilience.targets.spec import Resolved, report_no_callable
+from otel_resilience.targets.spec import Resolved, report_no_callable, stream_kind
+
+T = TypeVar("T")
 
 
 class AttemptProxy(wrapt.FunctionWrapper):  # type: ignore[misc]
@@ -40,12 +55,16 @@ class OperationWrapper(wrapt.FunctionWrapper):  # type: ignore[misc]
     """What a decorator-style helper returned for one function: each call is one retry operation."""
 
 
+_Running = RetryOperation | StreamAttempts
+"""What a slot holds: an operation, or the consumption of a stream helper's result."""
+
+
 class _Slot(Protocol):
     """Where an operation's attempts find it."""
 
-    def current(self) -> RetryOperation | None: ...
+    def current(self) -> _Running | None: ...
 
-    def enter(self, op: RetryOperation) -> object: ...
+    def enter(self, op: _Running) -> object: ...
 
     def exit(self, token: object) -> None: ...
 
@@ -57,12 +76,12 @@ class _CallSlot:
     __slots__ = ("op",)
 
     def __init__(self) -> None:
-        self.op: RetryOperation | None = None
+        self.op: _Running | None = None
 
-    def current(self) -> RetryOperation | None:
+    def current(self) -> _Running | None:
         return self.op
 
-    def enter(self, op: RetryOperation) -> object:
+    def enter(self, op: _Running) -> object:
         self.op = op
         return None
 
@@ -71,7 +90,7 @@ class _CallSlot:
         self.op = None
 
 
-_ACTIVE: Final[ContextVar[tuple[tuple[_ContextSlot, RetryOperation], ...]]] = ContextVar(
+_ACTIVE: Final[ContextVar[tuple[tuple[_ContextSlot, _Running], ...]]] = ContextVar(
     "otel_resilience.targets.active_operations", default=()
 )
 
@@ -82,13 +101,13 @@ class _ContextSlot:
 
     __slots__ = ()
 
-    def current(self) -> RetryOperation | None:
+    def current(self) -> _Running | None:
         for slot, op in reversed(_ACTIVE.get()):
             if slot is self:
                 return op
         return None
 
-    def enter(self, op: RetryOperation) -> Token[tuple[tuple[_ContextSlot, RetryOperation], ...]]:
+    def enter(self, op: _Running) -> Token[tuple[tuple[_ContextSlot, _Running], ...]]:
         return _ACTIVE.set((*_ACTIVE.get(), (self, op)))
 
     def exit(self, token: object) -> None:
@@ -121,6 +140,8 @@ class _AttemptScope:
 def _attempt_wrapper(slot: _Slot) -> Wrapper:
     def attempt(wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         op = slot.current()
+        if isinstance(op, StreamAttempts):
+            return op.attempt(wrapped, args, kwargs)  # goes on while the stream it returns is read
         if op is None or op.is_ended:
             return wrapped(*args, **kwargs)
         op.attempt_started()
@@ -163,8 +184,8 @@ class _OperationScope:
 
 
 @never_raises
-def _start(telemetry: Telemetry, names: tuple[str, str]) -> RetryOperation | None:
-    return RetryOperation.start(telemetry, names[0], span_name=names[1], measured_delays=True)
+def _start(telemetry: Telemetry, names: tuple[str, str], parent: Context | None = None) -> RetryOperation | None:
+    return RetryOperation.start(telemetry, names[0], span_name=names[1], parent=parent, measured_delays=True)
 
 
 def _run(
@@ -179,7 +200,9 @@ def _run(
         return call(*args, **kwargs)
 
 
-async def _run_async(telemetry: Telemetry, names: tuple[str, str], slot: _Slot, coroutine: Awaitable[Any]) -> Any:
+async def _run_async(
+    telemetry: Telemetry, names: tuple[str, str], slot: _Slot, coroutine: Awaitable[Any]
+) -> Any:
     """The operation of an async helper: from when its coroutine starts running until it is done."""
     with _OperationScope(telemetry, names, slot):
         return await coroutine
@@ -189,6 +212,101 @@ def _proxied(found: Found, args: tuple[Any, ...], kwargs: dict[str, Any], slot: 
     """(names of the user's callable, args, kwargs with its proxy in its place)."""
     proxy = AttemptProxy(found.value, _attempt_wrapper(slot))
     return (callable_names(found.value), *found.replace(args, kwargs, proxy))
+
+
+# --- stream helpers (generator and async generator functions) --------------------------------------------------------
+
+
+class _TargetAttempts(ProxiedAttempts):
+    """A stream helper's attempts. The helper tells us nothing, so its result follows the targets' rule (see the
+    module's docstring) rather than a library's verdict."""
+
+    __slots__ = ()
+
+    @never_raises
+    def ended(self, error: BaseException | None) -> None:
+        self.attempt_ended()
+        self.op.ended(None, error)
+
+
+def _stream_operation(telemetry: Telemetry, names: tuple[str, str]) -> StreamAttempts:
+    """The attempts of one consumption: parented where the helper was called, started when it is consumed."""
+    parent = context.get_current()
+
+    def start() -> ProxiedAttempts | None:
+        op = _start(telemetry, names, parent)
+        return None if op is None else _TargetAttempts(op)
+
+    return StreamAttempts(start)
+
+
+def _consumed(streams: StreamAttempts, kind: str | None, stream: Any) -> Any:
+    """What the caller of a stream helper gets: the consumption of `stream`, as one operation."""
+    return streams.consume_async(stream) if kind == "async" else streams.consume(stream)
+
+
+class _Published:
+    """A decorated stream helper's generator, run one step at a time with its consumption published in its slot
+    (a generator's body runs in its consumer's context, at each step: the slot cannot be entered once for all)."""
+
+    __slots__ = ("stream", "slot", "streams")
+
+    def __init__(self, stream: Any, slot: _Slot, streams: StreamAttempts) -> None:
+        self.stream = stream
+        self.slot = slot
+        self.streams = streams
+
+    def _step(self, method: Callable[..., T], *args: Any) -> T:
+        token = self.slot.enter(self.streams)
+        try:
+            return method(*args)
+        finally:
+            self.slot.exit(token)
+
+    async def _step_async(self, method: Callable[..., Awaitable[T]], *args: Any) -> T:
+        token = self.slot.enter(self.streams)
+        try:
+            return await method(*args)
+        finally:
+            self.slot.exit(token)
+
+
+class _PublishedGenerator(_Published):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return self._step(self.stream.__next__)
+
+    def send(self, value: Any) -> Any:
+        return self._step(self.stream.send, value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._step(self.stream.throw, *args)
+
+    def close(self) -> None:
+        self._step(self.stream.close)
+
+
+class _PublishedAsyncGenerator(_Published):
+    __slots__ = ()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._step_async(self.stream.__anext__)
+
+    async def asend(self, value: Any) -> Any:
+        return await self._step_async(self.stream.asend, value)
+
+    async def athrow(self, *args: Any) -> Any:
+        return await self._step_async(self.stream.athrow, *args)
+
+    async def aclose(self) -> None:
+        await self._step_async(self.stream.aclose)
 
 
 # --- the call style --------------------------------------------------------------------------------------------------
@@ -209,6 +327,8 @@ class CallTarget:
         if planned is None:
             return wrapped(*args, **kwargs)
         slot, names, args, kwargs = planned
+        if isinstance(slot.op, StreamAttempts):
+            return _consumed(slot.op, self.target.streams, wrapped(*args, **kwargs))
         if self.target.is_async:
             return _run_async(self.telemetry, names, slot, wrapped(*args, **kwargs))
         return _run(self.telemetry, names, slot, wrapped, args, kwargs)
@@ -222,7 +342,10 @@ class CallTarget:
         if isinstance(found.value, AttemptProxy):
             return None  # an outer helper of ours already traces it
         slot = _CallSlot()
-        return (slot, *_proxied(found, args, kwargs, slot))
+        planned = (slot, *_proxied(found, args, kwargs, slot))
+        if self.target.streams is not None:
+            slot.op = _stream_operation(self.telemetry, planned[1])
+        return planned
 
 
 # --- the decorator style -------------------------------------------------------------------------------------------
@@ -294,23 +417,34 @@ class DecoratorTarget:
     def _traced(self, decorated: Any, slot: _Slot, names: tuple[str, str]) -> Any:
         if not attemptable(decorated) or isinstance(decorated, OperationWrapper):
             return decorated
-        return OperationWrapper(decorated, _DecoratedOperation(self.telemetry, names, slot, inspect.iscoroutinefunction(decorated)))
+        operation = _DecoratedOperation(
+            self.telemetry, names, slot, inspect.iscoroutinefunction(decorated), stream_kind(decorated)
+        )
+        return OperationWrapper(decorated, operation)
 
 
 class _DecoratedOperation:
-    """The wrapper of a decorated function: each call is one retry operation."""
+    """The wrapper of a decorated function: each call is one retry operation (for a generator or async generator
+    function, the consumption of what the call returned)."""
 
-    __slots__ = ("telemetry", "names", "slot", "is_async")
+    __slots__ = ("telemetry", "names", "slot", "is_async", "streams")
 
-    def __init__(self, telemetry: Telemetry, names: tuple[str, str], slot: _Slot, is_async: bool) -> None:
+    def __init__(
+        self, telemetry: Telemetry, names: tuple[str, str], slot: _Slot, is_async: bool, streams: str | None
+    ) -> None:
         self.telemetry = telemetry
         self.names = names
         self.slot = slot
         self.is_async = is_async
+        self.streams = streams
 
     def __call__(self, wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not self.telemetry.records():
             return wrapped(*args, **kwargs)
+        if self.streams is not None:
+            streams = _stream_operation(self.telemetry, self.names)
+            published = _PublishedAsyncGenerator if self.streams == "async" else _PublishedGenerator
+            return _consumed(streams, self.streams, published(wrapped(*args, **kwargs), self.slot, streams))
         if self.is_async:
             return _run_async(self.telemetry, self.names, self.slot, wrapped(*args, **kwargs))
         return _run(self.telemetry, self.names, self.slot, wrapped, args, kwargs)

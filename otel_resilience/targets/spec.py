@@ -205,6 +205,19 @@ class Resolved:
     """Finds the app's callable among the target's arguments."""
     is_async: bool
     """An ``async def`` target: its operation or call lasts until its coroutine is done."""
+    streams: str | None = None
+    """``"sync"`` for a generator function, ``"async"`` for an async generator function: its operation lasts
+    while what it returned is consumed (see `stream_kind`)."""
+
+
+def stream_kind(function: Any) -> str | None:
+    """``"sync"``/``"async"`` when `function` is a generator / async generator function (its body runs only as its
+    result is consumed), else None."""
+    if inspect.isasyncgenfunction(function):
+        return "async"
+    if inspect.isgeneratorfunction(function):
+        return "sync"
+    return None
 
 
 def _defining_class(cls: type, attr: str) -> type | None:
@@ -259,7 +272,8 @@ def resolve_on(spec: TargetSpec, owner: Any, where: str) -> Resolved:
         raise bad(f"{where}.{attr} is a class: name the function or method that does the work (module:Class.method)")
     if not callable(function):
         raise bad(f"{where}.{attr} is not callable (it is a {type(function).__name__})")
-    return Resolved(spec, owner, attr, _locator(spec, owner, attr, function, bad), inspect.iscoroutinefunction(function))
+    locator = _locator(spec, owner, attr, function, bad)
+    return Resolved(spec, owner, attr, locator, inspect.iscoroutinefunction(function), stream_kind(function))
 
 
 def _locator(spec: TargetSpec, owner: Any, attr: str, function: Any, bad: Any) -> ArgumentLocator:

@@ -1,0 +1,1 @@
+_instruments = ("google-api-core >= 2.16, < 3",)

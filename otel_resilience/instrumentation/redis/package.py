@@ -1,0 +1,1 @@
+_instruments = ("redis >= 5.0, < 9",)
