@@ -86,7 +86,6 @@ def test_the_setup_example(app: Path) -> None:
 
 @pytest.fixture
 def shop(tmp_path: Path) -> Path:
-    (tmp_path / "retrier.py").write_text(_file("retrier.py"))
     (tmp_path / "shop.py").write_text(_file("shop.py"))
     return tmp_path
 
@@ -98,11 +97,11 @@ def _check_shop_run(stdout: str) -> None:
 
 
 def test_the_targets_example_under_the_launcher(shop: Path) -> None:
-    _check_shop_run(_shell(_command("OTEL_PYTHON_RESILIENCE_RETRY_TARGETS=retrier:Retrier.execute"), shop).stdout)
+    _check_shop_run(_shell(_command("OTEL_PYTHON_RESILIENCE_RETRY_TARGETS=shop:Retrier.execute"), shop).stdout)
 
 
 def test_the_targets_example_with_setup(shop: Path) -> None:
-    lines = _setup_lines('otel_resilience.setup(exporter="console", retry_targets=["retrier:Retrier.execute"])')
+    lines = _setup_lines('otel_resilience.setup(exporter="console", retry_targets=["__main__:Retrier.execute"])')
     (shop / "shop.py").write_text(lines + "\n" + _file("shop.py"))
     _check_shop_run(_shell("python shop.py", shop).stdout)
 
