@@ -272,6 +272,7 @@ class _AttemptAsyncIterable(_Forwarding):
         return _async_steps(self._attempts, self._stream.__aiter__())
 
 
+# The async steps are the sync ones' twin, kept side by side: the same bracket around an awaited step.
 class _AsyncSteps(_Forwarding):
     __slots__ = ()
 

@@ -271,6 +271,7 @@ class GoogleApiCoreAdapter:
         attempts.ended(None)
         return value
 
+    # The sync and async stream loops are twins kept side by side: they differ in the opener and the consumption.
     def _stream(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         target = _argument(args, kwargs, _TARGET, "target")
         streams = self._streams(target)

@@ -219,6 +219,7 @@ class RedisAdapter:
         )
         return None if op is None else ProxiedAttempts(op)
 
+    # The sync and async loops are twins kept side by side: one awaits redis's loop, the other calls it.
     def _call_with_retry(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # Every command's path (with an SDK): kept to one object and two bound methods until something fails.
         if len(args) < 2:
