@@ -20,5 +20,6 @@ INSTRUMENTORS: Final = {
     "resilience_purgatory": "otel_resilience.instrumentation.purgatory:PurgatoryInstrumentor",
     "resilience_urllib3": "otel_resilience.instrumentation.urllib3:Urllib3RetryInstrumentor",
     "resilience_httpx": "otel_resilience.instrumentation.httpx:HttpxRetryInstrumentor",
+    "resilience_httpx2": "otel_resilience.instrumentation.httpx2:Httpx2RetryInstrumentor",
     "resilience_aiohttp_retry": "otel_resilience.instrumentation.aiohttp_retry:AiohttpRetryInstrumentor",
 }

@@ -1,4 +1,5 @@
-"""Translate httpx's transport retries (httpcore's connection retries) and its redirect loop into HTTP attempts.
+"""Translate httpx's transport retries (httpcore's connection retries) and its redirect loop into HTTP attempts, for
+httpx/httpcore and for their fork httpx2/httpcore2 (same code, own packages): one adapter, given the client's modules.
 
 ``httpx.HTTPTransport(retries=N)`` / ``AsyncHTTPTransport(retries=N)`` hand `N` to httpcore's connection pool, which
 retries only failed connection attempts (``ConnectError``, ``ConnectTimeout``: refused, DNS, TLS) inside
@@ -22,14 +23,12 @@ request's (copied) headers, so the server's spans hang under the attempt that re
 from __future__ import annotations
 
 import contextvars
+import importlib
 from collections.abc import Callable, Iterator
 from time import time_ns
-from typing import Any, Final
+from types import ModuleType
+from typing import Any, Final, NamedTuple
 
-import httpcore
-import httpx
-from httpcore._async import connection as async_connection
-from httpcore._sync import connection as sync_connection
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
@@ -37,15 +36,29 @@ from otel_resilience import semconv
 from otel_resilience.core import Telemetry, errors, http, never_raises
 from otel_resilience.instrumentation._base import Patches
 
-LIBRARY: Final = "httpx"
-
 _CONNECT_FAILED: Final = frozenset(
     ("connection.connect_tcp.failed", "connection.connect_unix_socket.failed", "connection.start_tls.failed")
 )
 _RETRY_STARTED: Final = "connection.retry.started"
 _RETRY_COMPLETE: Final = "connection.retry.complete"
-_RETRIED_ERRORS: Final = (httpcore.ConnectError, httpcore.ConnectTimeout)
-"""What httpcore retries: when one escapes the pool, its retry budget is spent."""
+
+
+class ClientModules(NamedTuple):
+    """The modules of one httpx flavour: httpx and httpcore, or httpx2 and httpcore2 (a fork with the same code)."""
+
+    httpx: ModuleType
+    httpcore: ModuleType
+    sync_connection: ModuleType
+    async_connection: ModuleType
+
+    @classmethod
+    def load(cls, httpx_name: str, httpcore_name: str) -> ClientModules:
+        return cls(
+            importlib.import_module(httpx_name),
+            importlib.import_module(httpcore_name),
+            importlib.import_module(f"{httpcore_name}._sync.connection"),
+            importlib.import_module(f"{httpcore_name}._async.connection"),
+        )
 
 
 def _with_trace_context(headers: list[tuple[bytes, bytes]], ctx: Context) -> list[tuple[bytes, bytes]]:
@@ -74,10 +87,14 @@ class _PoolRequest:
         "delay",
         "connect_error",
         "connect_end",
+        "retried_errors",
     )
 
-    def __init__(self, request: http.HttpRequest, scoped: bool, core_request: Any) -> None:
+    def __init__(
+        self, request: http.HttpRequest, scoped: bool, core_request: Any, retried_errors: tuple[type[BaseException], ...]
+    ) -> None:
         self.request = request
+        self.retried_errors = retried_errors  # what httpcore retries: when one escapes the pool, its budget is spent
         self.scoped = scoped
         self.core_request = core_request
         url = core_request.url
@@ -143,7 +160,7 @@ class _PoolRequest:
         self.request.attempt_ended(error=error, end_ns=end_ns)
         if errors.is_abort(error):
             result = semconv.RESULT_ABORTED
-        elif isinstance(error, _RETRIED_ERRORS):
+        elif isinstance(error, self.retried_errors):
             result = semconv.RESULT_EXHAUSTED
         else:
             result = semconv.RESULT_NOT_RETRIED
@@ -179,11 +196,6 @@ class _ObservedDelays:
         return delay
 
 
-def _httpx_error_result(error: BaseException) -> str | None:
-    """httpx raises ``TooManyRedirects`` when its redirect limit stops the loop: the policy gave up."""
-    return semconv.RESULT_EXHAUSTED if isinstance(error, httpx.TooManyRedirects) else None
-
-
 def _app_url(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """The URL of ``Client.send(request, ...)``: the request's, as the app built it."""
     url = getattr(args[0] if args else kwargs.get("request"), "url", None)
@@ -191,13 +203,20 @@ def _app_url(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
 
 
 class HttpxAdapter:
-    """Holds the Telemetry for httpx and installs the hooks."""
+    """Holds the Telemetry for one httpx flavour (`modules`) and installs the hooks."""
 
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: Telemetry, modules: ClientModules) -> None:
         self.telemetry = telemetry
+        self.modules = modules
+        self._retried_errors = (modules.httpcore.ConnectError, modules.httpcore.ConnectTimeout)
+
+    def _error_result(self, error: BaseException) -> str | None:
+        """httpx raises ``TooManyRedirects`` when its redirect limit stops the loop: the policy gave up."""
+        return semconv.RESULT_EXHAUSTED if isinstance(error, self.modules.httpx.TooManyRedirects) else None
 
     def patch(self, patches: Patches) -> None:
         telemetry = self.telemetry
+        httpx, httpcore = self.modules.httpx, self.modules.httpcore
         recording = telemetry.recording
         patches.wrap(httpcore.ConnectionPool, "handle_request", self._pool_request, enabled=recording)
         patches.wrap(httpcore.AsyncConnectionPool, "handle_async_request", self._async_pool_request, enabled=recording)
@@ -206,14 +225,14 @@ class HttpxAdapter:
         # join the request of an outer scope.
         may_record = telemetry.may_record
         patches.wrap(
-            httpx.Client, "send", http.scope_wrapper(telemetry, _app_url, error_result=_httpx_error_result),
+            httpx.Client, "send", http.scope_wrapper(telemetry, _app_url, error_result=self._error_result),
             enabled=may_record,
         )
         patches.wrap(
-            httpx.AsyncClient, "send", http.async_scope_wrapper(telemetry, _app_url, error_result=_httpx_error_result),
+            httpx.AsyncClient, "send", http.async_scope_wrapper(telemetry, _app_url, error_result=self._error_result),
             enabled=may_record,
         )
-        for module in (sync_connection, async_connection):
+        for module in (self.modules.sync_connection, self.modules.async_connection):
             if "exponential_backoff" in vars(module):
                 patches.wrap(module, "exponential_backoff", self._observe_delays, enabled=_CURRENT.get)
 
@@ -259,7 +278,7 @@ class HttpxAdapter:
         )
         if request is None:
             return None
-        state = _PoolRequest(request, scoped, core_request)
+        state = _PoolRequest(request, scoped, core_request, self._retried_errors)
         if getattr(pool, "_retries", 1):  # connection attempts are only told apart when the pool retries them
             extensions = dict(state.extensions)
             extensions["trace"] = state.trace_extension(extensions.get("trace"), is_async)
