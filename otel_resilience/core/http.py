@@ -168,6 +168,8 @@ class HttpRequest:
 
     attempts = 0
     is_ended = False
+    joins_any_client = False
+    """True for a retry loop above the HTTP client (`core.outer_loop`): the attempts of every client adapter join it."""
     credentials_host: str | None = None
     """The host of the app's URL when that URL named ``user:password@`` (see `attempt_attributes`)."""
     container: Span | None = None
@@ -377,7 +379,7 @@ def request_in_scope(telemetry: Telemetry, method: str, host: str) -> tuple[Http
     """The request an attempt starting now belongs to, and whether a scope owns it (then the scope ends it; the
     adapter only `settle`s). Outside any scope of this library, a new request the adapter ends itself."""
     request = _SCOPE.get()
-    if request is not None and request._telemetry is telemetry:
+    if request is not None and (request._telemetry is telemetry or request.joins_any_client):
         if request._method is None:  # its first attempt names it (``retry.name``: see `start_request`)
             request._method = method
             request._host = host
@@ -405,6 +407,9 @@ def _open(
     ctx = get_current()
     request = None
     if telemetry.recording(ctx):
+        current = _SCOPE.get()
+        if current is not None and current.joins_any_client:  # a loop above the client: its requests are attempts
+            return None, _SCOPE.set(current), (None if afresh is None else afresh.set(None))
         request = HttpRequest(telemetry, None, None, ctx)
         request.credentials_host = credentials_host(url if isinstance(url, str) else None)
     return request, _SCOPE.set(request), (None if afresh is None else afresh.set(None))

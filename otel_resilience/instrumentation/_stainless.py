@@ -1,0 +1,105 @@
+"""Translate the retry loop of SDKs generated from the Stainless template (openai, anthropic, and the other clients made
+from it) into a loop above the HTTP client (`core.outer_loop`): one adapter, given the SDK's module name.
+
+Every such SDK has ``{sdk}._base_client`` with ``SyncAPIClient`` / ``AsyncAPIClient`` whose request method runs
+``for retries_taken in range(max_retries + 1)``: each try builds a new request (with ``x-stainless-retry-count``) and
+sends it through the SDK's httpx or httpx2 client, whose transport makes no retries of its own; on a failure it asks
+``_should_retry``, then ``_sleep_for_retry`` sleeps what ``_calculate_retry_timeout`` returns (``Retry-After``,
+``retry-after-ms``, or its jittered backoff), and after the last try it raises. Hooks:
+
+- the loop method: ``_request`` where the SDK has one (anthropic 2.x: ``request`` opens the SDK's own API-call span
+  and calls ``_request``, the loop, inside it), else ``request`` (openai). Its ``options.get_max_retries(client.max_retries)``
+  is the policy: 0 means no retries, so no loop of ours (each request is then a plain one); otherwise
+  ``retry.max_attempts`` is ``max_retries + 1``.
+- ``BaseClient._calculate_retry_timeout``: its return value is the wait the SDK then sleeps, read, never recomputed;
+  it is called only when the SDK has decided to try again.
+
+The attempts themselves are the HTTP requests our httpx / httpx2 adapters see inside the loop (so they are CLIENT spans
+alone, and facts on contrib's span per transport call beside contrib's httpx instrumentation). The result: ``success``
+when the loop returns; when it raises, ``exhausted`` if the SDK had used every retry (it raises after its last try
+without asking its policy), else ``not_retried`` (a status or error its policy does not retry).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from otel_resilience import semconv
+from otel_resilience.core import Telemetry, never_raises, outer_loop
+from otel_resilience.instrumentation._base import Patches
+
+
+def _loop_method(cls: type) -> str:
+    return "_request" if "_request" in vars(cls) else "request"
+
+
+class StainlessAdapter:
+    """Holds the Telemetry for one SDK (`module`, e.g. ``"openai"``) and installs the hooks."""
+
+    def __init__(self, telemetry: Telemetry, module: str) -> None:
+        self.telemetry = telemetry
+        self.base_client = importlib.import_module(f"{module}._base_client")
+
+    def patch(self, patches: Patches) -> None:
+        may_record = self.telemetry.may_record
+        sync_client, async_client = self.base_client.SyncAPIClient, self.base_client.AsyncAPIClient
+        patches.wrap(sync_client, _loop_method(sync_client), self._loop, enabled=may_record)
+        patches.wrap(async_client, _loop_method(async_client), self._async_loop, enabled=may_record)
+        patches.wrap(self.base_client.BaseClient, "_calculate_retry_timeout", _observe_wait, enabled=outer_loop.current)
+
+    @never_raises
+    def _open(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> outer_loop.Opened | None:
+        options = kwargs["options"] if "options" in kwargs else args[1]
+        max_retries = options.get_max_retries(client.max_retries)
+        if not isinstance(max_retries, int) or max_retries <= 0:
+            return None  # the policy makes no retries: each request is a plain one
+        return outer_loop.open(self.telemetry, max_retries + 1)
+
+    def _loop(self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        opened = self._open(client, args, kwargs)
+        if opened is None:
+            return wrapped(*args, **kwargs)
+        try:
+            value = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            outer_loop.close(opened, _result_of_raise(opened), exc)
+            raise
+        outer_loop.close(opened, semconv.RESULT_SUCCESS, None)
+        return value
+
+    async def _async_loop(
+        self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        opened = self._open(client, args, kwargs)
+        if opened is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            value = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            outer_loop.close(opened, _result_of_raise(opened), exc)
+            raise
+        outer_loop.close(opened, semconv.RESULT_SUCCESS, None)
+        return value
+
+
+def _result_of_raise(opened: outer_loop.Opened) -> str | None:
+    """The SDK raised: after its last try (every retry used) it is ``exhausted``; before, its policy did not retry."""
+    loop = opened[0]
+    if loop is None or loop.max_attempts is None:
+        return None
+    return semconv.RESULT_EXHAUSTED if loop.retries + 1 >= loop.max_attempts else semconv.RESULT_NOT_RETRIED
+
+
+def _observe_wait(wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    delay = wrapped(*args, **kwargs)
+    _report_wait(delay)
+    return delay
+
+
+@never_raises
+def _report_wait(delay: Any) -> None:
+    loop = outer_loop.current()
+    if loop is not None:
+        loop.retrying(float(delay))

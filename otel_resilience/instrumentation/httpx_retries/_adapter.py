@@ -1,0 +1,140 @@
+"""Translate httpx-retries' ``RetryTransport`` into a loop above the HTTP client (`core.outer_loop`).
+
+``RetryTransport`` wraps an httpx transport and sends each try through it (``HTTPTransport.handle_request``, whose
+pool our httpx adapter sees): those requests are the attempts of its loop. Hooks:
+
+- ``RetryTransport.handle_request`` / ``handle_async_request``: the loop, when the ``Retry`` in force (the request's
+  ``retry`` extension, else the transport's) retries the method at all (``total > 0``, method allowed); otherwise
+  the request is a plain one. ``retry.max_attempts`` is ``total + 1``.
+- ``Retry.sleep`` / ``Retry.asleep``: the wait it slept, read from its own account (``elapsed_sleep`` grows by what
+  it slept), never recomputed; called only when the loop tries again.
+
+The result is httpx-retries' own verdict: returning a status it retries means it gave up (``exhausted``: it returns
+the last response when its retries are spent); raising an error it retries once ``is_exhausted()`` is ``exhausted``;
+any other failure was not retried.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Any
+
+import httpx_retries
+
+from otel_resilience import semconv
+from otel_resilience.core import Telemetry, never_raises, outer_loop
+from otel_resilience.instrumentation._base import Patches
+
+_POLICY: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "otel_resilience_httpx_retries_policy", default=None
+)
+"""In a loop of ours: a one-item list holding the ``Retry`` in force (httpx-retries makes a new one per retry)."""
+
+
+class HttpxRetriesAdapter:
+    """Holds the Telemetry for httpx-retries and installs the hooks."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def patch(self, patches: Patches) -> None:
+        may_record = self.telemetry.may_record
+        transport, retry = httpx_retries.RetryTransport, httpx_retries.Retry
+        patches.wrap(transport, "handle_request", self._loop, enabled=may_record)
+        patches.wrap(transport, "handle_async_request", self._async_loop, enabled=may_record)
+        patches.wrap(retry, "sleep", _observe_sleep, enabled=_POLICY.get)
+        patches.wrap(retry, "asleep", _observe_async_sleep, enabled=_POLICY.get)
+
+    @never_raises
+    def _open(
+        self, transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[outer_loop.Opened, list[Any], contextvars.Token[Any]] | None:
+        request = args[0] if args else kwargs["request"]
+        policy = request.extensions.get("retry", transport.retry)
+        if policy.total <= 0 or not policy.is_retryable_method(request.method):
+            return None  # its policy makes no retries for this request: a plain one
+        holder = [policy]
+        return outer_loop.open(self.telemetry, policy.total + 1), holder, _POLICY.set(holder)
+
+    def _loop(self, wrapped: Callable[..., Any], transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        state = self._open(transport, args, kwargs)
+        if state is None:
+            return wrapped(*args, **kwargs)
+        try:
+            response = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _close(state, None, exc)
+            raise
+        _close(state, response, None)
+        return response
+
+    async def _async_loop(
+        self, wrapped: Callable[..., Any], transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        state = self._open(transport, args, kwargs)
+        if state is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            response = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _close(state, None, exc)
+            raise
+        _close(state, response, None)
+        return response
+
+
+@never_raises
+def _close(
+    state: tuple[outer_loop.Opened, list[Any], contextvars.Token[Any]], response: Any, error: BaseException | None
+) -> None:
+    opened, holder, token = state
+    _POLICY.reset(token)
+    outer_loop.close(opened, _verdict(holder[0], response, error), error)
+
+
+def _verdict(policy: Any, response: Any, error: BaseException | None) -> str | None:
+    if error is not None:
+        if not isinstance(error, Exception):
+            return None  # aborted: the core says so
+        exhausted = policy.is_exhausted() and policy.is_retryable_exception(error)
+        return semconv.RESULT_EXHAUSTED if exhausted else semconv.RESULT_NOT_RETRIED
+    policy = response.extensions.get("retry", policy)
+    status = response.status_code
+    if policy.is_retryable_status_code(status):
+        return semconv.RESULT_EXHAUSTED  # it returns a status it retries only when its retries are spent
+    return semconv.RESULT_NOT_RETRIED if status >= 400 else semconv.RESULT_SUCCESS
+
+
+def _observe_sleep(wrapped: Callable[..., Any], policy: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    before = _slept(policy)
+    value = wrapped(*args, **kwargs)
+    _report_wait(policy, before)
+    return value
+
+
+async def _observe_async_sleep(
+    wrapped: Callable[..., Any], policy: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    before = _slept(policy)
+    value = await wrapped(*args, **kwargs)
+    _report_wait(policy, before)
+    return value
+
+
+def _slept(policy: Any) -> float | None:
+    try:
+        return float(policy.elapsed_sleep)
+    except Exception:  # not a Retry we know: its wait is then not told
+        return None
+
+
+@never_raises
+def _report_wait(policy: Any, before: float | None) -> None:
+    holder = _POLICY.get()
+    if holder is not None:
+        holder[0] = policy  # the Retry now in force (``increment()`` made it)
+    loop = outer_loop.current()
+    if loop is not None:
+        after = _slept(policy)
+        loop.retrying(None if before is None or after is None else after - before)
