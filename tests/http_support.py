@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
@@ -96,6 +98,20 @@ class ScriptedServer:
         self._release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Waits through ``time.sleep`` (sync) and ``anyio.sleep`` (async: httpcore's and the SDKs'): recorded, not
+    waited. A test module that uses it imports it (and lists it in ``__all__``), as it does `server`."""
+    calls: list[float] = []
+
+    async def async_sleep(seconds: float) -> None:
+        calls.append(seconds)
+
+    monkeypatch.setattr(time, "sleep", calls.append)
+    monkeypatch.setattr(anyio, "sleep", async_sleep)
+    return calls
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ waits are recorded, not waited (``time.sleep`` for sync, ``anyio.sleep`` for asy
 from __future__ import annotations
 
 import importlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -32,10 +31,11 @@ from tests.http_support import (
     events_named,
     loopback_attempt,
     server,
+    sleeps,
     traceparent_of,
 )
 
-__all__ = ["server"]
+__all__ = ["server", "sleeps"]
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,6 @@ def instrumented(otel: Otel, fl: Flavour) -> Iterator[Otel]:
     fl.instrumentor().instrument(**otel.kwargs())
     yield otel
     fl.instrumentor().uninstrument()
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """httpcore's waits, sync (``time.sleep``) and async (``anyio.sleep``): recorded, not waited."""
-    calls: list[float] = []
-
-    async def async_sleep(seconds: float) -> None:
-        calls.append(seconds)
-
-    monkeypatch.setattr(time, "sleep", calls.append)
-    monkeypatch.setattr(anyio, "sleep", async_sleep)
-    return calls
 
 
 def fetch(fl: Flavour, kind: str, url: str, *, retries: int = 0, follow: bool = False, **request: Any) -> Any:
