@@ -21,4 +21,6 @@ INSTRUMENTORS: Final = {
     "resilience_urllib3": "otel_resilience.instrumentation.urllib3:Urllib3RetryInstrumentor",
     "resilience_httpx": "otel_resilience.instrumentation.httpx:HttpxRetryInstrumentor",
     "resilience_aiohttp_retry": "otel_resilience.instrumentation.aiohttp_retry:AiohttpRetryInstrumentor",
+    "resilience_botocore": "otel_resilience.instrumentation.botocore:BotocoreRetryInstrumentor",
+    "resilience_aiobotocore": "otel_resilience.instrumentation.aiobotocore:AiobotocoreRetryInstrumentor",
 }
