@@ -192,13 +192,17 @@ class Telemetry:
             self, name, span_name=span_name, max_attempts=max_attempts, parent=parent, measured_delays=measured_delays
         )
 
-    def record_retry(self, name: str, result: str, depth: int, attempts: int, seconds: float) -> None:
+    def record_retry(
+        self, name: str, result: str, depth: int, attempts: int, seconds: float, *, budget_exhausted: bool = False
+    ) -> None:
         """The metric points of one retried operation (or HTTP request) that ended: `retry.attempts` and
-        `retry.duration`."""
-        self.retry_attempts.record(
-            attempts, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result, semconv.RETRY_DEPTH: depth}
-        )
-        self.retry_duration.record(seconds, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result})
+        `retry.duration`. `budget_exhausted`: a retry budget refused the retry that would have followed (botocore's
+        retry quota); both points then carry ``retry.budget_exhausted=true``, so an alert can count them."""
+        attributes = {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result}
+        if budget_exhausted:
+            attributes[semconv.RETRY_BUDGET_EXHAUSTED] = True
+        self.retry_attempts.record(attempts, {**attributes, semconv.RETRY_DEPTH: depth})
+        self.retry_duration.record(seconds, attributes)
 
     def start_breaker_call(
         self, entry_of: Callable[[], BreakerEntry], state: str | None, subject: object = None

@@ -1,5 +1,5 @@
 """Translate the retry loop of SDKs generated from the Stainless template (openai, anthropic, and the other clients made
-from it) into a loop above the HTTP client (`core.outer_loop`): one adapter, given the SDK's module name.
+from it) into a loop above the HTTP client (`core.http_loop.ClientLoop`): one adapter, given the SDK's module name.
 
 Every such SDK has ``{sdk}._base_client`` with ``SyncAPIClient`` / ``AsyncAPIClient`` whose request method runs
 ``for retries_taken in range(max_retries + 1)``: each try builds a new request (with ``x-stainless-retry-count``) and
@@ -27,7 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises, outer_loop
+from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core.http_loop import OpenedLoop, close_client_loop, current_client_loop, open_client_loop
 from otel_resilience.instrumentation._base import Patches
 
 
@@ -47,15 +48,15 @@ class StainlessAdapter:
         sync_client, async_client = self.base_client.SyncAPIClient, self.base_client.AsyncAPIClient
         patches.wrap(sync_client, _loop_method(sync_client), self._loop, enabled=may_record)
         patches.wrap(async_client, _loop_method(async_client), self._async_loop, enabled=may_record)
-        patches.wrap(self.base_client.BaseClient, "_calculate_retry_timeout", _observe_wait, enabled=outer_loop.current)
+        patches.wrap(self.base_client.BaseClient, "_calculate_retry_timeout", _observe_wait, enabled=current_client_loop)
 
     @never_raises
-    def _open(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> outer_loop.Opened | None:
+    def _open(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpenedLoop | None:
         options = kwargs["options"] if "options" in kwargs else args[1]
         max_retries = options.get_max_retries(client.max_retries)
         if not isinstance(max_retries, int) or max_retries <= 0:
             return None  # the policy makes no retries: each request is a plain one
-        return outer_loop.open(self.telemetry, max_retries + 1)
+        return open_client_loop(self.telemetry, max_retries + 1)
 
     def _loop(self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         opened = self._open(client, args, kwargs)
@@ -64,9 +65,9 @@ class StainlessAdapter:
         try:
             value = wrapped(*args, **kwargs)
         except BaseException as exc:
-            outer_loop.close(opened, _result_of_raise(opened), exc)
+            close_client_loop(opened, _result_of_raise(opened), exc)
             raise
-        outer_loop.close(opened, semconv.RESULT_SUCCESS, None)
+        close_client_loop(opened, semconv.RESULT_SUCCESS, None)
         return value
 
     async def _async_loop(
@@ -78,13 +79,13 @@ class StainlessAdapter:
         try:
             value = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            outer_loop.close(opened, _result_of_raise(opened), exc)
+            close_client_loop(opened, _result_of_raise(opened), exc)
             raise
-        outer_loop.close(opened, semconv.RESULT_SUCCESS, None)
+        close_client_loop(opened, semconv.RESULT_SUCCESS, None)
         return value
 
 
-def _result_of_raise(opened: outer_loop.Opened) -> str | None:
+def _result_of_raise(opened: OpenedLoop) -> str | None:
     """The SDK raised: after its last try (every retry used) it is ``exhausted``; before, its policy did not retry."""
     loop = opened[0]
     if loop is None or loop.max_attempts is None:
@@ -100,6 +101,6 @@ def _observe_wait(wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...
 
 @never_raises
 def _report_wait(delay: Any) -> None:
-    loop = outer_loop.current()
+    loop = current_client_loop()
     if loop is not None:
         loop.retrying(float(delay))

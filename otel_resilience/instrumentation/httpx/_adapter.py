@@ -274,15 +274,17 @@ class HttpxAdapter:
     def _start(self, pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, is_async: bool) -> _PoolRequest | None:
         core_request = args[0] if args else kwargs["request"]
         request, scoped = http.request_in_scope(
-            self.telemetry, core_request.method.decode("ascii"), core_request.url.host.decode("ascii")
+            self.telemetry,
+            core_request.method.decode("ascii"),
+            core_request.url.host.decode("ascii"),
+            retried=bool(getattr(pool, "_retries", 1)),  # a transport with retries=0 makes plain requests
         )
         if request is None:
             return None
         state = _PoolRequest(request, scoped, core_request, self._retried_errors)
-        if getattr(pool, "_retries", 1):  # connection attempts are only told apart when the pool retries them
-            extensions = dict(state.extensions)
-            extensions["trace"] = state.trace_extension(extensions.get("trace"), is_async)
-            core_request.extensions = extensions
+        extensions = dict(state.extensions)  # connection attempts are told apart by httpcore's trace extension
+        extensions["trace"] = state.trace_extension(extensions.get("trace"), is_async)
+        core_request.extensions = extensions
         state.attempt()
         return state
 

@@ -1,4 +1,4 @@
-"""Translate httpx-retries' ``RetryTransport`` into a loop above the HTTP client (`core.outer_loop`).
+"""Translate httpx-retries' ``RetryTransport`` into a loop above the HTTP client (`core.http_loop.ClientLoop`).
 
 ``RetryTransport`` wraps an httpx transport and sends each try through it (``HTTPTransport.handle_request``, whose
 pool our httpx adapter sees): those requests are the attempts of its loop. Hooks:
@@ -23,7 +23,8 @@ from typing import Any
 import httpx_retries
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises, outer_loop
+from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core.http_loop import OpenedLoop, close_client_loop, current_client_loop, open_client_loop
 from otel_resilience.instrumentation._base import Patches
 
 _POLICY: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
@@ -49,13 +50,13 @@ class HttpxRetriesAdapter:
     @never_raises
     def _open(
         self, transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[outer_loop.Opened, list[Any], contextvars.Token[Any]] | None:
+    ) -> tuple[OpenedLoop, list[Any], contextvars.Token[Any]] | None:
         request = args[0] if args else kwargs["request"]
         policy = request.extensions.get("retry", transport.retry)
         if policy.total <= 0 or not policy.is_retryable_method(request.method):
             return None  # its policy makes no retries for this request: a plain one
         holder = [policy]
-        return outer_loop.open(self.telemetry, policy.total + 1), holder, _POLICY.set(holder)
+        return open_client_loop(self.telemetry, policy.total + 1), holder, _POLICY.set(holder)
 
     def _loop(self, wrapped: Callable[..., Any], transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         state = self._open(transport, args, kwargs)
@@ -86,11 +87,11 @@ class HttpxRetriesAdapter:
 
 @never_raises
 def _close(
-    state: tuple[outer_loop.Opened, list[Any], contextvars.Token[Any]], response: Any, error: BaseException | None
+    state: tuple[OpenedLoop, list[Any], contextvars.Token[Any]], response: Any, error: BaseException | None
 ) -> None:
     opened, holder, token = state
     _POLICY.reset(token)
-    outer_loop.close(opened, _verdict(holder[0], response, error), error)
+    close_client_loop(opened, _verdict(holder[0], response, error), error)
 
 
 def _verdict(policy: Any, response: Any, error: BaseException | None) -> str | None:
@@ -134,7 +135,7 @@ def _report_wait(policy: Any, before: float | None) -> None:
     holder = _POLICY.get()
     if holder is not None:
         holder[0] = policy  # the Retry now in force (``increment()`` made it)
-    loop = outer_loop.current()
+    loop = current_client_loop()
     if loop is not None:
         after = _slept(policy)
         loop.retrying(None if before is None or after is None else after - before)
