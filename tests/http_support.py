@@ -172,3 +172,12 @@ def loopback_attempt(port: int, number: int, path: str = "/", **extra: Any) -> d
     if number > 1:
         attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
     return {**attributes, **extra}
+
+
+def retry_points(otel: Any) -> list[tuple[str, str, int, int]]:
+    """The ``retry.attempts`` points collected now (`otel` is the conftest's ``Otel``), as (``retry.name``,
+    ``retry.result``, count, sum)."""
+    return [
+        (p.attributes[semconv.RETRY_NAME], p.attributes[semconv.RETRY_RESULT], p.count, p.sum)
+        for p in otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
+    ]

@@ -6,8 +6,8 @@ pool our httpx adapter sees): those requests are the attempts of its loop. Hooks
 - ``RetryTransport.handle_request`` / ``handle_async_request``: the loop, when the ``Retry`` in force (the request's
   ``retry`` extension, else the transport's) retries the method at all (``total > 0``, method allowed); otherwise
   the request is a plain one. ``retry.max_attempts`` is ``total + 1``.
-- ``Retry.sleep`` / ``Retry.asleep``: the wait it slept, read from its own account (``elapsed_sleep`` grows by what
-  it slept), never recomputed; called only when the loop tries again.
+- ``Retry.sleep`` / ``Retry.asleep``: called only when the loop tries again; the wait they sleep is the value
+  ``Retry._calculate_sleep`` returns to them (observed only while they run), never recomputed.
 
 The result is httpx-retries' own verdict: returning a status it retries means it gave up (``exhausted``: it returns
 the last response when its retries are spent); raising an error it retries once ``is_exhausted()`` is ``exhausted``;
@@ -32,6 +32,12 @@ _POLICY: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
 )
 """In a loop of ours: a one-item list holding the ``Retry`` in force (httpx-retries makes a new one per retry)."""
 
+_WAIT: contextvars.ContextVar[list[float | None] | None] = contextvars.ContextVar(
+    "otel_resilience_httpx_retries_wait", default=None
+)
+"""While ``Retry.sleep``/``asleep`` runs in a loop of ours: a one-item list (truthy, the hook's check), the wait
+``_calculate_sleep`` gave it."""
+
 
 class HttpxRetriesAdapter:
     """Holds the Telemetry for httpx-retries and installs the hooks."""
@@ -46,6 +52,7 @@ class HttpxRetriesAdapter:
         patches.wrap(transport, "handle_async_request", self._async_loop, enabled=may_record)
         patches.wrap(retry, "sleep", _observe_sleep, enabled=_POLICY.get)
         patches.wrap(retry, "asleep", _observe_async_sleep, enabled=_POLICY.get)
+        patches.wrap(retry, "_calculate_sleep", _observe_wait, enabled=_WAIT.get)
 
     @never_raises
     def _open(
@@ -108,34 +115,43 @@ def _verdict(policy: Any, response: Any, error: BaseException | None) -> str | N
 
 
 def _observe_sleep(wrapped: Callable[..., Any], policy: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    before = _slept(policy)
-    value = wrapped(*args, **kwargs)
-    _report_wait(policy, before)
+    wait: list[float | None] = [None]
+    token = _WAIT.set(wait)
+    try:
+        value = wrapped(*args, **kwargs)
+    finally:
+        _WAIT.reset(token)
+    _report_wait(policy, wait)
     return value
 
 
 async def _observe_async_sleep(
     wrapped: Callable[..., Any], policy: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    before = _slept(policy)
-    value = await wrapped(*args, **kwargs)
-    _report_wait(policy, before)
+    wait: list[float | None] = [None]
+    token = _WAIT.set(wait)
+    try:
+        value = await wrapped(*args, **kwargs)
+    finally:
+        _WAIT.reset(token)
+    _report_wait(policy, wait)
     return value
 
 
-def _slept(policy: Any) -> float | None:
-    try:
-        return float(policy.elapsed_sleep)
-    except Exception:  # not a Retry we know: its wait is then not told
-        return None
+def _observe_wait(wrapped: Callable[..., Any], policy: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    seconds = wrapped(*args, **kwargs)
+    wait = _WAIT.get()
+    if wait is not None:
+        wait[0] = seconds
+    return seconds
 
 
 @never_raises
-def _report_wait(policy: Any, before: float | None) -> None:
+def _report_wait(policy: Any, wait: list[float | None]) -> None:
+    """The sleep ended: the loop tries again after the wait it was given (None if a subclass slept its own way)."""
     holder = _POLICY.get()
     if holder is not None:
         holder[0] = policy  # the Retry now in force (``increment()`` made it)
     loop = current_client_loop()
     if loop is not None:
-        after = _slept(policy)
-        loop.retrying(None if before is None or after is None else after - before)
+        loop.retrying(None if wait[0] is None else float(wait[0]))
