@@ -245,3 +245,36 @@ def test_uninstrument_restores_originals(otel: Otel) -> None:
     assert all(vars(owner)[name] is not originals[(owner, name)] for owner, name in owners)
     HttpxRetriesInstrumentor().uninstrument()
     assert all(vars(owner)[name] is originals[(owner, name)] for owner, name in owners)
+
+
+def test_inside_an_sdks_loop_it_joins_that_loop(otel: Otel, server: ScriptedServer, sleeps: list[float]) -> None:
+    """openai over an httpx client whose transport is a RetryTransport: one loop (the SDK's), whose attempts are every
+    request sent; RetryTransport's waits are waits within the SDK's try, and the SDK's own count decides its result."""
+    import openai
+
+    from otel_resilience.instrumentation.openai import OpenAIRetryInstrumentor
+    from tests.test_http_sdks import ok_reply
+
+    server.reply(Reply(503), Reply(503), Reply(503), Reply(503))
+    transport = RetryTransport(retry=Retry(total=1, allowed_methods=["POST"], backoff_factor=0.5))
+    client = openai.OpenAI(
+        api_key="test-key", base_url=server.url("/v1"), max_retries=2, http_client=httpx.Client(transport=transport)
+    )
+    server.script.append(ok_reply("openai", "sync"))
+    for instrumentor in (OpenAIRetryInstrumentor, HttpxRetriesInstrumentor, HttpxRetryInstrumentor):
+        instrumentor().instrument(**otel.kwargs())
+    try:
+        completion = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        for instrumentor in (OpenAIRetryInstrumentor, HttpxRetriesInstrumentor, HttpxRetryInstrumentor):
+            instrumentor().uninstrument()
+    assert completion.choices[0].message.content == "hi"
+    spans = client_spans(otel.spans())
+    assert len(spans) == 5 == len(server.received)  # SDK tries 1 and 2 are two requests each, try 3 one
+    assert {s.instrumentation_scope.name for s in spans} == {"otel_resilience.openai"}
+    assert [s.attributes[semconv.RETRY_ATTEMPT] for s in spans] == [1, 2, 3, 4, 5]
+    assert [s.attributes.get(semconv.RETRY_DELAY) for s in spans] == [*sleeps, None]
+    assert len(sleeps) == 4  # RetryTransport's two, the SDK's two
+    last = spans[-1].attributes
+    assert (last[semconv.RETRY_ATTEMPTS], last[semconv.RETRY_MAX_ATTEMPTS], last[semconv.RETRY_RESULT]) == (5, 3, "success")
+    assert retry_points(otel) == [("POST 127.0.0.1", "success", 1, 5)]

@@ -174,7 +174,13 @@ class ClientLoop(LoopCall):
         HttpRequest._record(self, result)
 
     def retrying(self, delay: float | None) -> None:
+        """The loop decided to try again after `delay` seconds (its own choice, read from its decision)."""
         self.retries += 1
+        super().retrying(delay)
+
+    def waited(self, delay: float | None) -> None:
+        """A loop inside this one's try (which joined it) waits `delay` before resending: the wait after the last
+        attempt, but not a retry of this loop (its count, which its result may depend on, is unchanged)."""
         super().retrying(delay)
 
     def settle(self, result: str) -> None:

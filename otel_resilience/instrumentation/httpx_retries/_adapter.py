@@ -24,13 +24,21 @@ import httpx_retries
 
 from otel_resilience import semconv
 from otel_resilience.core import Telemetry, never_raises
-from otel_resilience.core.http_loop import OpenedLoop, close_client_loop, current_client_loop, open_client_loop
+from otel_resilience.core.http_loop import ClientLoop, OpenedLoop, close_client_loop, current_client_loop, open_client_loop
 from otel_resilience.instrumentation._base import Patches
 
-_POLICY: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
-    "otel_resilience_httpx_retries_policy", default=None
-)
-"""In a loop of ours: a one-item list holding the ``Retry`` in force (httpx-retries makes a new one per retry)."""
+class _Run:
+    """One run of ``RetryTransport``'s loop: the ``Retry`` in force (httpx-retries makes a new one per retry), and the
+    loop of ours it opened (None when it joined an outer loop, or nothing records)."""
+
+    __slots__ = ("policy", "loop")
+
+    def __init__(self, policy: Any, loop: ClientLoop | None) -> None:
+        self.policy = policy
+        self.loop = loop
+
+
+_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("otel_resilience_httpx_retries_run", default=None)
 
 _WAIT: contextvars.ContextVar[list[float | None] | None] = contextvars.ContextVar(
     "otel_resilience_httpx_retries_wait", default=None
@@ -50,20 +58,21 @@ class HttpxRetriesAdapter:
         transport, retry = httpx_retries.RetryTransport, httpx_retries.Retry
         patches.wrap(transport, "handle_request", self._loop, enabled=may_record)
         patches.wrap(transport, "handle_async_request", self._async_loop, enabled=may_record)
-        patches.wrap(retry, "sleep", _observe_sleep, enabled=_POLICY.get)
-        patches.wrap(retry, "asleep", _observe_async_sleep, enabled=_POLICY.get)
+        patches.wrap(retry, "sleep", _observe_sleep, enabled=_RUN.get)
+        patches.wrap(retry, "asleep", _observe_async_sleep, enabled=_RUN.get)
         patches.wrap(retry, "_calculate_sleep", _observe_wait, enabled=_WAIT.get)
 
     @never_raises
     def _open(
         self, transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[OpenedLoop, list[Any], contextvars.Token[Any]] | None:
+    ) -> tuple[OpenedLoop, _Run, contextvars.Token[Any]] | None:
         request = args[0] if args else kwargs["request"]
         policy = request.extensions.get("retry", transport.retry)
         if policy.total <= 0 or not policy.is_retryable_method(request.method):
             return None  # its policy makes no retries for this request: a plain one
-        holder = [policy]
-        return open_client_loop(self.telemetry, policy.total + 1), holder, _POLICY.set(holder)
+        opened = open_client_loop(self.telemetry, policy.total + 1)
+        run = _Run(policy, opened[0])
+        return opened, run, _RUN.set(run)
 
     def _loop(self, wrapped: Callable[..., Any], transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         state = self._open(transport, args, kwargs)
@@ -94,11 +103,11 @@ class HttpxRetriesAdapter:
 
 @never_raises
 def _close(
-    state: tuple[OpenedLoop, list[Any], contextvars.Token[Any]], response: Any, error: BaseException | None
+    state: tuple[OpenedLoop, _Run, contextvars.Token[Any]], response: Any, error: BaseException | None
 ) -> None:
-    opened, holder, token = state
-    _POLICY.reset(token)
-    close_client_loop(opened, _verdict(holder[0], response, error), error)
+    opened, run, token = state
+    _RUN.reset(token)
+    close_client_loop(opened, _verdict(run.policy, response, error), error)
 
 
 def _verdict(policy: Any, response: Any, error: BaseException | None) -> str | None:
@@ -148,10 +157,17 @@ def _observe_wait(wrapped: Callable[..., Any], policy: Any, args: tuple[Any, ...
 
 @never_raises
 def _report_wait(policy: Any, wait: list[float | None]) -> None:
-    """The sleep ended: the loop tries again after the wait it was given (None if a subclass slept its own way)."""
-    holder = _POLICY.get()
-    if holder is not None:
-        holder[0] = policy  # the Retry now in force (``increment()`` made it)
+    """The sleep ended: the loop tries again after the wait it was given (None if a subclass slept its own way).
+    Inside an outer loop that this one joined, it is a wait within that loop's try, not a retry of it."""
+    run = _RUN.get()
+    if run is None:
+        return
+    run.policy = policy  # the Retry now in force (``increment()`` made it)
     loop = current_client_loop()
-    if loop is not None:
-        loop.retrying(None if wait[0] is None else float(wait[0]))
+    if loop is None:
+        return
+    delay = None if wait[0] is None else float(wait[0])
+    if loop is run.loop:
+        loop.retrying(delay)
+    else:
+        loop.waited(delay)
