@@ -114,8 +114,8 @@ def test_refused_connection_attempts_and_their_waits(fl: Flavour, instrumented: 
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_connection_succeeding_on_retry_reaches_the_server_with_that_attempts_context(fl: Flavour, 
-    instrumented: Otel, sleeps: list[float], kind: str
+def test_connection_succeeding_on_retry_reaches_the_server_with_that_attempts_context(
+    fl: Flavour, instrumented: Otel, sleeps: list[float], kind: str
 ) -> None:
     """The app's own ``trace`` extension (called after ours) opens the server once the first attempt has failed."""
     port = closed_port()
@@ -279,8 +279,8 @@ SCENARIOS = {
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_behaviour_is_identical_with_and_without_instrumentation(fl: Flavour, 
-    otel: Otel, server: ScriptedServer, sleeps: list[float], scenario: str, kind: str
+def test_behaviour_is_identical_with_and_without_instrumentation(
+    fl: Flavour, otel: Otel, server: ScriptedServer, sleeps: list[float], scenario: str, kind: str
 ) -> None:
     target, retries, follow, replies = SCENARIOS[scenario]
     url = f"http://127.0.0.1:{closed_port()}/x" if target == "refused" else server.url("/x")
