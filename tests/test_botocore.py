@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import pytest
+import tenacity
 from aiobotocore.session import get_session
 from botocore.config import Config
 from opentelemetry.instrumentation.botocore import AiobotocoreInstrumentor, BotocoreInstrumentor
@@ -29,10 +31,14 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_resilience import semconv
+from otel_resilience.core.http_loop import LoopCall
 from otel_resilience.instrumentation.aiobotocore import AiobotocoreRetryInstrumentor
 from otel_resilience.instrumentation.botocore import BotocoreRetryInstrumentor
+from otel_resilience.instrumentation.botocore import _adapter as botocore_adapter
+from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
 from tests.conftest import Otel
+from tests.evidence import assert_injected_failure_reported
 from tests.http_support import Reply, ScriptedServer, assert_no_client_in_client, closed_port, events_named, server
 
 __all__ = ["server"]
@@ -565,3 +571,87 @@ def test_uninstrument_restores_originals(otel: Otel) -> None:
     AiobotocoreRetryInstrumentor().uninstrument()
     BotocoreRetryInstrumentor().uninstrument()
     assert [vars(owner)[name] for owner, name in owners] == before
+
+
+# --- our own failures, nesting, no SDK -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [
+        (LoopCall, "attempt_started"),
+        (LoopCall, "attempt_ended"),
+        (LoopCall, "retrying"),
+        (LoopCall, "ended"),
+        (botocore_adapter, "start_call"),
+    ],
+    ids=lambda value: getattr(value, "__name__", str(value)),
+)
+def test_an_error_of_ours_never_reaches_the_app(
+    otel: Otel,
+    server: ScriptedServer,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    owner: Any,
+    name: str,
+) -> None:
+    from otel_resilience.core import _safety
+
+    def run() -> tuple[Any, int, int]:
+        server.received.clear()
+        sleeps.clear()
+        server.script[:] = [s3_reply(503), s3_reply(200)]
+        value = call("s3", server.url())
+        return value["ResponseMetadata"]["RetryAttempts"], len(server.received), len(sleeps)
+
+    bare = run()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"injected failure in {name}")
+
+    monkeypatch.setattr(_safety, "_reported", set())
+    monkeypatch.setattr(owner, name, broken)
+    BotocoreRetryInstrumentor().instrument(**otel.kwargs())
+    try:
+        with caplog.at_level(logging.WARNING, logger="otel_resilience"):
+            traced = [run(), run()]
+    finally:
+        BotocoreRetryInstrumentor().uninstrument()
+    assert traced == [bare, bare]
+    assert_injected_failure_reported(caplog, f"injected failure in {name}")
+
+
+def test_inside_a_tenacity_attempt_the_call_is_one_level_deeper(otel: Otel, server: ScriptedServer, sleeps: list[float]) -> None:
+    server.reply(s3_reply(503), s3_reply(200))
+    TenacityInstrumentor().instrument(**otel.kwargs())
+    BotocoreRetryInstrumentor().instrument(**otel.kwargs())
+    try:
+
+        @tenacity.retry(stop=tenacity.stop_after_attempt(2))
+        def list_buckets() -> Any:
+            return call("s3", server.url())
+
+        assert not isinstance(list_buckets(), Exception)
+    finally:
+        BotocoreRetryInstrumentor().uninstrument()
+        TenacityInstrumentor().uninstrument()
+    first, second = client_spans(otel)
+    (attempt,) = [s for s in otel.spans() if s.kind is SpanKind.INTERNAL and not s.name.startswith("retry ")]
+    assert first.parent.span_id == second.parent.span_id == attempt.get_span_context().span_id  # type: ignore[union-attr]
+    depths = {dict(p.attributes)[semconv.RETRY_NAME]: dict(p.attributes)[semconv.RETRY_DEPTH] for p in otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS)}
+    assert depths["S3.ListBuckets"] == 2
+
+
+def test_no_sdk_records_and_injects_nothing(server: ScriptedServer, sleeps: list[float]) -> None:
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    server.reply(s3_reply(503), s3_reply(200))
+    BotocoreRetryInstrumentor().instrument(tracer_provider=NoOpTracerProvider(), meter_provider=NoOpMeterProvider())
+    try:
+        value = call("s3", server.url())
+    finally:
+        BotocoreRetryInstrumentor().uninstrument()
+    assert value["ResponseMetadata"]["RetryAttempts"] == 1
+    assert all("traceparent" not in r.headers for r in server.received)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from botocore.awsrequest import HeadersDict
 from botocore.retries.standard import RetryContext
 from opentelemetry import context, propagate
 
@@ -67,6 +68,16 @@ def _deciding() -> bool:
 
 def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
     return args[index] if len(args) > index else kwargs[name]
+
+
+def _headers_copy(headers: Any) -> Any:
+    """A copy of an attempt's headers to inject into. botocore's ``HeadersDict`` copies itself key by key in Python
+    (a key object made per header); its state is one dict (``_dict``, of those key objects), copied in C here."""
+    if type(headers) is HeadersDict:
+        copy = HeadersDict.__new__(HeadersDict)
+        copy._dict = headers._dict.copy()
+        return copy
+    return headers.copy()
 
 
 _Attempt = tuple[_Call, Any, Any, object]
@@ -169,7 +180,7 @@ class BotocoreAdapter:
             if ctx is None:  # beside contrib's span for the call, which injected its own context
                 return state, request, None, None
             headers = request.headers
-            carrier = headers.copy()
+            carrier = _headers_copy(headers)
             propagate.inject(carrier, context=ctx)
             request.headers = carrier  # botocore's own per-attempt request; its headers are put back after
             return state, request, headers, context.attach(attempt_context(ctx))
