@@ -16,9 +16,12 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.trace import StatusCode
 
 from otel_resilience import semconv
+from otel_resilience.core.http_loop import ClientLoop
 from otel_resilience.instrumentation.httpx import HttpxRetryInstrumentor
+from otel_resilience.instrumentation.httpx_retries import _adapter as httpx_retries_adapter
 from otel_resilience.instrumentation.httpx_retries import HttpxRetriesInstrumentor
 from tests.conftest import Otel
+from tests.evidence import runs_with_injected_failure
 from tests.http_support import (
     Reply,
     ScriptedServer,
@@ -278,3 +281,39 @@ def test_inside_an_sdks_loop_it_joins_that_loop(otel: Otel, server: ScriptedServ
     last = spans[-1].attributes
     assert (last[semconv.RETRY_ATTEMPTS], last[semconv.RETRY_MAX_ATTEMPTS], last[semconv.RETRY_RESULT]) == (5, 3, "success")
     assert retry_points(otel) == [("POST 127.0.0.1", "success", 1, 5)]
+
+
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [
+        (ClientLoop, "__init__"),
+        (ClientLoop, "retrying"),
+        (ClientLoop, "ended"),
+        (httpx_retries_adapter, "open_client_loop"),
+        (httpx_retries_adapter, "current_client_loop"),
+        (httpx_retries_adapter, "_verdict"),
+    ],
+    ids=lambda value: getattr(value, "__name__", str(value)),
+)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_error_of_ours_never_reaches_the_app(
+    otel: Otel,
+    server: ScriptedServer,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    owner: Any,
+    name: str,
+    kind: str,
+) -> None:
+    def run() -> tuple[Any, ...]:
+        server.received.clear()
+        sleeps.clear()
+        server.script[:] = [Reply(503), Reply(503)]
+        return fetch(kind, server.url("/x"), Retry(total=3, backoff_factor=0.5, backoff_jitter=0)), len(server.received), list(sleeps)
+
+    bare = run()
+    traced = runs_with_injected_failure(
+        otel, monkeypatch, caplog, (owner, name), [HttpxRetriesInstrumentor, HttpxRetryInstrumentor], run
+    )
+    assert traced == [bare, bare]

@@ -23,11 +23,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_resilience import semconv
+from otel_resilience.core.http_loop import ClientLoop
+from otel_resilience.instrumentation import _stainless as stainless
 from otel_resilience.instrumentation.anthropic import AnthropicRetryInstrumentor
 from otel_resilience.instrumentation.httpx import HttpxRetryInstrumentor
 from otel_resilience.instrumentation.httpx2 import Httpx2RetryInstrumentor
 from otel_resilience.instrumentation.openai import OpenAIRetryInstrumentor
 from tests.conftest import Otel
+from tests.evidence import runs_with_injected_failure
 from tests.http_support import (
     Reply,
     ScriptedServer,
@@ -536,3 +539,82 @@ def test_uninstrument_restores_originals(otel: Otel, case: tuple[str, str]) -> N
     assert all(vars(owner)[name] is not originals[(owner, name)] for owner, name in owners)
     OURS[case[0]]().uninstrument()
     assert all(vars(owner)[name] is originals[(owner, name)] for owner, name in owners)
+
+
+FAULTS = [
+    (scenario, owner, name)
+    for scenario in ("503, 503, 200", "503 until exhausted")
+    for owner, name in [
+        (ClientLoop, "__init__"),
+        (ClientLoop, "retrying"),
+        (ClientLoop, "ended"),
+        (stainless, "open_client_loop"),
+        (stainless, "current_client_loop"),
+        (stainless, "_result_of_raise"),
+    ]
+    if name != "_result_of_raise" or scenario != "503, 503, 200"  # asked only when the SDK raises
+]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "owner", "name"), FAULTS, ids=[f"{s}-{getattr(o, '__name__', o)}.{n}" for s, o, n in FAULTS]
+)
+def test_an_error_of_ours_never_reaches_the_app(
+    otel: Otel,
+    server: ScriptedServer,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    owner: Any,
+    name: str,
+    scenario: str,
+) -> None:
+    """An error injected into the loop's core or the SDK adapter: same outcome, requests and number of waits (the
+    SDK's jitter makes the values differ), and the error logged once per place."""
+    case = ("openai", "httpx2")
+    replies, max_retries = SCENARIOS[scenario]
+
+    def run() -> tuple[Any, ...]:
+        server.received.clear()
+        sleeps.clear()
+        server.script[:] = [*replies, ok_reply("openai", "sync")]
+        result = outcome(case, "sync", make_client(case, "sync", base(case, server), max_retries))
+        return result, len(server.received), len(sleeps)
+
+    bare = run()
+    traced = runs_with_injected_failure(
+        otel, monkeypatch, caplog, (owner, name), [OpenAIRetryInstrumentor, Httpx2RetryInstrumentor], run
+    )
+    assert traced == [bare, bare]
+
+
+def test_inside_a_tenacity_attempt_the_call_is_one_level_deeper(
+    otel: Otel, server: ScriptedServer, sleeps: list[float]
+) -> None:
+    import tenacity
+
+    from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
+
+    case = ("openai", "httpx2")
+    server.reply(Reply(503), ok_reply("openai", "sync"))
+    client = make_client(case, "sync", base(case, server), 2)
+    for instrumentor in (TenacityInstrumentor, OpenAIRetryInstrumentor, Httpx2RetryInstrumentor):
+        instrumentor().instrument(**otel.kwargs())
+    try:
+
+        @tenacity.retry(stop=tenacity.stop_after_attempt(2))
+        def chat() -> str:
+            return call(case, "sync", client)
+
+        assert chat() == "hi"
+    finally:
+        for instrumentor in (TenacityInstrumentor, OpenAIRetryInstrumentor, Httpx2RetryInstrumentor):
+            instrumentor().uninstrument()
+    first, second = client_spans(otel.spans())
+    (attempt,) = [s for s in otel.spans() if s.kind is SpanKind.INTERNAL and not s.name.startswith("retry ")]
+    assert first.parent.span_id == second.parent.span_id == attempt.get_span_context().span_id  # type: ignore[union-attr]
+    depths = {
+        p.attributes[semconv.RETRY_NAME]: p.attributes[semconv.RETRY_DEPTH]
+        for p in otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
+    }
+    assert depths["POST 127.0.0.1"] == 2

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises, report_internal_error
 from otel_resilience.core.http_loop import OpenedLoop, close_client_loop, current_client_loop, open_client_loop
 from otel_resilience.instrumentation._base import Patches
 
@@ -65,9 +65,9 @@ class StainlessAdapter:
         try:
             value = wrapped(*args, **kwargs)
         except BaseException as exc:
-            close_client_loop(opened, _result_of_raise(opened), exc)
+            _close(opened, exc)
             raise
-        close_client_loop(opened, semconv.RESULT_SUCCESS, None)
+        _close(opened, None)
         return value
 
     async def _async_loop(
@@ -79,14 +79,26 @@ class StainlessAdapter:
         try:
             value = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            close_client_loop(opened, _result_of_raise(opened), exc)
+            _close(opened, exc)
             raise
-        close_client_loop(opened, semconv.RESULT_SUCCESS, None)
+        _close(opened, None)
         return value
 
 
+def _close(opened: OpenedLoop, error: BaseException | None) -> None:
+    """The loop is over: its result, then `close_client_loop` (guarded itself), which puts the scope back whatever
+    happened before, so that an error of ours never leaves the loop current after the call."""
+    try:
+        result = semconv.RESULT_SUCCESS if error is None else _result_of_raise(opened)
+    except Exception:
+        report_internal_error("instrumentation._stainless: the loop's result")
+        result = None
+    close_client_loop(opened, result, error)
+
+
 def _result_of_raise(opened: OpenedLoop) -> str | None:
-    """The SDK raised: after its last try (every retry used) it is ``exhausted``; before, its policy did not retry."""
+    """The SDK raised: after its last try (every retry used) it is ``exhausted``; before, its policy did not retry.
+    (None when this cannot be told: the core then infers the result from the last attempt.)"""
     loop = opened[0]
     if loop is None or loop.max_attempts is None:
         return None

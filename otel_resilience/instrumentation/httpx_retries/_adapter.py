@@ -23,7 +23,7 @@ from typing import Any
 import httpx_retries
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises, report_internal_error
 from otel_resilience.core.http_loop import ClientLoop, OpenedLoop, close_client_loop, current_client_loop, open_client_loop
 from otel_resilience.instrumentation._base import Patches
 
@@ -101,16 +101,23 @@ class HttpxRetriesAdapter:
         return response
 
 
-@never_raises
 def _close(
     state: tuple[OpenedLoop, _Run, contextvars.Token[Any]], response: Any, error: BaseException | None
 ) -> None:
+    """The loop is over: our state, then the scope (`close_client_loop`, guarded itself), are put back whatever
+    happens in between, so that an error of ours never leaves the loop current after the call."""
     opened, run, token = state
     _RUN.reset(token)
-    close_client_loop(opened, _verdict(run.policy, response, error), error)
+    try:
+        result = _verdict(run.policy, response, error)
+    except Exception:
+        report_internal_error("instrumentation.httpx_retries: the loop's verdict")
+        result = None
+    close_client_loop(opened, result, error)
 
 
 def _verdict(policy: Any, response: Any, error: BaseException | None) -> str | None:
+    """httpx-retries' own verdict (None when it cannot be read: the core then infers the result)."""
     if error is not None:
         if not isinstance(error, Exception):
             return None  # aborted: the core says so
