@@ -618,3 +618,21 @@ def test_inside_a_tenacity_attempt_the_call_is_one_level_deeper(
         for p in otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
     }
     assert depths["POST 127.0.0.1"] == 2
+
+
+def test_with_no_sdk_nothing_is_recorded_or_injected(
+    server: ScriptedServer, sleeps: list[float], case: tuple[str, str]
+) -> None:
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    server.reply(Reply(503), Reply(503), ok_reply(case[0], "sync"))
+    providers = {"tracer_provider": NoOpTracerProvider(), "meter_provider": NoOpMeterProvider()}
+    OURS[case[0]]().instrument(**providers)
+    OUR_HTTP[case[1]]().instrument(**providers)
+    try:
+        assert call(case, "sync", make_client(case, "sync", base(case, server), 2)) == "hi"
+    finally:
+        OUR_HTTP[case[1]]().uninstrument()
+        OURS[case[0]]().uninstrument()
+    assert server.traceparents() == [None, None, None] and len(sleeps) == 2
