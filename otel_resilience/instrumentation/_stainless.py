@@ -33,6 +33,8 @@ from otel_resilience.instrumentation._base import Patches
 
 
 def _loop_method(cls: type) -> str:
+    """The method that runs the retry loop: ``_request`` where the class has one (anthropic's ``request`` opens the
+    SDK's own span around it), else ``request``."""
     return "_request" if "_request" in vars(cls) else "request"
 
 
@@ -113,6 +115,7 @@ def _observe_wait(wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...
 
 @never_raises
 def _report_wait(delay: Any) -> None:
+    """The SDK decided to try again after `delay` seconds: the wait after the attempt that just ended."""
     loop = current_client_loop()
     if loop is not None:
         loop.retrying(float(delay))
