@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
@@ -99,6 +101,20 @@ class ScriptedServer:
 
 
 @pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Waits through ``time.sleep`` (sync) and ``anyio.sleep`` (async: httpcore's and the SDKs'): recorded, not
+    waited. A test module that uses it imports it (and lists it in ``__all__``), as it does `server`."""
+    calls: list[float] = []
+
+    async def async_sleep(seconds: float) -> None:
+        calls.append(seconds)
+
+    monkeypatch.setattr(time, "sleep", calls.append)
+    monkeypatch.setattr(anyio, "sleep", async_sleep)
+    return calls
+
+
+@pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     scripted = ScriptedServer()
     yield scripted
@@ -156,3 +172,12 @@ def loopback_attempt(port: int, number: int, path: str = "/", **extra: Any) -> d
     if number > 1:
         attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
     return {**attributes, **extra}
+
+
+def retry_points(otel: Any) -> list[tuple[str, str, int, int]]:
+    """The ``retry.attempts`` points collected now (`otel` is the conftest's ``Otel``), as (``retry.name``,
+    ``retry.result``, count, sum)."""
+    return [
+        (p.attributes[semconv.RETRY_NAME], p.attributes[semconv.RETRY_RESULT], p.count, p.sum)
+        for p in otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
+    ]
