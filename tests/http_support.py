@@ -160,11 +160,12 @@ def assert_no_client_in_client(spans: Sequence[ReadableSpan]) -> None:
             assert parent.kind is not SpanKind.CLIENT, f"CLIENT {span.name} inside CLIENT {parent.name}"
 
 
-def loopback_attempt(port: int, number: int, path: str = "/", **extra: Any) -> dict[str, Any]:
-    """The attributes of our CLIENT span for attempt `number` of a GET to ``127.0.0.1:{port}{path}``, plus `extra`."""
+def loopback_attempt(port: int, number: int, path: str = "/", method: str = "GET", **extra: Any) -> dict[str, Any]:
+    """The attributes of our CLIENT span for attempt `number` of a `method` request to ``127.0.0.1:{port}{path}``,
+    plus `extra`."""
     attributes: dict[str, Any] = {
         semconv.RETRY_ATTEMPT: number,
-        semconv.HTTP_REQUEST_METHOD: "GET",
+        semconv.HTTP_REQUEST_METHOD: method,
         semconv.URL_FULL: f"http://127.0.0.1:{port}{path}",
         semconv.SERVER_ADDRESS: "127.0.0.1",
         semconv.SERVER_PORT: port,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import time
 from collections.abc import Iterator
@@ -37,8 +36,17 @@ from otel_resilience.instrumentation.botocore import BotocoreRetryInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
 from tests.conftest import Otel
-from tests.evidence import assert_injected_failure_reported
-from tests.http_support import Reply, ScriptedServer, assert_no_client_in_client, closed_port, events_named, server
+from tests.evidence import runs_with_injected_failure
+from tests.http_support import (
+    Reply,
+    ScriptedServer,
+    assert_attributes,
+    assert_no_client_in_client,
+    closed_port,
+    events_named,
+    loopback_attempt,
+    server,
+)
 
 __all__ = ["server"]
 
@@ -148,27 +156,13 @@ NAMES = {"s3": ("S3", "ListBuckets", "GET", "/"), "dynamodb": ("DynamoDB", "List
 def ours(server_port: int, service: str, number: int, **extra: Any) -> dict[str, Any]:
     """The attributes of our CLIENT span for attempt `number` of `service`'s call to the loopback server."""
     rpc_service, method, http_method, path = NAMES[service]
-    attributes: dict[str, Any] = {
+    call_attributes = {
         semconv.RPC_SYSTEM: "aws-api",
         semconv.RPC_SERVICE: rpc_service,
         semconv.RPC_METHOD: method,
         semconv.CLOUD_REGION: "us-east-1",
-        semconv.HTTP_REQUEST_METHOD: http_method,
-        semconv.URL_FULL: f"http://127.0.0.1:{server_port}{path}",
-        semconv.SERVER_ADDRESS: "127.0.0.1",
-        semconv.SERVER_PORT: server_port,
-        semconv.RETRY_ATTEMPT: number,
     }
-    if number > 1:
-        attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
-    return {**attributes, **extra}
-
-
-def assert_attributes(span: ReadableSpan, expected: dict[str, Any]) -> None:
-    actual = dict(span.attributes or {})
-    assert actual == expected, f"{span.name}: {actual} != {expected}"
-    for key, value in expected.items():
-        assert type(actual[key]) is type(value), f"{key} is {type(actual[key])}, expected {type(value)}"
+    return loopback_attempt(server_port, number, path, http_method, **call_attributes, **extra)
 
 
 def failed(status: int, delay: float) -> dict[str, Any]:
@@ -595,8 +589,6 @@ def test_an_error_of_ours_never_reaches_the_app(
     owner: Any,
     name: str,
 ) -> None:
-    from otel_resilience.core import _safety
-
     def run() -> tuple[Any, int, int]:
         server.received.clear()
         sleeps.clear()
@@ -605,20 +597,8 @@ def test_an_error_of_ours_never_reaches_the_app(
         return value["ResponseMetadata"]["RetryAttempts"], len(server.received), len(sleeps)
 
     bare = run()
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(f"injected failure in {name}")
-
-    monkeypatch.setattr(_safety, "_reported", set())
-    monkeypatch.setattr(owner, name, broken)
-    BotocoreRetryInstrumentor().instrument(**otel.kwargs())
-    try:
-        with caplog.at_level(logging.WARNING, logger="otel_resilience"):
-            traced = [run(), run()]
-    finally:
-        BotocoreRetryInstrumentor().uninstrument()
+    traced = runs_with_injected_failure(otel, monkeypatch, caplog, (owner, name), [BotocoreRetryInstrumentor], run)
     assert traced == [bare, bare]
-    assert_injected_failure_reported(caplog, f"injected failure in {name}")
 
 
 def test_inside_a_tenacity_attempt_the_call_is_one_level_deeper(otel: Otel, server: ScriptedServer, sleeps: list[float]) -> None:

@@ -37,6 +37,7 @@ from tests.http_support import (
     client_spans,
     closed_port,
     events_named,
+    loopback_attempt,
     retry_points,
     server,
     sleeps,
@@ -166,16 +167,7 @@ def instrumented(otel: Otel, case: tuple[str, str]) -> Iterator[Otel]:
 
 def attempt(case: tuple[str, str], port: int, number: int, **extra: Any) -> dict[str, Any]:
     """Our CLIENT span's attributes for try `number` of the SDK's POST to the loopback server, plus `extra`."""
-    attributes: dict[str, Any] = {
-        semconv.HTTP_REQUEST_METHOD: "POST",
-        semconv.URL_FULL: f"http://127.0.0.1:{port}{PATHS[case[0]]}",
-        semconv.SERVER_ADDRESS: "127.0.0.1",
-        semconv.SERVER_PORT: port,
-        semconv.RETRY_ATTEMPT: number,
-    }
-    if number > 1:
-        attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
-    return {**attributes, **extra}
+    return loopback_attempt(port, number, PATHS[case[0]], "POST", **extra)
 
 
 def run_in_caller(otel: Otel, fn: Any) -> tuple[Any, ReadableSpan]:
