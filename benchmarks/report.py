@@ -194,6 +194,9 @@ def _http(http: list[Row]) -> list[str]:
         "requests instrumentation − bare) per request. *hand-built vs contrib*: the same for our attempt span's",
         "telemetry made by hand (the CLIENT span with its attributes and the injected context; a first-attempt success",
         "records no metric point): the floor no instrumentation of this contract goes below.",
+        "*botocore* rows (`bench_botocore`): a boto3 S3 call, one attempt or 503, 503, 200 (botocore's waits patched",
+        "out), ours per attempt against contrib's botocore instrumentation per API call (0.6 is issue 5's HTTP target,",
+        "shown for reference).",
         "",
         "| HTTP scenario | attempts | bare | contrib | hand-built | ours | ours + contrib | per attempt vs contrib "
         "(target) | hand-built vs contrib | ours vs hand-built | no SDK, added |",

@@ -28,6 +28,10 @@ RETRY_STOP_REASON: Final = "retry.stop_reason"
 """Why an ``exhausted`` operation stopped, where the library says and it is not the attempt limit."""
 STOP_REASON_TIMEOUT: Final = "timeout"
 """`retry.stop_reason`: the policy's deadline or overall timeout ended it (google-api-core's ``timeout``)."""
+RETRY_BUDGET_EXHAUSTED: Final = "retry.budget_exhausted"
+"""``true`` when a retry budget (botocore's retry quota in its standard and adaptive modes) refused the retry that
+would have followed: the operation ended ``exhausted`` before its attempt limit. On the span that carries
+``retry.result`` and on both retry metric points; absent otherwise."""
 
 RETRY_ATTEMPT_EVENT: Final = "retry.attempt"
 """With ``attempt_spans="none"`` each attempt is an event of this name on the operation span."""
@@ -90,6 +94,15 @@ SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
 HTTP_RESEND_EVENT: Final = "http.request.resend"
 """Beside contrib's one-span-per-request instrumentation, each earlier attempt is an event of this name."""
+
+# --- remote procedure calls (a retry loop above the HTTP client names its attempts after the call) ------------------
+
+RPC_SYSTEM: Final = "rpc.system"
+RPC_SERVICE: Final = "rpc.service"
+RPC_METHOD: Final = "rpc.method"
+RPC_SYSTEM_AWS: Final = "aws-api"
+"""`rpc.system` of an AWS SDK call, as the AWS SDK conventions (and contrib's botocore instrumentation) name it."""
+CLOUD_REGION: Final = "cloud.region"
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from otel_resilience.core import _safety
 from tests.conftest import Otel
 
 PROPERTY_SETTINGS = settings(
@@ -371,3 +373,33 @@ def assert_injected_failure_reported(caplog: pytest.LogCaptureFixture, failure: 
     for record in caplog.records:
         if record.name == "otel_resilience" and record.exc_info:
             assert failure in str(record.exc_info[1])
+
+
+def runs_with_injected_failure(
+    otel: Otel,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    target: tuple[Any, str],
+    instrumentors: Sequence[type[Any]],
+    run: Callable[[], Any],
+) -> list[Any]:
+    """`run()` twice with `instrumentors` instrumented (against `otel`) while ``owner.name``
+    (`target`) raises: what the app saw each time. The failure must have been reached and logged once per place."""
+    owner, name = target
+    failure = f"injected failure in {name}"
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(failure)
+
+    monkeypatch.setattr(_safety, "_reported", set())
+    monkeypatch.setattr(owner, name, broken)
+    for instrumentor in instrumentors:
+        instrumentor().instrument(**otel.kwargs())
+    try:
+        with caplog.at_level(logging.WARNING, logger="otel_resilience"):
+            results = [run(), run()]
+    finally:
+        for instrumentor in reversed(instrumentors):
+            instrumentor().uninstrument()
+    assert_injected_failure_reported(caplog, failure)
+    return results

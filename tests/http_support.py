@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
@@ -99,6 +101,20 @@ class ScriptedServer:
 
 
 @pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Waits through ``time.sleep`` (sync) and ``anyio.sleep`` (async: httpcore's and the SDKs'): recorded, not
+    waited. A test module that uses it imports it (and lists it in ``__all__``), as it does `server`."""
+    calls: list[float] = []
+
+    async def async_sleep(seconds: float) -> None:
+        calls.append(seconds)
+
+    monkeypatch.setattr(time, "sleep", calls.append)
+    monkeypatch.setattr(anyio, "sleep", async_sleep)
+    return calls
+
+
+@pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     scripted = ScriptedServer()
     yield scripted
@@ -144,11 +160,12 @@ def assert_no_client_in_client(spans: Sequence[ReadableSpan]) -> None:
             assert parent.kind is not SpanKind.CLIENT, f"CLIENT {span.name} inside CLIENT {parent.name}"
 
 
-def loopback_attempt(port: int, number: int, path: str = "/", **extra: Any) -> dict[str, Any]:
-    """The attributes of our CLIENT span for attempt `number` of a GET to ``127.0.0.1:{port}{path}``, plus `extra`."""
+def loopback_attempt(port: int, number: int, path: str = "/", method: str = "GET", **extra: Any) -> dict[str, Any]:
+    """The attributes of our CLIENT span for attempt `number` of a `method` request to ``127.0.0.1:{port}{path}``,
+    plus `extra`."""
     attributes: dict[str, Any] = {
         semconv.RETRY_ATTEMPT: number,
-        semconv.HTTP_REQUEST_METHOD: "GET",
+        semconv.HTTP_REQUEST_METHOD: method,
         semconv.URL_FULL: f"http://127.0.0.1:{port}{path}",
         semconv.SERVER_ADDRESS: "127.0.0.1",
         semconv.SERVER_PORT: port,
@@ -156,3 +173,12 @@ def loopback_attempt(port: int, number: int, path: str = "/", **extra: Any) -> d
     if number > 1:
         attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = number - 1
     return {**attributes, **extra}
+
+
+def retry_points(otel: Any) -> list[tuple[str, str, int, int]]:
+    """The ``retry.attempts`` points collected now (`otel` is the conftest's ``Otel``), as (``retry.name``,
+    ``retry.result``, count, sum)."""
+    return [
+        (p.attributes[semconv.RETRY_NAME], p.attributes[semconv.RETRY_RESULT], p.count, p.sum)
+        for p in otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
+    ]

@@ -40,6 +40,23 @@ def test_final_result(retry_wanted: bool, failed: bool, error: BaseException | N
 
 
 @pytest.mark.parametrize(
+    "failed,spent,error,expected",
+    [
+        (False, False, None, SUCCESS),
+        (False, True, None, SUCCESS),  # the last allowed attempt succeeded
+        (True, True, None, EXHAUSTED),
+        (True, True, FAILURE, EXHAUSTED),
+        (True, False, FAILURE, NOT_RETRIED),
+        (True, False, None, NOT_RETRIED),
+        (True, True, ABORT, ABORTED),
+        (False, False, CANCELLED, ABORTED),
+    ],
+)
+def test_loop_result(failed: bool, spent: bool, error: BaseException | None, expected: str) -> None:
+    assert outcome.loop_result(failed=failed, spent=spent, error=error) == expected
+
+
+@pytest.mark.parametrize(
     "verdict,error,last_failed,expected",
     [
         (None, None, False, SUCCESS),

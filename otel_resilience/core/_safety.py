@@ -2,11 +2,12 @@
 and swallowed; the app's call carries on exactly as it would without us.
 
 The rule for who guards: **the core guards its own entry points.** Every method of an observation (`RetryOperation`,
-`ProxiedAttempts`, `BreakerCall`, `HttpRequest`) and every hook or wrapper the core hands to adapters (core/breaker.py's
-`admitted`, `refused`, `reported_transition`, `failure_hook`; core/http.py's scope wrappers) swallows its own errors,
-so an adapter calls into the core without a guard for it. An adapter guards its own work (reading its library's
-objects, building arguments) in its hooks. Both use `never_raises`, or an inline ``try`` where a benchmark row showed
-the extra frame.
+`ProxiedAttempts`, `BreakerCall`, `HttpRequest` and its loops above the client, `LoopCall` and `ClientLoop`) and every
+hook or wrapper the core hands to adapters (core/breaker.py's `admitted`, `refused`, `reported_transition`,
+`failure_hook`; core/http.py's scope wrappers; core/http_loop.py's `end_client_loop`) swallows its own errors, so an
+adapter calls into the core without a guard for it. An adapter guards its own work (reading its library's objects,
+building arguments) in its hooks. Both use `never_raises`, or an inline ``try`` where a benchmark row showed the extra
+frame.
 """
 
 from __future__ import annotations

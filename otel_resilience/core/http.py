@@ -129,7 +129,7 @@ class HttpRequest:
     __slots__ = (
         "_telemetry", "_method", "_host", "_parent", "_start_ns", "attempts", "is_ended", "credentials_host",
         "container", "error_type", "_in_attempt", "_span", "_ended_attempt", "_resend_event", "_verdict",
-        "_looked_in", "_client_span",
+        "_looked_in", "_client_span", "joins_any_client",
     )
 
     @classmethod
@@ -166,6 +166,9 @@ class HttpRequest:
         self._verdict: str | None = None  # what `layer_ended` said
         self._looked_in: Context | None = None  # the context the last attempt started in, and the client span there
         self._client_span: Span | None = None
+        self.joins_any_client = False
+        """True for a retry loop above the HTTP client whose attempts the client adapters see
+        (`core.http_loop.ClientLoop`): the attempts of every client adapter join it, whatever the request's policy."""
 
     def attempt_started(
         self, method: str, url: str, host: str, port: int | None, *, beside_contrib: bool = False
@@ -188,9 +191,7 @@ class HttpRequest:
             if container is not None:
                 self._enrich(container)
                 return None
-            span_name, attributes = attempt_attributes(
-                method, url, host, port, had_credentials=host == self.credentials_host
-            )
+            span_name, attributes = self._names(method, url, host, port)
             attributes[semconv.RETRY_ATTEMPT] = attempts
             if attempts > 1:
                 attributes[semconv.HTTP_REQUEST_RESEND_COUNT] = attempts - 1
@@ -203,6 +204,11 @@ class HttpRequest:
         except Exception:
             report_internal_error("otel_resilience.core.http.HttpRequest.attempt_started")
             return None
+
+    def _names(self, method: str, url: str, host: str, port: int | None) -> tuple[str, dict[str, Any]]:
+        """The name and first attributes of an attempt's span (a loop above the client names its attempts after the
+        call it retries: `core.http_loop`)."""
+        return attempt_attributes(method, url, host, port, had_credentials=host == self.credentials_host)
 
     def _current_client_span(self) -> Span | None:
         """`current_client_span`, looked up again only when the current context changed since the last attempt:
@@ -289,7 +295,21 @@ class HttpRequest:
     def _write_outcome(self, result: str) -> None:
         container = self.container
         if container is not None and container.is_recording():
-            container.set_attributes({semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
+            container.set_attributes(self._outcome(result))
+
+    def _outcome(self, result: str) -> dict[str, Any]:
+        """What the request's last attempt (or contrib's span) says of the whole request."""
+        return {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result}
+
+    def _record(self, result: str) -> None:
+        """The request's retry metric points; ``retry.name`` is ``{METHOD} {host}`` (see `start`)."""
+        self._telemetry.record_retry(
+            f"{method_names(self._method)[1]} {self._host}",  # type: ignore[arg-type]
+            result,
+            current_depth(self._parent) + 1,
+            self.attempts,
+            (time_ns() - self._start_ns) / 1e9,
+        )
 
     def ended(
         self, result: str | None = None, error: BaseException | None = None, error_result: ErrorResult | None = None
@@ -307,17 +327,11 @@ class HttpRequest:
             verdict = self._verdict if result is None else result
             result = outcome.request_result(verdict, error, mapped, self.error_type is not None)
             if self._ended_attempt is not None:
-                self._report(False, {semconv.RETRY_ATTEMPTS: self.attempts, semconv.RETRY_RESULT: result})
+                self._report(False, self._outcome(result))
             if self.container is not None:
                 self._write_outcome(result)
             if self.attempts != 1 or result != semconv.RESULT_SUCCESS:
-                self._telemetry.record_retry(
-                    f"{method_names(self._method)[1]} {self._host}",  # type: ignore[arg-type]
-                    result,
-                    current_depth(self._parent) + 1,
-                    self.attempts,
-                    (time_ns() - self._start_ns) / 1e9,
-                )
+                self._record(result)
         except Exception:
             report_internal_error("otel_resilience.core.http.HttpRequest.ended")
 
@@ -335,15 +349,27 @@ UrlOf = Callable[[tuple[Any, ...], dict[str, Any]], Any]
 ScopeWrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
-def request_in_scope(telemetry: Telemetry, method: str, host: str) -> tuple[HttpRequest | None, bool]:
+def request_in_scope(
+    telemetry: Telemetry, method: str, host: str, *, retried: bool = True
+) -> tuple[HttpRequest | None, bool]:
     """The request an attempt starting now belongs to, and whether a scope owns it (then the scope ends it; the
-    adapter only reports `layer_ended`). Outside any scope of this library, a new request the adapter ends itself."""
+    adapter only reports `layer_ended`). Outside any scope of this library, a new request the adapter ends itself.
+
+    `retried=False`: the request's own policy makes no retries (urllib3 ``retries=False``, ``Retry(0)``; an httpx
+    transport with ``retries=0``): it is not a retried operation, and we observe nothing of it (None). Outside any
+    retry loop of ours it is a plain request, which HTTP instrumentation traces, not retry instrumentation: no
+    ``retry.*`` attributes, no retry metric points, a contrib span left as contrib made it. Inside a loop of ours
+    (tenacity, a target, botocore: `core.http_loop`) it is an attempt of that loop, which that loop shows: a
+    `ClientLoop` (an SDK's loop, httpx-retries') is current here and the attempt joins it, whatever `retried` says.
+    docs/telemetry.md ("Requests that are not retried") has the reasons."""
     request = _SCOPE.get()
-    if request is not None and request._telemetry is telemetry:
+    if request is not None and (request.joins_any_client or retried and request._telemetry is telemetry):
         if request._method is None:  # its first attempt names it (``retry.name``: see `HttpRequest.start`)
             request._method = method
             request._host = host
         return request, True
+    if not retried:
+        return None, False
     return HttpRequest.start(telemetry, method, host), False  # it guards itself; the lines above only read and set
 
 
@@ -367,6 +393,9 @@ def _scope_started(
     ctx = get_current()
     request = None
     if telemetry.recording(ctx):
+        current = _SCOPE.get()
+        if current is not None and current.joins_any_client:  # a loop above the client: its requests are attempts
+            return None, _SCOPE.set(current), (None if afresh is None else afresh.set(None))
         request = HttpRequest(telemetry, None, None, ctx)
         request.credentials_host = credentials_host(url if isinstance(url, str) else None)
     return request, _SCOPE.set(request), (None if afresh is None else afresh.set(None))

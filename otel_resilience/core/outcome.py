@@ -28,6 +28,14 @@ def final_result(*, retry_wanted: bool, failed: bool, error: BaseException | Non
     return semconv.RESULT_NOT_RETRIED if failed else semconv.RESULT_SUCCESS
 
 
+def loop_result(*, failed: bool, spent: bool, error: BaseException | None = None) -> str:
+    """The result of a retry loop above the HTTP client (botocore's, an SDK's), which stops when its attempts or its
+    retry budget are `spent`: ``success`` when its last attempt did not fail; ``exhausted`` when it failed with
+    nothing left to spend; else ``not_retried`` (its policy did not retry what happened). `error`, what escaped, wins
+    when it aborts."""
+    return final_result(retry_wanted=failed and spent, failed=failed, error=error)
+
+
 def operation_result(verdict: str | None, error: BaseException | None, last_attempt_failed: bool) -> str:
     """A retried operation's result: the library's verdict when an adapter heard one; else ``exhausted`` when the
     last attempt failed or an error escaped, ``success`` otherwise. An aborting `error` wins over everything."""

@@ -139,13 +139,17 @@ class Telemetry:
             report_internal_error("Telemetry.recording")
             return False
 
-    def record_retry(self, name: str, result: str, depth: int, attempts: int, seconds: float) -> None:
+    def record_retry(
+        self, name: str, result: str, depth: int, attempts: int, seconds: float, *, budget_exhausted: bool = False
+    ) -> None:
         """The metric points of one retried operation (or HTTP request) that ended: `retry.attempts` and
-        `retry.duration`."""
-        self.retry_attempts.record(
-            attempts, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result, semconv.RETRY_DEPTH: depth}
-        )
-        self.retry_duration.record(seconds, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result})
+        `retry.duration`. `budget_exhausted`: a retry budget refused the retry that would have followed (botocore's
+        retry quota); both points then carry ``retry.budget_exhausted=true``, so an alert can count them."""
+        attributes: dict[str, str | bool] = {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result}
+        if budget_exhausted:
+            attributes[semconv.RETRY_BUDGET_EXHAUSTED] = True
+        self.retry_attempts.record(attempts, {**attributes, semconv.RETRY_DEPTH: depth})
+        self.retry_duration.record(seconds, attributes)
 
     def record_transition(self, breaker: str, previous: str, state: str) -> None:
         """Count one state change of the breaker named `breaker`: the `circuitbreaker.transitions` counter."""

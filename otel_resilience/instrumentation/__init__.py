@@ -20,7 +20,13 @@ INSTRUMENTORS: Final = {
     "resilience_purgatory": "otel_resilience.instrumentation.purgatory:PurgatoryInstrumentor",
     "resilience_urllib3": "otel_resilience.instrumentation.urllib3:Urllib3RetryInstrumentor",
     "resilience_httpx": "otel_resilience.instrumentation.httpx:HttpxRetryInstrumentor",
+    "resilience_httpx2": "otel_resilience.instrumentation.httpx2:Httpx2RetryInstrumentor",
     "resilience_aiohttp_retry": "otel_resilience.instrumentation.aiohttp_retry:AiohttpRetryInstrumentor",
     "resilience_google_api_core": "otel_resilience.instrumentation.google_api_core:GoogleApiCoreInstrumentor",
     "resilience_redis": "otel_resilience.instrumentation.redis:RedisRetryInstrumentor",
+    "resilience_botocore": "otel_resilience.instrumentation.botocore:BotocoreRetryInstrumentor",
+    "resilience_aiobotocore": "otel_resilience.instrumentation.aiobotocore:AiobotocoreRetryInstrumentor",
+    "resilience_openai": "otel_resilience.instrumentation.openai:OpenAIRetryInstrumentor",
+    "resilience_anthropic": "otel_resilience.instrumentation.anthropic:AnthropicRetryInstrumentor",
+    "resilience_httpx_retries": "otel_resilience.instrumentation.httpx_retries:HttpxRetriesInstrumentor",
 }

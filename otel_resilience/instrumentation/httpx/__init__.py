@@ -33,9 +33,9 @@ class HttpxRetryInstrumentor(ResilienceInstrumentor):
     _instruments: Collection[str] = _instruments
 
     def _patch(self, telemetry: Telemetry) -> None:
-        from otel_resilience.instrumentation.httpx._adapter import HttpxAdapter
+        from otel_resilience.instrumentation.httpx._adapter import ClientModules, HttpxAdapter
 
-        HttpxAdapter(telemetry).patch(self.patches)
+        HttpxAdapter(telemetry, ClientModules.load("httpx", "httpcore")).patch(self.patches)
 
 
 __all__ = ["HttpxRetryInstrumentor"]

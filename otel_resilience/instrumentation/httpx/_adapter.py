@@ -1,4 +1,5 @@
-"""Translate httpx's transport retries (httpcore's connection retries) and its redirect loop into HTTP attempts.
+"""Translate httpx's transport retries (httpcore's connection retries) and its redirect loop into HTTP attempts, for
+httpx/httpcore and for their fork httpx2/httpcore2 (same code, own packages): one adapter, given the client's modules.
 
 ``ConnectionPool.handle_request``/``AsyncConnectionPool.handle_async_request`` are one request through the pool
 (contrib wraps httpx's transports, one level up); httpcore's public ``trace`` request extension tells when a
@@ -9,14 +10,12 @@ connection attempt failed and when the next began; ``exponential_backoff`` gives
 from __future__ import annotations
 
 import contextvars
+import importlib
 from collections.abc import Callable, Iterator
 from time import time_ns
-from typing import Any, Final
+from types import ModuleType
+from typing import Any, Final, NamedTuple
 
-import httpcore
-import httpx
-from httpcore._async import connection as async_connection
-from httpcore._sync import connection as sync_connection
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
@@ -24,15 +23,29 @@ from otel_resilience import semconv
 from otel_resilience.core import Telemetry, http, never_raises, outcome
 from otel_resilience.patching import Patches
 
-LIBRARY: Final = "httpx"
-
 _CONNECT_FAILED: Final = frozenset(
     ("connection.connect_tcp.failed", "connection.connect_unix_socket.failed", "connection.start_tls.failed")
 )
 _RETRY_STARTED: Final = "connection.retry.started"
 _RETRY_COMPLETE: Final = "connection.retry.complete"
-_RETRIED_ERRORS: Final = (httpcore.ConnectError, httpcore.ConnectTimeout)
-"""What httpcore retries: when one escapes the pool, its retry budget is spent."""
+
+
+class ClientModules(NamedTuple):
+    """The modules of one httpx flavour: httpx and httpcore, or httpx2 and httpcore2 (a fork with the same code)."""
+
+    httpx: ModuleType
+    httpcore: ModuleType
+    sync_connection: ModuleType
+    async_connection: ModuleType
+
+    @classmethod
+    def load(cls, httpx_name: str, httpcore_name: str) -> ClientModules:
+        return cls(
+            importlib.import_module(httpx_name),
+            importlib.import_module(httpcore_name),
+            importlib.import_module(f"{httpcore_name}._sync.connection"),
+            importlib.import_module(f"{httpcore_name}._async.connection"),
+        )
 
 
 def _with_trace_context(headers: list[tuple[bytes, bytes]], ctx: Context) -> list[tuple[bytes, bytes]]:
@@ -61,10 +74,14 @@ class _PoolRequest:
         "delay",
         "connect_error",
         "connect_end",
+        "retried_errors",
     )
 
-    def __init__(self, request: http.HttpRequest, scoped: bool, core_request: Any) -> None:
+    def __init__(
+        self, request: http.HttpRequest, scoped: bool, core_request: Any, retried_errors: tuple[type[BaseException], ...]
+    ) -> None:
         self.request = request
+        self.retried_errors = retried_errors  # what httpcore retries: when one escapes the pool, its budget is spent
         self.scoped = scoped
         self.core_request = core_request
         url = core_request.url
@@ -128,7 +145,7 @@ class _PoolRequest:
         end_ns = self.connect_end if error is self.connect_error else None
         self.request.attempt_ended(error=error, end_ns=end_ns)
         # httpcore retries only these: one escaping means its retry budget is spent
-        retried = isinstance(error, _RETRIED_ERRORS)
+        retried = isinstance(error, self.retried_errors)
         self.ended(outcome.final_result(retry_wanted=retried, failed=True, error=error), error)
 
     def ended(self, result: str, error: BaseException | None) -> None:
@@ -161,11 +178,6 @@ class _ObservedDelays:
         return delay
 
 
-def _httpx_error_result(error: BaseException) -> str | None:
-    """httpx raises ``TooManyRedirects`` when its redirect limit stops the loop: the policy gave up."""
-    return semconv.RESULT_EXHAUSTED if isinstance(error, httpx.TooManyRedirects) else None
-
-
 def _app_url(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """The URL of ``Client.send(request, ...)``: the request's, as the app built it."""
     url = getattr(args[0] if args else kwargs.get("request"), "url", None)
@@ -173,13 +185,20 @@ def _app_url(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
 
 
 class HttpxAdapter:
-    """Holds the Telemetry for httpx and installs the hooks."""
+    """Holds the Telemetry for one httpx flavour (`modules`) and installs the hooks."""
 
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: Telemetry, modules: ClientModules) -> None:
         self.telemetry = telemetry
+        self.modules = modules
+        self._retried_errors = (modules.httpcore.ConnectError, modules.httpcore.ConnectTimeout)
+
+    def _error_result(self, error: BaseException) -> str | None:
+        """httpx raises ``TooManyRedirects`` when its redirect limit stops the loop: the policy gave up."""
+        return semconv.RESULT_EXHAUSTED if isinstance(error, self.modules.httpx.TooManyRedirects) else None
 
     def patch(self, patches: Patches) -> None:
         telemetry = self.telemetry
+        httpx, httpcore = self.modules.httpx, self.modules.httpcore
         recording = telemetry.recording
         patches.wrap(httpcore.ConnectionPool, "handle_request", self._pool_request, enabled=recording)
         patches.wrap(httpcore.AsyncConnectionPool, "handle_async_request", self._async_pool_request, enabled=recording)
@@ -188,14 +207,14 @@ class HttpxAdapter:
         # join the request of an outer scope.
         may_record = telemetry.may_record
         patches.wrap(
-            httpx.Client, "send", http.scope_wrapper(telemetry, _app_url, error_result=_httpx_error_result),
+            httpx.Client, "send", http.scope_wrapper(telemetry, _app_url, error_result=self._error_result),
             enabled=may_record,
         )
         patches.wrap(
-            httpx.AsyncClient, "send", http.async_scope_wrapper(telemetry, _app_url, error_result=_httpx_error_result),
+            httpx.AsyncClient, "send", http.async_scope_wrapper(telemetry, _app_url, error_result=self._error_result),
             enabled=may_record,
         )
-        for module in (sync_connection, async_connection):
+        for module in (self.modules.sync_connection, self.modules.async_connection):
             if "exponential_backoff" in vars(module):
                 patches.wrap(module, "exponential_backoff", self._observe_delays, enabled=_CURRENT.get)
 
@@ -238,15 +257,17 @@ class HttpxAdapter:
     def _start(self, pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, is_async: bool) -> _PoolRequest | None:
         core_request = args[0] if args else kwargs["request"]
         request, scoped = http.request_in_scope(
-            self.telemetry, core_request.method.decode("ascii"), core_request.url.host.decode("ascii")
+            self.telemetry,
+            core_request.method.decode("ascii"),
+            core_request.url.host.decode("ascii"),
+            retried=bool(getattr(pool, "_retries", 1)),  # a transport with retries=0 makes plain requests
         )
         if request is None:
             return None
-        state = _PoolRequest(request, scoped, core_request)
-        if getattr(pool, "_retries", 1):  # connection attempts are only told apart when the pool retries them
-            extensions = dict(state.extensions)
-            extensions["trace"] = state.trace_extension(extensions.get("trace"), is_async)
-            core_request.extensions = extensions
+        state = _PoolRequest(request, scoped, core_request, self._retried_errors)
+        extensions = dict(state.extensions)  # connection attempts are told apart by httpcore's trace extension
+        extensions["trace"] = state.trace_extension(extensions.get("trace"), is_async)
+        core_request.extensions = extensions
         state.attempt()
         return state
 

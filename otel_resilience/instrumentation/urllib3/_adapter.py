@@ -217,7 +217,7 @@ class Urllib3Adapter:
                 chain.resume()
                 return chain
             self._loop_ended(chain, None)  # left urllib3's loop by a path we did not see: end it as it stands
-        request, scoped = http.request_in_scope(self.telemetry, method, host)
+        request, scoped = http.request_in_scope(self.telemetry, method, host, retried=_makes_retries(retries))
         if request is None:
             return None
         chain = _Chain(request, scoped)
@@ -316,6 +316,25 @@ class _RetryModuleTime:
             self._adapter.sleep_interrupted(exc)
             raise
         self._adapter.slept(seconds)
+
+
+def _makes_retries(retries: Any) -> bool:
+    """Whether a request's own urllib3 policy can resend it: not with ``retries=False``, ``Retry(False)``,
+    ``Retry(0)``/``total=0`` (requests' default adapter), nor with every counter at 0. urlopen hands `_make_request`
+    the ``Retry`` it resolved; None or anything else is read as urllib3's default, which retries."""
+    if retries is False:
+        return False
+    if not isinstance(retries, Retry):
+        return True
+    total = retries.total
+    if total is False or total == 0:
+        return False
+    if total is not None:
+        return True
+    return not all(
+        count is not None and not count
+        for count in (retries.connect, retries.read, retries.redirect, retries.status, retries.other)
+    )
 
 
 _WAITS: Final = ("sleep", "sleep_for_retry", "_sleep_backoff")

@@ -1,0 +1,1 @@
+_instruments = ("aiobotocore >= 2.13, < 4",)

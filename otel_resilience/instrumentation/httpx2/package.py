@@ -1,0 +1,1 @@
+_instruments = ("httpx2 >= 2.0, < 3",)

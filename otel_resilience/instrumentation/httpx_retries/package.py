@@ -1,0 +1,1 @@
+_instruments = ("httpx-retries >= 0.5, < 1",)
