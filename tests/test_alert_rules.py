@@ -129,3 +129,13 @@ def test_ratios_are_recording_rules() -> None:
         "job_retry_name:retry_nested_exhausted:ratio_rate5m",
         "job_circuitbreaker_name:circuitbreaker_rejected:ratio_rate5m",
     }
+
+
+def test_the_budget_alert_selects_the_label_the_instrumentation_records() -> None:
+    """RetryBudgetExhausted counts the retry points that carry ``retry.budget_exhausted=true`` (botocore's adapter
+    records it when the retry quota ends a call): its selector must be that attribute as Prometheus spells it."""
+    from otel_resilience import semconv
+
+    (rule,) = [rule for rule in alerts() if rule["alert"] == "RetryBudgetExhausted"]
+    label = semconv.RETRY_BUDGET_EXHAUSTED.replace(".", "_")
+    assert f'retry_attempts_count{{{label}="true"}}' in rule["expr"]
