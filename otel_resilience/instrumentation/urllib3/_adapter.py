@@ -299,7 +299,12 @@ class Urllib3Adapter:
 class _RetryModuleTime:
     """Stands in for the ``time`` module inside ``urllib3.util.retry``: every attribute is the real module's, looked up
     at each use (so a test's or the app's patch of ``time.sleep`` still applies), and ``sleep`` also tells the adapter
-    what urllib3 chose to wait, as it chose it."""
+    what urllib3 chose to wait, as it chose it.
+
+    Not a speed trick: it is the one place that sees the exact value urllib3 sleeps, whichever path chose it
+    (``Retry-After``, the jittered backoff) and also for a ``Retry`` subclass that overrides ``get_backoff_time``. Hooks
+    on ``Retry.get_backoff_time`` and ``get_retry_after`` would miss such an override and would re-derive urllib3's
+    choice between the two; its only state is the adapter it reports to."""
 
     __slots__ = ("_adapter",)
 
