@@ -20,7 +20,7 @@ from otel_resilience._setup.ids import PrivateRandomIdGenerator
 from otel_resilience.console_summary import ConsoleSummaryMetricReader
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
-from tests.processes import LAUNCHER, SERVICE, checked, clean_env, run
+from tests.support.processes import LAUNCHER, SERVICE, checked, clean_env, run
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -92,7 +92,7 @@ def test_the_summary_counts_operations_by_result_attempts_calls_and_transitions(
     meter_provider, out = recorded
     meter_provider.shutdown()
     rows = _rows(out.getvalue())
-    name = "tests.test_console_summary.recorded.<locals>"
+    name = "tests.console.test_console_summary.recorded.<locals>"
     assert rows["retries"] == ["retries", "operations", "success", "exhausted", "attempts"]
     assert rows[f"{name}.flaky_lookup"][1:] == ["1", "1", "0", "3"]
     assert rows[f"{name}.always_down"][1:] == ["1", "0", "1", "2"]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from tests.processes import checked, run_python
+from tests.support.processes import checked, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # In a fresh interpreter: global providers are set once per process.
 PROBE = """

@@ -22,7 +22,7 @@ from otel_resilience.instrumentation.stamina import StaminaInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from otel_resilience.patching import Patches
 from tests.conftest import Otel
-from tests.processes import checked, run_python
+from tests.support.processes import checked, run_python
 
 # Every attribute that the tenacity and stamina instrumentors both patch.
 SHARED = [
@@ -273,7 +273,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otel_resilience import semconv
 from otel_resilience.instrumentation.stamina import StaminaInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
-from tests.test_patching import layout, retried_calls
+from tests.core.test_patching import layout, retried_calls
 
 StaminaInstrumentor().instrument()  # no SDK yet: the hooks that act only while recording wait
 TenacityInstrumentor().instrument()

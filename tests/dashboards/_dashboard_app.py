@@ -1,4 +1,4 @@
-"""The app behind the live Prometheus test (tests/test_dashboard_live.py), run in a child process.
+"""The app behind the live Prometheus test (tests/dashboards/test_dashboard_live.py), run in a child process.
 
 Its metrics are exposed through ``opentelemetry-exporter-prometheus`` (the SDK's `PrometheusMetricReader` on
 prometheus_client's HTTP server), and it runs a scripted scenario through the real tenacity and pybreaker,

@@ -1,5 +1,5 @@
 """alerts/otel_resilience.rules.yml: valid for Prometheus (``promtool check rules``), each alert proven on synthetic
-series (``promtool test rules`` on tests/promtool/*.test.yml: it fires on the series that should fire it and stays
+series (``promtool test rules`` on tests/dashboards/promtool/*.test.yml: it fires on the series that should fire it and stays
 quiet on a healthy one and on a recovered one), and written so that on-call can use it (summary, a description that
 says what to look at next, a documented threshold that can be overridden, ratios as recording rules)."""
 
@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.prometheus_server import tool_or_skip
+from tests.support.prometheus_server import tool_or_skip
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alerts" / "otel_resilience.rules.yml"
-UNIT_TESTS = sorted((ROOT / "tests" / "promtool").glob("*.test.yml"))
+UNIT_TESTS = sorted((ROOT / "tests" / "dashboards" / "promtool").glob("*.test.yml"))
 DOCS = ROOT / "docs" / "dashboards.md"
 THRESHOLD = re.compile(r"\(otel_resilience:threshold:(\w+) or on \(\) vector\(([0-9.]+)\)\)")
 
@@ -35,7 +35,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_promtool_check_rules() -> None:
-    overrides = (str(p) for p in (ROOT / "tests" / "promtool").glob("*.rules.yml"))
+    overrides = (str(p) for p in (ROOT / "tests" / "dashboards" / "promtool").glob("*.rules.yml"))
     result = promtool("check", "rules", str(RULES), *overrides)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules())} rules found" in result.stdout
@@ -50,7 +50,7 @@ def test_promtool_unit_tests_pass() -> None:
 
 def _alert_tests() -> list[dict[str, Any]]:
     """The unit tests of the shipped thresholds (overrides.test.yml proves only that a user's threshold wins)."""
-    return list(yaml.safe_load((ROOT / "tests" / "promtool" / "alerts.test.yml").read_text())["tests"])
+    return list(yaml.safe_load((ROOT / "tests" / "dashboards" / "promtool" / "alerts.test.yml").read_text())["tests"])
 
 
 def _subject(labels: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import yaml
 
 from otel_resilience import semconv
 
-CONFIG = Path(__file__).resolve().parent.parent / "collector-config.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "collector-config.yaml"
 SECTIONS = ("receivers", "processors", "exporters", "connectors", "extensions")
 # Component types of otelcol-contrib that this file may use.
 CONTRIB_TYPES = {

@@ -1,6 +1,6 @@
 """dashboards/otel_resilience.json, checked for structure: what Grafana needs to import it (a datasource variable,
 template variables for service, retry.name and circuitbreaker.name), a query in every panel, only defined variables,
-and every query filtered by the variables. tests/test_dashboard_live.py runs the queries on a real Prometheus."""
+and every query filtered by the variables. tests/dashboards/test_dashboard_live.py runs the queries on a real Prometheus."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.prometheus_server import queried_metrics
+from tests.support.prometheus_server import queried_metrics
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "otel_resilience.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "otel_resilience.json"
 BUILT_INS = {"__rate_interval", "__range", "__interval", "__all"}
 """Grafana's own: the rate window, the time range, the step, and the "All" value a variable is set to."""
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")

@@ -1,6 +1,6 @@
 """The dashboard and the recording rules against a real Prometheus, scraping a real app.
 
-A child process (tests/_dashboard_app.py) runs a scripted scenario through tenacity and pybreaker instrumented by
+A child process (tests/dashboards/_dashboard_app.py) runs a scripted scenario through tenacity and pybreaker instrumented by
 otel_resilience, exposed through opentelemetry-exporter-prometheus; Prometheus (on a free loopback port, scraping it
 every second, with alerts/otel_resilience.rules.yml loaded) stores it. Then every query of every dashboard panel,
 every template variable and every recording rule goes through Prometheus's HTTP API and must return exactly what the
@@ -29,20 +29,20 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import _dashboard_app as app
-from tests.collector import _free_port
-from tests.prometheus_server import Prometheus, poll, queried_metrics, tool_or_skip
+from tests.dashboards import _dashboard_app as app
+from tests.support.collector import _free_port
+from tests.support.prometheus_server import Prometheus, poll, queried_metrics, tool_or_skip
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "dashboards" / "otel_resilience.json"
 RULES = ROOT / "alerts" / "otel_resilience.rules.yml"
 JOB = "shop"
-FETCH, SYNC, PUSH = (f"tests._dashboard_app.{name}" for name in ("fetch", "sync", "push"))
+FETCH, SYNC, PUSH = (f"tests.dashboards._dashboard_app.{name}" for name in ("fetch", "sync", "push"))
 BREAKER = app.BREAKER_NAME
 EXACT = 1e-9
 """Relative tolerance of an 'exact' value: floating-point rounding only."""
 
-# --- what the scenario implies (one round; see tests/_dashboard_app.py) -------------------------------------------
+# --- what the scenario implies (one round; see tests/dashboards/_dashboard_app.py) -------------------------------------------
 OPERATIONS = {FETCH: app.FAST + app.RETRIED_TWICE + app.EXHAUSTED, SYNC: 1, PUSH: 2}
 EXHAUSTED = {FETCH: app.EXHAUSTED, SYNC: 1, PUSH: 2}
 SUCCEEDED = {name: OPERATIONS[name] - EXHAUSTED[name] for name in OPERATIONS}
@@ -94,7 +94,7 @@ class AppProcess:
     def __init__(self, port: int, workdir: Path) -> None:
         self.stderr = (workdir / "app.stderr").open("w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from tests._dashboard_app import main; main()", str(port)],
+            [sys.executable, "-c", "from tests.dashboards._dashboard_app import main; main()", str(port)],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from otel_resilience import semconv
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
-from tests.collector import RotelCollector
+from tests.support.collector import RotelCollector
 from tests.conftest import Otel, instrumented_fixture
-from tests.prometheus_server import poll
+from tests.support.prometheus_server import poll
 
 instrumented = instrumented_fixture(TenacityInstrumentor)
 

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.breaker_checks import CYCLE_CALLS, CYCLE_TRANSITIONS
-from tests.collector import Metric, RotelCollector, Span
-from tests.processes import LAUNCHER, checked, otlp_env, run
+from tests.support.breaker_checks import CYCLE_CALLS, CYCLE_TRANSITIONS
+from tests.support.collector import Metric, RotelCollector, Span
+from tests.support.processes import LAUNCHER, checked, otlp_env, run
 
 APP = Path(__file__).resolve().parent / "_breakers_app.py"
 DOWN = "__main__.DependencyDown"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.collector import Metric, RotelCollector, Span, parse
-from tests.processes import LAUNCHER, SERVICE, checked, clean_env, otlp_env, run
+from tests.support.collector import Metric, RotelCollector, Span, parse
+from tests.support.processes import LAUNCHER, SERVICE, checked, clean_env, otlp_env, run
 
 PROTOCOLS = ("grpc", "http/protobuf")
 DOWN = "__main__.DependencyDown"

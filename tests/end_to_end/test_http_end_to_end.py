@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.collector import RotelCollector, Span
-from tests.http_support import Reply, ScriptedServer, server
-from tests.processes import LAUNCHER, checked, clean_env, run
+from tests.support.collector import RotelCollector, Span
+from tests.support.http_support import Reply, ScriptedServer, server
+from tests.support.processes import LAUNCHER, checked, clean_env, run
 
 __all__ = ["server"]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.collector import Metric, RotelCollector, Span
-from tests.processes import LAUNCHER, checked, otlp_env, run
+from tests.support.collector import Metric, RotelCollector, Span
+from tests.support.processes import LAUNCHER, checked, otlp_env, run
 
 APP = Path(__file__).resolve().parent / "_retry_libs_app.py"
 DOWN = "__main__.DependencyDown"

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from otel_resilience.targets import BREAKER_TARGETS_ENV, RETRY_TARGETS_ENV
-from tests.collector import RotelCollector, Span
-from tests.processes import LAUNCHER, ROOT, checked, clean_env, run
+from tests.support.collector import RotelCollector, Span
+from tests.support.processes import LAUNCHER, ROOT, checked, clean_env, run
 
 EXAMPLES = ROOT / "examples"
 

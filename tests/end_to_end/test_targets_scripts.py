@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from otel_resilience.targets import RETRY_TARGETS_ENV
-from tests.collector import RotelCollector, Span, collector_or_skip
-from tests.processes import LAUNCHER, checked, clean_env, otlp_env, run
+from tests.support.collector import RotelCollector, Span, collector_or_skip
+from tests.support.processes import LAUNCHER, checked, clean_env, otlp_env, run
 
 HERE = Path(__file__).parent
 LAYOUTS = ("module-level", "main-guarded")

@@ -31,8 +31,8 @@ from otel_resilience import semconv
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel
-from tests.evidence import TickingClock, children, instrumented, point_counts
-from tests.test_properties_breaker import BREAKERS, Settings
+from tests.support.evidence import TickingClock, children, instrumented, point_counts
+from tests.evidence.test_properties_breaker import BREAKERS, Settings
 
 THREADS = 8
 OPS_PER_THREAD = 25

@@ -39,8 +39,8 @@ from otel_resilience.core.retry import ProxiedAttempts, RetryOperation
 from otel_resilience.core.telemetry import Telemetry
 from otel_resilience._setup import load_instrumentor
 from tests.conftest import Otel
-from tests.evidence import WORKLOADS, assert_injected_failure_reported, internal_error_places, run_workloads
-from tests.processes import checked, clean_env, run_python
+from tests.support.evidence import WORKLOADS, assert_injected_failure_reported, internal_error_places, run_workloads
+from tests.support.processes import checked, clean_env, run_python
 
 OPS = 300
 """Calls per workload in-process (each library's workload retries, exhausts, trips, rejects and recovers)."""
@@ -142,7 +142,7 @@ def hanging_collector() -> Iterator[int]:
 CHILD = """
     import json, sys
     from opentelemetry.sdk.trace import SpanProcessor
-    from tests.evidence import run_workloads
+    from tests.support.evidence import run_workloads
 
     endpoint, protocol, ops = sys.argv[1], sys.argv[2], int(sys.argv[3])
     bare = run_workloads(ops)

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 import otel_resilience
 from otel_resilience._setup.ids import PrivateRandomIdGenerator, draws_from_global_random, use_private_ids
-from tests.processes import LAUNCHER, checked, clean_env, run, run_python
+from tests.support.processes import LAUNCHER, checked, clean_env, run, run_python
 
 SEED = Path(__file__).resolve().parent / "seed"
 SEED_PROGRAM = SEED / "seed_main.py"

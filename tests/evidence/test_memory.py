@@ -30,7 +30,7 @@ from otel_resilience.core.registry import REGISTRY
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel
-from tests.evidence import TickingClock, fresh_otel, instrumented
+from tests.support.evidence import TickingClock, fresh_otel, instrumented
 
 CALLS = 100_000
 WARM_UP = 2_000

@@ -45,7 +45,7 @@ from otel_resilience.instrumentation.circuitbreaker import CircuitBreakerInstrum
 from otel_resilience.instrumentation.purgatory import PurgatoryInstrumentor
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from tests.conftest import Otel
-from tests.evidence import (
+from tests.support.evidence import (
     PROPERTY_SETTINGS,
     TickingClock,
     children,

@@ -51,7 +51,7 @@ from otel_resilience.instrumentation.retrying import RetryingInstrumentor
 from otel_resilience.instrumentation.stamina import StaminaInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel
-from tests.evidence import PROPERTY_SETTINGS, children, describe, instrumented, point_counts
+from tests.support.evidence import PROPERTY_SETTINGS, children, describe, instrumented, point_counts
 
 
 class Transient(Exception):

@@ -9,7 +9,7 @@ result as the contract says.
 Loops: google-api-core's ``StreamingRetry`` (a generator opener), ``AsyncStreamingRetry`` (an async-generator opener,
 an opener returning an awaitable of one, and a plain async iterator, which the library drives differently), and an
 app's own generator helper driven through `otel_resilience.instrumentation._streams.StreamAttempts` directly, as the
-drop-in targets will. Time is fake (`tests.google_support.FakeTime`).
+drop-in targets will. Time is fake (`tests.support.google_support.FakeTime`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from otel_resilience.core.retry import ProxiedAttempts, RetryOperation
 from otel_resilience.instrumentation._streams import StreamAttempts
 from otel_resilience.instrumentation.google_api_core import GoogleApiCoreInstrumentor
 from tests.conftest import Otel
-from tests.evidence import PROPERTY_SETTINGS, children, describe, instrumented
-from tests.google_support import FakeTime
+from tests.support.evidence import PROPERTY_SETTINGS, children, describe, instrumented
+from tests.support.google_support import FakeTime
 
 ERRORS: tuple[type[Exception], ...] = (exceptions.ServiceUnavailable, exceptions.InternalServerError, ValueError)
 

@@ -3,7 +3,7 @@ random consumers.
 
 Each example plays one script of streams (each created stream yields some items, then ends, breaks with a retried
 error, breaks with one the helper does not retry, is interrupted, or fails to be created at all) against one helper
-of `tests._targets_streams` (a generator or async generator function, called with the stream's opener or decorating
+of `tests.targets._targets_streams` (a generator or async generator function, called with the stream's opener or decorating
 it), read by one consumer (to the end, by ``send``, closing early, or throwing an error in), twice: bare, then
 instrumented (and once more with every trace sampled out). The consumer must see the same items, the very same exception objects (with the same context), the
 same number of streams created, the same values sent into them and the same waits. Then the spans must tell it: one
@@ -28,15 +28,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import StatusCode
 
-import tests._targets_streams as app
+import tests.targets._targets_streams as app
 from otel_resilience import semconv
 from otel_resilience.core import retry as core_retry
 from otel_resilience.core.errors import error_type
 from otel_resilience.core import retry as proxied_attempts
 from otel_resilience.targets import instrument_targets, uninstrument_targets
-from tests._targets_support import Clock
+from tests.support._targets_support import Clock
 from tests.conftest import Otel
-from tests.evidence import PROPERTY_SETTINGS, children, describe, fresh_otel
+from tests.support.evidence import PROPERTY_SETTINGS, children, describe, fresh_otel
 
 ENDS = ["ok", "drop", "drop", "refused", "bad", "interrupt"]
 

@@ -19,7 +19,7 @@ from opentelemetry.trace import StatusCode
 from otel_resilience import semconv
 from otel_resilience.instrumentation.aiohttp_retry import AiohttpRetryInstrumentor
 from tests.conftest import Otel, instrumented_fixture
-from tests.http_support import (
+from tests.support.http_support import (
     Reply,
     ScriptedServer,
     assert_attributes,

@@ -8,7 +8,7 @@ from opentelemetry.trace import SpanKind
 from otel_resilience import semconv
 from otel_resilience.core import Telemetry, http
 from tests.conftest import Otel
-from tests.http_support import assert_attributes
+from tests.support.http_support import assert_attributes
 
 
 def test_unknown_methods_are_other_with_the_original() -> None:

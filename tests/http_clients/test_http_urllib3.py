@@ -26,8 +26,8 @@ from otel_resilience.core import http as http_core
 from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
 from otel_resilience.instrumentation.urllib3 import _adapter as adapter_module
 from tests.conftest import Otel, instrumented_fixture
-from tests.evidence import assert_injected_failure_reported
-from tests.http_support import (
+from tests.support.evidence import assert_injected_failure_reported
+from tests.support.http_support import (
     Reply,
     ScriptedServer,
     assert_attributes,

@@ -19,7 +19,7 @@ from aiobreaker.storage.memory import CircuitMemoryStorage
 from otel_resilience import semconv
 from otel_resilience.core import breakers
 from otel_resilience.instrumentation.aiobreaker import AioBreakerInstrumentor
-from tests.breaker_checks import (
+from tests.support.breaker_checks import (
     ERROR,
     UNSET,
     assert_cycle,

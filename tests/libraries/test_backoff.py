@@ -21,7 +21,7 @@ from otel_resilience import semconv
 from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation.backoff import BackoffInstrumentor
 from tests.conftest import Otel
-from tests.retry_support import (
+from tests.support.retry_support import (
     AsyncFlaky,
     Flaky,
     Sleeps,

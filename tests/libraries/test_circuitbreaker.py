@@ -15,7 +15,7 @@ from circuitbreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerMo
 from otel_resilience import semconv
 from otel_resilience.core import breakers
 from otel_resilience.instrumentation.circuitbreaker import CircuitBreakerInstrumentor
-from tests.breaker_checks import (
+from tests.support.breaker_checks import (
     ERROR,
     UNSET,
     Clock,

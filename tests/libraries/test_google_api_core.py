@@ -1,6 +1,6 @@
 """google-api-core against the contract (real SDK, in-memory exporter), with no service: the real retry objects around
 real callables and generators, and a generated-client method (``gapic_v1.method.wrap_method``, a ``_GapicCallable``)
-around a fake transport callable shaped like a gRPC stub. Time is fake (`tests.google_support.FakeTime`)."""
+around a fake transport callable shaped like a gRPC stub. Time is fake (`tests.support.google_support.FakeTime`)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from opentelemetry.trace import StatusCode
 from otel_resilience import semconv
 from otel_resilience.instrumentation.google_api_core import GoogleApiCoreInstrumentor
 from tests.conftest import Otel, instrumented_fixture
-from tests.google_support import FakeTime
-from tests.retry_support import Flaky, exception_events, metric_summary, operation_and_attempts
+from tests.support.google_support import FakeTime
+from tests.support.retry_support import Flaky, exception_events, metric_summary, operation_and_attempts
 
 instrumented = instrumented_fixture(GoogleApiCoreInstrumentor)
 TRANSIENT = if_exception_type(exceptions.ServiceUnavailable)

@@ -20,7 +20,7 @@ from purgatory.service._sync.circuitbreaker import SyncCircuitBreaker
 from otel_resilience import semconv
 from otel_resilience.core import breakers
 from otel_resilience.instrumentation.purgatory import PurgatoryInstrumentor
-from tests.breaker_checks import (
+from tests.support.breaker_checks import (
     UNSET,
     Clock,
     assert_cycle,

@@ -34,8 +34,8 @@ from otel_resilience import semconv
 from otel_resilience.instrumentation.redis import RedisRetryInstrumentor
 from otel_resilience.instrumentation.redis._adapter import loop_name
 from tests.conftest import Otel
-from tests.evidence import children, fresh_otel
-from tests.redis_server import RedisServer, free_port, redis_server_or_skip
+from tests.support.evidence import children, fresh_otel
+from tests.support.redis_server import RedisServer, free_port, redis_server_or_skip
 
 SCOPE = "otel_resilience.redis"
 TIMEOUT = 0.3

@@ -17,7 +17,7 @@ from retrying import RetryError, Retrying, retry
 from otel_resilience import semconv
 from otel_resilience.instrumentation.retrying import RetryingInstrumentor
 from tests.conftest import Otel, instrumented_fixture
-from tests.retry_support import (
+from tests.support.retry_support import (
     Flaky,
     Sleeps,
     by_name,

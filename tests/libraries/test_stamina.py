@@ -25,7 +25,7 @@ from otel_resilience.instrumentation.backoff import BackoffInstrumentor
 from otel_resilience.instrumentation.stamina import StaminaInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel, instrumented_fixture
-from tests.retry_support import (
+from tests.support.retry_support import (
     AsyncFlaky,
     Flaky,
     Sleeps,
@@ -123,7 +123,7 @@ def test_decorated_before_instrumentation(otel: Otel) -> None:
     finally:
         StaminaInstrumentor().uninstrument()
     op, attempts = operation_and_attempts(otel, "Flaky")
-    assert op.attributes[semconv.RETRY_NAME] == "tests.retry_support.Flaky"
+    assert op.attributes[semconv.RETRY_NAME] == "tests.support.retry_support.Flaky"
     assert op.attributes[semconv.RETRY_ATTEMPTS] == 2
 
 
@@ -290,7 +290,7 @@ async def test_retrying_callers_name_the_callable(instrumented: Otel) -> None:
     assert caller(Flaky(1), 1) == "ok"
     async_caller = stamina.AsyncRetryingCaller(attempts=3)
     assert await async_caller(ConnectionError, AsyncFlaky(1)) == "ok"
-    assert [op.attributes[semconv.RETRY_NAME] for op in by_name(instrumented, "retry Flaky")] == ["tests.retry_support.Flaky"]
+    assert [op.attributes[semconv.RETRY_NAME] for op in by_name(instrumented, "retry Flaky")] == ["tests.support.retry_support.Flaky"]
     assert [op.attributes[semconv.RETRY_ATTEMPTS] for op in by_name(instrumented, "retry AsyncFlaky")] == [2]
 
 

@@ -15,7 +15,7 @@ from otel_resilience import semconv
 from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel, instrumented_fixture
-from tests.retry_support import Flaky, by_name, operation_and_attempts
+from tests.support.retry_support import Flaky, by_name, operation_and_attempts
 
 NO_WAIT = tenacity.wait_none()
 

@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 
 from otel_resilience.instrumentation import INSTRUMENTORS
 
-PYPROJECT = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
 
 
 def test_instruments_any_is_every_instrumentors_range() -> None:

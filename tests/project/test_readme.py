@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import HANG_GUARD, ROOT, clean_env
+from tests.support.processes import HANG_GUARD, ROOT, clean_env
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, flags=re.DOTALL)
@@ -108,7 +108,7 @@ def test_the_targets_example_with_setup(shop: Path) -> None:
 
 
 def test_the_readme_shows_the_demo_s_real_summary() -> None:
-    from tests.test_end_to_end import DEMO_CONSOLE
+    from tests.end_to_end.test_end_to_end import DEMO_CONSOLE
 
     summary = DEMO_CONSOLE[DEMO_CONSOLE.index("otel_resilience summary"):]
     assert f"```\n{summary}```" in README

@@ -18,7 +18,7 @@ from otel_resilience.instrumentation import INSTRUMENTORS
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from otel_resilience.instrumentation.tenacity.package import _instruments as tenacity_instruments
 from tests.conftest import Otel
-from tests.processes import LAUNCHER, checked, clean_env, run
+from tests.support.processes import LAUNCHER, checked, clean_env, run
 
 
 @pytest.fixture(autouse=True)

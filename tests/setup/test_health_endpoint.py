@@ -24,10 +24,10 @@ from otel_resilience.core import registry
 from otel_resilience.instrumentation.aiobreaker import AioBreakerInstrumentor
 from otel_resilience.instrumentation.circuitbreaker import CircuitBreakerInstrumentor
 from otel_resilience.instrumentation.purgatory import PurgatoryInstrumentor
-from tests.breaker_checks import outcome
+from tests.support.breaker_checks import outcome
 from tests.conftest import Otel
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "health_endpoint.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "health_endpoint.py"
 INSTRUMENTORS = (CircuitBreakerInstrumentor, AioBreakerInstrumentor, PurgatoryInstrumentor)
 
 

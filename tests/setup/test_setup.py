@@ -27,7 +27,7 @@ from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel
-from tests.processes import LAUNCHER, checked, clean_env, run, run_python
+from tests.support.processes import LAUNCHER, checked, clean_env, run, run_python
 
 PATCHED_CLASSES = (tenacity.BaseRetrying, tenacity.Retrying, tenacity.AsyncRetrying, pybreaker.CircuitBreaker)
 
@@ -578,10 +578,10 @@ def _target_operations(otel: Otel) -> list[Any]:
 
 
 def test_retry_targets_are_traced_and_uninstrumented_with_the_handle(fresh: None, otel: Otel) -> None:
-    from tests import _setup_app
+    from tests.setup import _setup_app
 
     original = _setup_app.retry_call
-    handle = otel_resilience.setup(**otel.kwargs(), libraries=[], retry_targets=["tests._setup_app:retry_call"])
+    handle = otel_resilience.setup(**otel.kwargs(), libraries=[], retry_targets=["tests.setup._setup_app:retry_call"])
     assert _setup_app.retry_call is not original
     assert _setup_app.retry_call(_flaky_operation(1)) == "quote"
     (operation,) = _target_operations(otel)
@@ -595,9 +595,9 @@ def test_retry_targets_are_traced_and_uninstrumented_with_the_handle(fresh: None
 def test_retry_targets_default_to_their_variable_unless_disabled(
     fresh: None, otel: Otel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests import _setup_app
+    from tests.setup import _setup_app
 
-    monkeypatch.setenv("OTEL_PYTHON_RESILIENCE_RETRY_TARGETS", "tests._setup_app:retry_call")
+    monkeypatch.setenv("OTEL_PYTHON_RESILIENCE_RETRY_TARGETS", "tests.setup._setup_app:retry_call")
     monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "resilience_targets")
     original = _setup_app.retry_call
     handle = otel_resilience.setup(**otel.kwargs(), libraries=[])
@@ -613,9 +613,9 @@ def test_retry_targets_default_to_their_variable_unless_disabled(
 @pytest.mark.parametrize(
     ("targets", "message"),
     [
-        (["tests._setup_app"], r"retry target 'tests._setup_app'"),
+        (["tests.setup._setup_app"], r"retry target 'tests.setup._setup_app'"),
         (["tests._no_such_module:retry_call"], r"tests._no_such_module"),
-        (["tests._setup_app:no_such_helper"], r"no_such_helper"),
+        (["tests.setup._setup_app:no_such_helper"], r"no_such_helper"),
     ],
 )
 def test_bad_targets_raise_value_error_and_nothing_is_configured_or_patched(

@@ -19,8 +19,8 @@ from otel_resilience.core import retry as core_retry
 from otel_resilience.targets import instrument_targets, uninstrument_targets
 from tests.conftest import Otel
 
-HERE = Path(__file__).parent
-EXAMPLES = HERE.parent / "examples"
+TEMPLATES = Path(__file__).resolve().parents[1] / "targets"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 _numbers = itertools.count()
 
 
@@ -32,9 +32,9 @@ class AppModules:
     names: list[str]
 
     def fresh(self, template: str = "_targets_app.py") -> str:
-        """The name of a new, not yet imported module with the contents of `template` (a file in tests/)."""
+        """The name of a new, not yet imported module with the contents of `template` (a file in tests/targets/)."""
         name = f"targets_app_{next(_numbers)}"
-        (self.directory / f"{name}.py").write_text((HERE / template).read_text())
+        (self.directory / f"{name}.py").write_text((TEMPLATES / template).read_text())
         importlib.invalidate_caches()
         self.names.append(name)
         return name

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "examples" / "service.py"
 LAUNCHER = Path(sys.executable).parent / "opentelemetry-instrument"
 HANG_GUARD = 180.0

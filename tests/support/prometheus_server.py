@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.collector import _free_port, in_ci
+from tests.support.collector import _free_port, in_ci
 
 T = TypeVar("T")
 _START_TIMEOUT = 60.0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.collector import in_ci
+from tests.support.collector import in_ci
 
 START_GUARD = 20.0
 """Seconds after which a server that does not answer is a failure (a hang guard, not a timing measurement)."""

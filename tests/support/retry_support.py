@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_resilience import semconv
-from tests import _targets_support
-from tests._targets_support import by_name
+from tests.support import _targets_support
+from tests.support._targets_support import by_name
 from tests.conftest import Otel
 
 __all__ = ["Flaky", "AsyncFlaky", "Sleeps", "by_name", "fetch_in_threads", "operation_and_attempts", "exception_events", "metric_summary"]

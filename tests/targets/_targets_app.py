@@ -1,6 +1,6 @@
 """An app's own retry helpers, in every form the targets support. No OpenTelemetry here.
 
-Tests load a fresh copy of this file under a new module name each time (`app_module` in `tests/_targets_support.py`),
+Tests load a fresh copy of this file under a new module name each time (`app_module` in `tests/support/_targets_support.py`),
 so that a test can instrument before or after the module is imported. Waits go through `sleep`/`async_sleep`, which
 the tests point at a fake clock.
 """

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from otel_resilience import semconv
 from otel_resilience.core import breakers
 from otel_resilience.targets import instrument_targets, uninstrument_targets
-from tests._targets_support import EXAMPLES, AppModules, Instrument, apps, targets
+from tests.support._targets_support import EXAMPLES, AppModules, Instrument, apps, targets
 from tests.conftest import Otel
 
 __all__ = ["apps", "targets"]  # fixtures

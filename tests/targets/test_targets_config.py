@@ -18,7 +18,7 @@ from otel_resilience.targets import (
     instrument_targets,
     uninstrument_targets,
 )
-from tests._targets_support import AppModules, Flaky, apps
+from tests.support._targets_support import AppModules, Flaky, apps
 from tests.conftest import Otel
 
 __all__ = ["apps"]  # fixtures

@@ -18,7 +18,7 @@ import pytest
 from otel_resilience import semconv
 from otel_resilience.targets import _STATE, instrument_targets, uninstrument_targets
 from otel_resilience.targets._definitions import DefiningFinder
-from tests._targets_support import AppModules, Instrument, apps, by_name, targets
+from tests.support._targets_support import AppModules, Instrument, apps, by_name, targets
 from tests.conftest import Otel
 
 __all__ = ["apps", "targets"]  # fixtures

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from otel_resilience import semconv
 from otel_resilience.targets import instrument_targets, uninstrument_targets
 from otel_resilience.targets.retry import AttemptProxy
-from tests._targets_support import EXAMPLES, AppModules, Clock, Flaky, Instrument, apps, by_name, clock, targets, use_clock
+from tests.support._targets_support import EXAMPLES, AppModules, Clock, Flaky, Instrument, apps, by_name, clock, targets, use_clock
 from tests.conftest import Otel
 
 __all__ = ["apps", "clock", "targets"]  # fixtures

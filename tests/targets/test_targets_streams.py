@@ -17,9 +17,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_resilience import semconv
 from otel_resilience.core import retry as proxied_attempts
-from tests._targets_support import AppModules, Clock, Instrument, apps, clock, targets, use_clock
+from tests.support._targets_support import AppModules, Clock, Instrument, apps, clock, targets, use_clock
 from tests.conftest import Otel
-from tests.evidence import children
+from tests.support.evidence import children
 
 __all__ = ["apps", "clock", "targets"]  # fixtures
 
