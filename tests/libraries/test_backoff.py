@@ -21,6 +21,8 @@ from otel_resilience import semconv
 from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation.backoff import BackoffInstrumentor
 from tests.conftest import Otel
+from tests.support import retry_checks
+from tests.support.retry_checks import RetryLibrary
 from tests.support.retry_support import (
     AsyncFlaky,
     Flaky,
@@ -28,7 +30,6 @@ from tests.support.retry_support import (
     by_name,
     exception_events,
     fetch_in_threads,
-    metric_summary,
     operation_and_attempts,
 )
 
@@ -103,75 +104,38 @@ def constant(max_tries: int = 5, **kwargs: Any) -> Callable[[Any], Any]:
     return backoff.on_exception(backoff.constant, ConnectionError, interval=0.25, jitter=None, max_tries=max_tries, **kwargs)
 
 
+def backoff_library(
+    sleeps: Sleeps, decorate: Callable[[Any, Any], Any] = lambda decorator, fn: decorator(fn),
+    on_backoff: Callable[[dict[str, Any]], None] | None = None,
+) -> RetryLibrary:
+    """backoff as the shared retry checks drive it: `constant` waits of 0.25 s (``on_exception``, or ``on_predicate``
+    with its default predicate), decorated by `decorate` (a `Harness` decides the order)."""
+
+    def retry(fn: Any, attempts: int) -> Any:
+        return decorate(constant(max_tries=attempts, **({"on_backoff": on_backoff} if on_backoff else {})), fn)
+
+    def retry_none(fn: Any, attempts: int) -> Any:
+        return decorate(backoff.on_predicate(backoff.constant, interval=0.25, jitter=None, max_tries=attempts), fn)
+
+    return RetryLibrary(BackoffInstrumentor, "otel_resilience.backoff", sleeps, retry, retry_none)
+
+
+@pytest.fixture
+def library(harness: Harness, sleeps: Sleeps) -> RetryLibrary:
+    return backoff_library(sleeps, harness.decorate)
+
+
 # --- on_exception ------------------------------------------------------------------------------------------------
 
 
-def test_fails_twice_then_succeeds(harness: Harness, sleeps: Sleeps) -> None:
-    flaky = Flaky(2, "user")
-
-    def fetch_user() -> str:
-        return flaky()
-
-    fetch = harness.decorate(constant(), fetch_user)
-    assert fetch() == "user"
-    assert flaky.calls == 3
-    assert sleeps.waits == [0.25, 0.25]
-
-    qualname = "test_fails_twice_then_succeeds.<locals>.fetch_user"
-    name = f"{__name__}.{qualname}"
-    op, attempts = operation_and_attempts(harness.otel, qualname)
-    assert dict(op.attributes) == {
-        semconv.RETRY_NAME: name,
-        semconv.RETRY_DEPTH: 1,
-        semconv.RETRY_MAX_ATTEMPTS: 5,
-        semconv.RETRY_ATTEMPTS: 3,
-        semconv.RETRY_RESULT: "success",
-        semconv.RETRY_TOTAL_DELAY: 0.5,
-    }
-    assert isinstance(op.attributes[semconv.RETRY_TOTAL_DELAY], float)
-    assert isinstance(op.attributes[semconv.RETRY_DEPTH], int)
-    assert op.status.status_code is StatusCode.UNSET
-    assert op.events == ()
-    assert op.instrumentation_scope.name == "otel_resilience.backoff"
-    assert [dict(a.attributes) for a in attempts] == [
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 1, semconv.RETRY_DELAY: 0.25, semconv.ERROR_TYPE: "ConnectionError"},
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 2, semconv.RETRY_DELAY: 0.25, semconv.ERROR_TYPE: "ConnectionError"},
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 3},
-    ]
-    assert all(isinstance(a.attributes.get(semconv.RETRY_DELAY, 0.0), float) for a in attempts)
-    assert [a.status.status_code for a in attempts] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET]
-    assert [exception_events(a) for a in attempts] == [
-        [{"exception.type": "ConnectionError", "exception.message": "down 1"}],
-        [{"exception.type": "ConnectionError", "exception.message": "down 2"}],
-        [],
-    ]
-    assert metric_summary(harness.otel, semconv.METRIC_RETRY_ATTEMPTS) == [
-        ({semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1}, 1, 3)
-    ]
-    (duration,) = harness.otel.metric_points(semconv.METRIC_RETRY_DURATION)
-    assert dict(duration.attributes) == {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success"}
-    assert duration.count == 1
+def test_fails_twice_then_succeeds(harness: Harness, library: RetryLibrary) -> None:
+    retry_checks.fails_twice_then_succeeds(harness.otel, library)
+    assert library.sleeps.waits == [0.25, 0.25]
 
 
-def test_max_tries_exhausted_raises_the_same_exception(harness: Harness, sleeps: Sleeps) -> None:
-    flaky = Flaky(10)
-    fetch = harness.decorate(constant(max_tries=3), flaky)
-    with pytest.raises(ConnectionError) as caught:
-        fetch()
-    assert caught.value is flaky.raised[-1]
-    assert flaky.calls == 3
-    op, attempts = operation_and_attempts(harness.otel, "Flaky")
-    assert op.attributes[semconv.RETRY_RESULT] == "exhausted"
-    assert op.attributes[semconv.RETRY_ATTEMPTS] == 3
-    assert op.attributes[semconv.ERROR_TYPE] == "ConnectionError"
-    assert op.status.status_code is StatusCode.ERROR
-    (event,) = exception_events(op)
-    assert event["exception.message"] == "down 3"
-    assert "Traceback" in event["exception.stacktrace"]  # the final failure carries the stacktrace, once
-    assert [a.attributes.get(semconv.RETRY_DELAY) for a in attempts] == [0.25, 0.25, None]
-    assert all("exception.stacktrace" not in exception_events(a)[0] for a in attempts)
-    (point,) = harness.otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
-    assert dict(point.attributes)[semconv.RETRY_RESULT] == "exhausted"
+def test_max_tries_exhausted_raises_the_same_exception(harness: Harness, library: RetryLibrary) -> None:
+    retry_checks.exhausted_raises_the_last_exception(harness.otel, library)
+    assert library.sleeps.waits == [0.25, 0.25]
 
 
 class Clock:
@@ -250,21 +214,18 @@ def test_giveup_on_the_last_try_counts_as_exhausted(harness: Harness) -> None:
     assert op.attributes[semconv.RETRY_RESULT] == "exhausted"  # backoff's own limit was reached too
 
 
-def test_exception_the_decorator_does_not_catch(harness: Harness) -> None:
+def test_exception_the_decorator_does_not_catch(harness: Harness, library: RetryLibrary) -> None:
+    if harness.order == "after":
+        retry_checks.error_not_retried(harness.otel, library)
+        return
     flaky = Flaky(1, error=ValueError)
     fetch = harness.decorate(constant(), flaky)
     with pytest.raises(ValueError) as caught:
         fetch()
     assert caught.value is flaky.raised[0]
-    if harness.order == "before":
-        # documented limit: no hook of backoff's runs after an exception it does not catch
-        assert harness.otel.spans() == []
-        assert harness.otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS) == []
-        return
-    op, (attempt,) = operation_and_attempts(harness.otel, "Flaky")
-    assert op.attributes[semconv.RETRY_RESULT] == "not_retried"
-    assert op.attributes[semconv.ERROR_TYPE] == "ValueError"
-    assert attempt.attributes[semconv.ERROR_TYPE] == "ValueError"
+    # documented limit: no hook of backoff's runs after an exception it does not catch
+    assert harness.otel.spans() == []
+    assert harness.otel.metric_points(semconv.METRIC_RETRY_ATTEMPTS) == []
 
 
 def test_uncaught_exception_after_retries(harness: Harness) -> None:
@@ -289,22 +250,9 @@ def test_uncaught_exception_after_retries(harness: Harness) -> None:
 # --- on_predicate ------------------------------------------------------------------------------------------------
 
 
-def test_predicate_rejected_results_then_accepted(harness: Harness, sleeps: Sleeps) -> None:
-    results = iter([None, None, "ready"])
-
-    def poll() -> str | None:
-        return next(results)
-
-    polled = harness.decorate(backoff.on_predicate(backoff.constant, interval=0.5, jitter=None, max_tries=5), poll)
-    assert polled() == "ready"
-    assert sleeps.waits == [0.5, 0.5]
-    op, attempts = operation_and_attempts(harness.otel, "test_predicate_rejected_results_then_accepted.<locals>.poll")
-    assert [a.attributes.get(semconv.ERROR_TYPE) for a in attempts] == ["rejected_result", "rejected_result", None]
-    assert [a.attributes.get(semconv.RETRY_DELAY) for a in attempts] == [0.5, 0.5, None]
-    assert [a.status.status_code for a in attempts] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET]
-    assert all(a.events == () for a in attempts)  # a rejected value is not an exception
-    assert op.attributes[semconv.RETRY_RESULT] == "success"
-    assert op.status.status_code is StatusCode.UNSET
+def test_predicate_rejected_results_then_accepted(harness: Harness, library: RetryLibrary) -> None:
+    retry_checks.rejected_result_is_a_failed_attempt(harness.otel, library)
+    assert library.sleeps.waits == [0.25, 0.25]
 
 
 def test_predicate_exhausted_returns_the_last_value(harness: Harness) -> None:
@@ -618,33 +566,8 @@ def test_spans_made_inside_an_attempt(harness: Harness) -> None:
     assert not trace.get_current_span().get_span_context().is_valid  # nothing left attached
 
 
-def test_nested_retries_record_depth(after: Harness) -> None:
-    inner_calls = Flaky(100)
-
-    def inner() -> None:
-        inner_calls()
-
-    retried_inner = after.decorate(constant(max_tries=3), inner)
-
-    def outer() -> None:
-        retried_inner()
-
-    retried_outer = after.decorate(constant(max_tries=3), outer)
-    with pytest.raises(ConnectionError):
-        retried_outer()
-    assert inner_calls.calls == 9  # 3 x 3: the amplification the depth makes visible
-    prefix = "test_nested_retries_record_depth.<locals>"
-    inner_ops = by_name(after.otel, f"retry {prefix}.inner")
-    outer_op = after.otel.span(f"retry {prefix}.outer")
-    assert outer_op.attributes[semconv.RETRY_DEPTH] == 1
-    assert [op.attributes[semconv.RETRY_DEPTH] for op in inner_ops] == [2, 2, 2]
-    outer_attempts = {s.context.span_id for s in by_name(after.otel, f"{prefix}.outer")}
-    assert {op.parent.span_id for op in inner_ops} == outer_attempts
-    name = f"{__name__}.{prefix}"
-    assert metric_summary(after.otel, semconv.METRIC_RETRY_ATTEMPTS) == [
-        ({semconv.RETRY_NAME: f"{name}.outer", semconv.RETRY_RESULT: "exhausted", semconv.RETRY_DEPTH: 1}, 1, 3),
-        ({semconv.RETRY_NAME: f"{name}.inner", semconv.RETRY_RESULT: "exhausted", semconv.RETRY_DEPTH: 2}, 3, 9),
-    ]
+def test_nested_retries_record_depth(after: Harness, sleeps: Sleeps) -> None:
+    retry_checks.nested_retries_record_depth(after.otel, backoff_library(sleeps, after.decorate))
 
 
 def test_backoff_inside_tenacity_records_depth(after: Harness) -> None:
@@ -726,23 +649,14 @@ def test_internal_error_is_swallowed(
     assert any("internal error" in r.getMessage() for r in caplog.records)
 
 
-def test_uninstrument_restores_originals(otel: Otel) -> None:
+def test_uninstrument_restores_originals(otel: Otel, sleeps: Sleeps) -> None:
     names = ("retry_exception", "retry_predicate", "_init_wait_gen", "_next_wait", "_call_handlers")
-    before = {(m, n): vars(m)[n] for m in (backoff._sync, backoff._async) for n in names}
     targets: list[Any] = []
-    BackoffInstrumentor().instrument(**otel.kwargs())
-    flaky = Flaky(1)
-    decorated_while_instrumented = constant(on_backoff=lambda d: targets.append(d["target"]))(flaky)
-    decorated_while_instrumented()
-    assert all(vars(m)[n] is not before[(m, n)] for m, n in before)
-    BackoffInstrumentor().uninstrument()
-    assert all(vars(m)[n] is before[(m, n)] for m, n in before)
-    otel.exporter.clear()
-    flaky.calls = 0
-    decorated_while_instrumented()  # now backoff's own closure: nothing recorded, the handlers see the function
-    constant()(Flaky(1))()
-    assert otel.spans() == []
-    assert targets == [flaky, flaky]
+    library = backoff_library(sleeps, on_backoff=lambda d: targets.append(d["target"]))
+    patched = [(m, n) for m in (backoff._sync, backoff._async) for n in names]
+    decorated, fresh = retry_checks.uninstrument_restores_originals(otel, library, patched)
+    # backoff's own closure after uninstrument(): its handlers see the app's function, never a stand-in
+    assert targets == [decorated, decorated, fresh]
 
 
 def test_reinstrumenting_traces_functions_decorated_under_the_earlier_instrumentation(otel: Otel) -> None:
@@ -760,16 +674,14 @@ def test_reinstrumenting_traces_functions_decorated_under_the_earlier_instrument
 def test_no_sdk_records_nothing_and_changes_nothing(sleeps: Sleeps) -> None:
     # The global providers are the API's defaults here (no SDK configured in this process).
     hooks = {n: vars(backoff._sync)[n] for n in ("_init_wait_gen", "_next_wait", "_call_handlers")}
-    BackoffInstrumentor().instrument()
-    try:
-        flaky = Flaky(2, "v")
-        targets: list[Any] = []
-        assert constant(on_backoff=lambda d: targets.append(d["target"]))(flaky)() == "v"
-        assert flaky.calls == 3 and sleeps.waits == [0.25, 0.25] and targets == [flaky, flaky]
-        assert {n: vars(backoff._sync)[n] for n in hooks} == hooks  # call-time hooks only once something records
-        assert not trace.get_current_span().get_span_context().is_valid
-    finally:
-        BackoffInstrumentor().uninstrument()
+    targets: list[Any] = []
+    library = backoff_library(sleeps, on_backoff=lambda d: targets.append(d["target"]))
+
+    def hooks_untouched() -> None:  # call-time hooks only once something records
+        assert {n: vars(backoff._sync)[n] for n in hooks} == hooks
+
+    flaky = retry_checks.no_sdk_records_nothing_and_changes_nothing(library, hooks_untouched)
+    assert sleeps.waits == [0.25, 0.25] and targets == [flaky, flaky]
 
 
 SCENARIOS = {

@@ -11,19 +11,18 @@ from typing import Any
 import pytest
 import retrying
 from opentelemetry import trace
-from opentelemetry.trace import StatusCode
 from retrying import RetryError, Retrying, retry
 
 from otel_resilience import semconv
 from otel_resilience.instrumentation.retrying import RetryingInstrumentor
 from tests.conftest import Otel, instrumented_fixture
+from tests.support import retry_checks
+from tests.support.retry_checks import RetryLibrary
 from tests.support.retry_support import (
     Flaky,
     Sleeps,
     by_name,
-    exception_events,
     fetch_in_threads,
-    metric_summary,
     operation_and_attempts,
 )
 
@@ -53,42 +52,24 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> Sleeps:
     return recorder
 
 
-def test_decorated_fails_twice_then_succeeds(instrumented: Otel, sleeps: Sleeps) -> None:
-    flaky = Flaky(2, "user")
+@pytest.fixture
+def library(sleeps: Sleeps) -> RetryLibrary:
+    """retrying as the shared retry checks drive it: ``@retry`` with a fixed wait of 250 ms."""
 
-    @retry(stop_max_attempt_number=5, wait_fixed=250, retry_on_exception=lambda e: isinstance(e, ConnectionError))
-    def fetch_user(user_id: int) -> str:
-        return flaky()
+    def retry_on(fn: Any, attempts: int) -> Any:
+        return retry(
+            stop_max_attempt_number=attempts, wait_fixed=250, retry_on_exception=lambda e: isinstance(e, ConnectionError)
+        )(fn)
 
-    assert fetch_user(7) == "user"
-    assert flaky.calls == 3 and sleeps.waits == [0.25, 0.25]
-    qualname = "test_decorated_fails_twice_then_succeeds.<locals>.fetch_user"
-    name = f"{__name__}.{qualname}"
-    op, attempts = operation_and_attempts(instrumented, qualname)
-    assert dict(op.attributes) == {
-        semconv.RETRY_NAME: name,
-        semconv.RETRY_DEPTH: 1,
-        semconv.RETRY_MAX_ATTEMPTS: 5,
-        semconv.RETRY_ATTEMPTS: 3,
-        semconv.RETRY_RESULT: "success",
-        semconv.RETRY_TOTAL_DELAY: 0.5,
-    }
-    assert op.status.status_code is StatusCode.UNSET and op.events == ()
-    assert op.instrumentation_scope.name == "otel_resilience.retrying"
-    assert [dict(a.attributes) for a in attempts] == [
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 1, semconv.RETRY_DELAY: 0.25, semconv.ERROR_TYPE: "ConnectionError"},
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 2, semconv.RETRY_DELAY: 0.25, semconv.ERROR_TYPE: "ConnectionError"},
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 3},
-    ]
-    assert [a.status.status_code for a in attempts] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET]
-    assert [exception_events(a) for a in attempts] == [
-        [{"exception.type": "ConnectionError", "exception.message": "down 1"}],
-        [{"exception.type": "ConnectionError", "exception.message": "down 2"}],
-        [],
-    ]
-    assert metric_summary(instrumented, semconv.METRIC_RETRY_ATTEMPTS) == [
-        ({semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1}, 1, 3)
-    ]
+    def retry_none(fn: Any, attempts: int) -> Any:
+        return retry(retry_on_result=lambda r: r is None, stop_max_attempt_number=attempts, wait_fixed=250)(fn)
+
+    return RetryLibrary(RetryingInstrumentor, "otel_resilience.retrying", sleeps, retry_on, retry_none)
+
+
+def test_decorated_fails_twice_then_succeeds(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.fails_twice_then_succeeds(instrumented, library)
+    assert library.sleeps.waits == [0.25, 0.25]
 
 
 def test_decorated_before_instrumentation(otel: Otel, sleeps: Sleeps) -> None:
@@ -104,7 +85,12 @@ def test_decorated_before_instrumentation(otel: Otel, sleeps: Sleeps) -> None:
     assert [a.attributes.get(semconv.RETRY_DELAY) for a in attempts] == [0.01, None]
 
 
-def test_exhausted_reraises_the_original_exception(instrumented: Otel, sleeps: Sleeps) -> None:
+def test_exhausted_reraises_the_original_exception(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.exhausted_raises_the_last_exception(instrumented, library)
+    assert library.sleeps.waits == [0.25, 0.25]
+
+
+def test_exponential_waits_are_recorded(instrumented: Otel, sleeps: Sleeps) -> None:
     flaky = Flaky(10)
     with pytest.raises(ConnectionError) as caught:
         Retrying(stop_max_attempt_number=3, wait_exponential_multiplier=100).call(flaky)
@@ -112,12 +98,7 @@ def test_exhausted_reraises_the_original_exception(instrumented: Otel, sleeps: S
     assert sleeps.waits == [0.2, 0.4]  # retrying's exponential wait: multiplier * 2**attempt ms
     op, attempts = operation_and_attempts(instrumented, "Flaky")
     assert op.attributes[semconv.RETRY_RESULT] == "exhausted"
-    assert op.attributes[semconv.RETRY_ATTEMPTS] == 3
     assert op.attributes[semconv.RETRY_MAX_ATTEMPTS] == 3
-    assert op.attributes[semconv.ERROR_TYPE] == "ConnectionError"
-    assert op.status.status_code is StatusCode.ERROR
-    (event,) = exception_events(op)
-    assert event["exception.message"] == "down 3" and "Traceback" in event["exception.stacktrace"]
     assert [a.attributes.get(semconv.RETRY_DELAY) for a in attempts] == [0.2, 0.4, None]
 
 
@@ -131,17 +112,8 @@ def test_exhausted_with_wrap_exception_raises_retry_error(instrumented: Otel) ->
     assert op.attributes[semconv.ERROR_TYPE] == "retrying.RetryError"
 
 
-def test_error_not_retried(instrumented: Otel) -> None:
-    flaky = Flaky(1, error=ValueError)
-    with pytest.raises(ValueError) as caught:
-        Retrying(retry_on_exception=lambda e: isinstance(e, ConnectionError), stop_max_attempt_number=5).call(flaky)
-    assert caught.value is flaky.raised[0]
-    op, (attempt,) = operation_and_attempts(instrumented, "Flaky")
-    assert op.attributes[semconv.RETRY_RESULT] == "not_retried"
-    assert op.attributes[semconv.ERROR_TYPE] == "ValueError"
-    assert op.status.status_code is StatusCode.ERROR
-    assert attempt.attributes[semconv.ERROR_TYPE] == "ValueError"
-    assert semconv.RETRY_DELAY not in attempt.attributes
+def test_error_not_retried(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.error_not_retried(instrumented, library)
 
 
 def test_error_not_retried_with_wrap_exception(instrumented: Otel) -> None:
@@ -152,19 +124,9 @@ def test_error_not_retried_with_wrap_exception(instrumented: Otel) -> None:
     assert op.attributes[semconv.ERROR_TYPE] == "retrying.RetryError"
 
 
-def test_rejected_results(instrumented: Otel, sleeps: Sleeps) -> None:
-    results = iter([None, None, "ready"])
-
-    def poll() -> str | None:
-        return next(results)
-
-    assert Retrying(retry_on_result=lambda r: r is None, stop_max_attempt_number=5, wait_fixed=100).call(poll) == "ready"
-    op, attempts = operation_and_attempts(instrumented, "test_rejected_results.<locals>.poll")
-    assert [a.attributes.get(semconv.ERROR_TYPE) for a in attempts] == ["rejected_result", "rejected_result", None]
-    assert [a.status.status_code for a in attempts] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET]
-    assert all(a.events == () for a in attempts)
-    assert [a.attributes.get(semconv.RETRY_DELAY) for a in attempts] == [0.1, 0.1, None]
-    assert op.attributes[semconv.RETRY_RESULT] == "success"
+def test_rejected_results(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.rejected_result_is_a_failed_attempt(instrumented, library)
+    assert library.sleeps.waits == [0.25, 0.25]
 
 
 def test_rejected_result_exhausted_raises_retry_error(instrumented: Otel) -> None:
@@ -243,26 +205,8 @@ def test_spans_made_inside_an_attempt_are_its_children(instrumented: Otel) -> No
     assert not trace.get_current_span().get_span_context().is_valid
 
 
-def test_nested_retries_record_depth(instrumented: Otel) -> None:
-    inner_calls = Flaky(100)
-
-    @retry(stop_max_attempt_number=3, wait_fixed=0)
-    def inner() -> None:
-        inner_calls()
-
-    @retry(stop_max_attempt_number=3, wait_fixed=0)
-    def outer() -> None:
-        inner()
-
-    with pytest.raises(ConnectionError):
-        outer()
-    assert inner_calls.calls == 9
-    prefix = "test_nested_retries_record_depth.<locals>"
-    inner_ops = by_name(instrumented, f"retry {prefix}.inner")
-    assert [op.attributes[semconv.RETRY_DEPTH] for op in inner_ops] == [2, 2, 2]
-    assert instrumented.span(f"retry {prefix}.outer").attributes[semconv.RETRY_DEPTH] == 1
-    outer_attempts = {s.context.span_id for s in by_name(instrumented, f"{prefix}.outer")}
-    assert {op.parent.span_id for op in inner_ops} == outer_attempts
+def test_nested_retries_record_depth(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.nested_retries_record_depth(instrumented, library)
 
 
 def test_keyboard_interrupt_aborts(instrumented: Otel) -> None:
@@ -302,24 +246,13 @@ def test_wait_strategy_stays_transparent(instrumented: Otel) -> None:
     assert r.wait == original and r.wait(1, 0) == 5 and r.wait.__name__ == "fixed_sleep"
 
 
-def test_uninstrument_restores_originals(otel: Otel) -> None:
-    before = {name: vars(Retrying)[name] for name in ("call", "should_reject")}
-    RetryingInstrumentor().instrument(**otel.kwargs())
-    assert all(vars(Retrying)[name] is not original for name, original in before.items())
-    RetryingInstrumentor().uninstrument()
-    assert all(vars(Retrying)[name] is original for name, original in before.items())
-    Retrying(stop_max_attempt_number=2, wait_fixed=0).call(Flaky(1))
-    assert otel.spans() == []
+def test_uninstrument_restores_originals(otel: Otel, library: RetryLibrary) -> None:
+    retry_checks.uninstrument_restores_originals(otel, library, [(Retrying, "call"), (Retrying, "should_reject")])
 
 
-def test_no_sdk_records_nothing_and_changes_nothing(sleeps: Sleeps) -> None:
-    RetryingInstrumentor().instrument()
-    try:
-        flaky = Flaky(2, "v")
-        assert Retrying(stop_max_attempt_number=3, wait_fixed=10).call(flaky) == "v"
-        assert flaky.calls == 3 and sleeps.waits == [0.01, 0.01]
-    finally:
-        RetryingInstrumentor().uninstrument()
+def test_no_sdk_records_nothing_and_changes_nothing(library: RetryLibrary) -> None:
+    retry_checks.no_sdk_records_nothing_and_changes_nothing(library)
+    assert library.sleeps.waits == [0.25, 0.25]
 
 
 SCENARIOS: dict[str, tuple[int, dict[str, Any]]] = {

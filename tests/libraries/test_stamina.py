@@ -17,7 +17,6 @@ import stamina._core
 import tenacity
 import tenacity.nap
 from opentelemetry import trace
-from opentelemetry.trace import StatusCode
 from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
 from otel_resilience import semconv
@@ -25,14 +24,14 @@ from otel_resilience.instrumentation.backoff import BackoffInstrumentor
 from otel_resilience.instrumentation.stamina import StaminaInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel, instrumented_fixture
+from tests.support import retry_checks
+from tests.support.retry_checks import RetryLibrary
 from tests.support.retry_support import (
     AsyncFlaky,
     Flaky,
     Sleeps,
     by_name,
-    exception_events,
     fetch_in_threads,
-    metric_summary,
     operation_and_attempts,
 )
 
@@ -65,6 +64,16 @@ def own_hooks() -> Iterator[list[RetryDetails]]:
     set_on_retry_hooks(None)
 
 
+@pytest.fixture
+def library(sleeps: Sleeps) -> RetryLibrary:
+    """stamina as the shared retry checks drive it: ``@stamina.retry`` with its jittered exponential backoff."""
+
+    def retry(fn: Any, attempts: int) -> Any:
+        return stamina.retry(on=ConnectionError, attempts=attempts, wait_initial=0.1, wait_jitter=0.5)(fn)
+
+    return RetryLibrary(StaminaInstrumentor, "otel_resilience.stamina", sleeps, retry)
+
+
 def attempt_delays(attempts: list[Any]) -> list[Any]:
     return [a.attributes.get(semconv.RETRY_DELAY) for a in attempts]
 
@@ -72,46 +81,14 @@ def attempt_delays(attempts: list[Any]) -> list[Any]:
 # --- @stamina.retry ----------------------------------------------------------------------------------------------
 
 
-def test_decorated_fails_twice_then_succeeds(instrumented: Otel, sleeps: Sleeps, own_hooks: list[RetryDetails]) -> None:
-    flaky = Flaky(2, "user")
-
-    @stamina.retry(on=ConnectionError, attempts=5, wait_initial=0.1, wait_jitter=0.5)
-    def fetch_user(user_id: int) -> str:
-        return flaky()
-
-    assert fetch_user(7) == "user"
-    assert flaky.calls == 3 and len(sleeps.waits) == 2
-    qualname = "test_decorated_fails_twice_then_succeeds.<locals>.fetch_user"
-    name = f"{__name__}.{qualname}"
-    op, attempts = operation_and_attempts(instrumented, qualname)
-    assert dict(op.attributes) == {
-        semconv.RETRY_NAME: name,
-        semconv.RETRY_DEPTH: 1,
-        semconv.RETRY_MAX_ATTEMPTS: 5,
-        semconv.RETRY_ATTEMPTS: 3,
-        semconv.RETRY_RESULT: "success",
-        semconv.RETRY_TOTAL_DELAY: pytest.approx(sum(sleeps.waits)),
-    }
-    assert op.status.status_code is StatusCode.UNSET and op.events == ()
-    assert op.instrumentation_scope.name == "otel_resilience.stamina"
-    assert [dict(a.attributes) for a in attempts] == [
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 1, semconv.RETRY_DELAY: sleeps.waits[0], semconv.ERROR_TYPE: "ConnectionError"},
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 2, semconv.RETRY_DELAY: sleeps.waits[1], semconv.ERROR_TYPE: "ConnectionError"},
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 3},
-    ]
-    assert 0.1 <= sleeps.waits[0] <= 0.6 and 0.2 <= sleeps.waits[1] <= 0.7  # stamina's jittered exponential backoff
-    assert [a.status.status_code for a in attempts] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET]
-    assert [exception_events(a) for a in attempts] == [
-        [{"exception.type": "ConnectionError", "exception.message": "down 1"}],
-        [{"exception.type": "ConnectionError", "exception.message": "down 2"}],
-        [],
-    ]
-    assert metric_summary(instrumented, semconv.METRIC_RETRY_ATTEMPTS) == [
-        ({semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1}, 1, 3)
-    ]
+def test_decorated_fails_twice_then_succeeds(instrumented: Otel, library: RetryLibrary, own_hooks: list[RetryDetails]) -> None:
+    flaky = retry_checks.fails_twice_then_succeeds(instrumented, library)
+    waits = library.sleeps.waits
+    assert 0.1 <= waits[0] <= 0.6 and 0.2 <= waits[1] <= 0.7  # stamina's jittered exponential backoff
     # stamina's own hooks saw the same waits (it derives wait_for from a running float sum: approx)
+    name = f"{retry_checks.__name__}.fails_twice_then_succeeds.<locals>.fetch_user"
     assert [(d.name, d.retry_num, d.caused_by) for d in own_hooks] == [(name, 1, flaky.raised[0]), (name, 2, flaky.raised[1])]
-    assert [d.wait_for for d in own_hooks] == pytest.approx(sleeps.waits)
+    assert [d.wait_for for d in own_hooks] == pytest.approx(waits)
 
 
 def test_decorated_before_instrumentation(otel: Otel) -> None:
@@ -143,31 +120,12 @@ def test_method_decorated(instrumented: Otel) -> None:
     assert len(attempts) == 2
 
 
-def test_exhausted_reraises_the_same_exception(instrumented: Otel) -> None:
-    flaky = Flaky(10)
-    fetch = stamina.retry(on=ConnectionError, attempts=3)(flaky)
-    with pytest.raises(ConnectionError) as caught:
-        fetch()
-    assert caught.value is flaky.raised[-1]
-    op, attempts = operation_and_attempts(instrumented, "Flaky")
-    assert op.attributes[semconv.RETRY_RESULT] == "exhausted"
-    assert op.attributes[semconv.RETRY_ATTEMPTS] == 3
-    assert op.attributes[semconv.ERROR_TYPE] == "ConnectionError"
-    assert op.status.status_code is StatusCode.ERROR
-    (event,) = exception_events(op)
-    assert "Traceback" in event["exception.stacktrace"]
-    assert attempt_delays(attempts)[2] is None
+def test_exhausted_reraises_the_same_exception(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.exhausted_raises_the_last_exception(instrumented, library)
 
 
-def test_error_not_retried(instrumented: Otel) -> None:
-    flaky = Flaky(1, error=ValueError)
-    with pytest.raises(ValueError) as caught:
-        stamina.retry(on=ConnectionError, attempts=3)(flaky)()
-    assert caught.value is flaky.raised[0]
-    op, (attempt,) = operation_and_attempts(instrumented, "Flaky")
-    assert op.attributes[semconv.RETRY_RESULT] == "not_retried"
-    assert op.attributes[semconv.ERROR_TYPE] == "ValueError"
-    assert attempt.attributes[semconv.ERROR_TYPE] == "ValueError"
+def test_error_not_retried(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.error_not_retried(instrumented, library)
 
 
 def test_backoff_hook_with_custom_wait_and_refusal(instrumented: Otel, sleeps: Sleeps) -> None:
@@ -395,28 +353,8 @@ def test_spans_made_inside_an_attempt_are_its_children(instrumented: Otel) -> No
     assert not trace.get_current_span().get_span_context().is_valid
 
 
-def test_nested_stamina_in_stamina_records_depth(instrumented: Otel) -> None:
-    inner_calls = Flaky(100)
-
-    @stamina.retry(on=ConnectionError, attempts=3)
-    def inner() -> None:
-        inner_calls()
-
-    @stamina.retry(on=ConnectionError, attempts=3)
-    def outer() -> None:
-        inner()
-
-    with pytest.raises(ConnectionError):
-        outer()
-    assert inner_calls.calls == 9
-    prefix = "test_nested_stamina_in_stamina_records_depth.<locals>"
-    assert [op.attributes[semconv.RETRY_DEPTH] for op in by_name(instrumented, f"retry {prefix}.inner")] == [2, 2, 2]
-    assert instrumented.span(f"retry {prefix}.outer").attributes[semconv.RETRY_DEPTH] == 1
-    name = f"{__name__}.{prefix}"
-    assert metric_summary(instrumented, semconv.METRIC_RETRY_ATTEMPTS) == [
-        ({semconv.RETRY_NAME: f"{name}.outer", semconv.RETRY_RESULT: "exhausted", semconv.RETRY_DEPTH: 1}, 1, 3),
-        ({semconv.RETRY_NAME: f"{name}.inner", semconv.RETRY_RESULT: "exhausted", semconv.RETRY_DEPTH: 2}, 3, 9),
-    ]
+def test_nested_stamina_in_stamina_records_depth(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.nested_retries_record_depth(instrumented, library)
 
 
 def test_nested_across_libraries(with_tenacity: Otel, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -500,37 +438,22 @@ async def test_cancellation_aborts(instrumented: Otel) -> None:
 # --- lifecycle and behaviour -------------------------------------------------------------------------------------
 
 
-def test_uninstrument_restores_originals(otel: Otel) -> None:
+def test_uninstrument_restores_originals(otel: Otel, library: RetryLibrary) -> None:
     from stamina._core import _RetryContextIterator
     from tenacity import AttemptManager, BaseRetrying, Retrying
     from tenacity.asyncio import AsyncRetrying
 
-    untouched = {(Retrying, "__call__"): vars(Retrying)["__call__"], (AsyncRetrying, "__call__"): vars(AsyncRetrying)["__call__"]}
-    targets = [
+    patched = [
         (_RetryContextIterator, "__iter__"), (_RetryContextIterator, "__aiter__"), (BaseRetrying, "__iter__"), (AsyncRetrying, "__aiter__"),
         (AsyncRetrying, "__anext__"), (BaseRetrying, "iter"), (AsyncRetrying, "iter"), (AttemptManager, "__enter__"),
         (AttemptManager, "__exit__"),
     ]
-    before = {t: vars(t[0])[t[1]] for t in targets}
-    StaminaInstrumentor().instrument(**otel.kwargs())
-    stamina.retry(on=ConnectionError, attempts=2)(Flaky(0))()  # something recorded: the attempt hooks are in
-    assert all(vars(owner)[name] is not before[(owner, name)] for owner, name in targets)
-    assert all(vars(owner)[name] is original for (owner, name), original in untouched.items())  # stamina needs no call forms
-    StaminaInstrumentor().uninstrument()
-    assert all(vars(owner)[name] is before[(owner, name)] for owner, name in targets)
-    otel.exporter.clear()
-    stamina.retry(on=ConnectionError, attempts=2)(Flaky(1))()
-    assert otel.spans() == []
+    untouched = [(Retrying, "__call__"), (AsyncRetrying, "__call__")]  # stamina needs no call forms
+    retry_checks.uninstrument_restores_originals(otel, library, patched, untouched)
 
 
-def test_no_sdk_records_nothing_and_changes_nothing(sleeps: Sleeps) -> None:
-    StaminaInstrumentor().instrument()
-    try:
-        flaky = Flaky(2, "v")
-        assert stamina.retry(on=ConnectionError, attempts=3)(flaky)() == "v"
-        assert flaky.calls == 3 and len(sleeps.waits) == 2
-    finally:
-        StaminaInstrumentor().uninstrument()
+def test_no_sdk_records_nothing_and_changes_nothing(library: RetryLibrary) -> None:
+    retry_checks.no_sdk_records_nothing_and_changes_nothing(library)
 
 
 SCENARIOS: dict[str, tuple[int, dict[str, Any]]] = {

@@ -15,12 +15,34 @@ from otel_resilience import semconv
 from otel_resilience.core.config import SETTINGS
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel, instrumented_fixture
-from tests.support.retry_support import Flaky, by_name, operation_and_attempts
+from tests.support import retry_checks
+from tests.support.retry_checks import RetryLibrary
+from tests.support.retry_support import Flaky, Sleeps, by_name, operation_and_attempts
 
 NO_WAIT = tenacity.wait_none()
 
 
 instrumented = instrumented_fixture(TenacityInstrumentor)
+
+
+@pytest.fixture
+def library() -> RetryLibrary:
+    """tenacity as the shared retry checks drive it: ``@tenacity.retry`` with a fixed wait, its sleeps recorded."""
+    sleeps = Sleeps()
+
+    def retry(fn: Any, attempts: int) -> Any:
+        return tenacity.retry(
+            retry=tenacity.retry_if_exception_type(ConnectionError), stop=tenacity.stop_after_attempt(attempts),
+            wait=tenacity.wait_fixed(0.001), sleep=sleeps.sleep, reraise=True,
+        )(fn)
+
+    def retry_none(fn: Any, attempts: int) -> Any:
+        return tenacity.retry(
+            retry=tenacity.retry_if_result(lambda r: r is None), stop=tenacity.stop_after_attempt(attempts),
+            wait=tenacity.wait_fixed(0.001), sleep=sleeps.sleep,
+        )(fn)
+
+    return RetryLibrary(TenacityInstrumentor, "otel_resilience.tenacity", sleeps, retry, retry_none)
 
 
 def fetch_user_factory(flaky: Flaky) -> Any:
@@ -31,58 +53,9 @@ def fetch_user_factory(flaky: Flaky) -> Any:
     return fetch_user
 
 
-def test_decorated_function_fails_twice_then_succeeds(instrumented: Otel) -> None:
-    flaky = Flaky(2, "user")
-    fetch_user = fetch_user_factory(flaky)
-    assert fetch_user() == "user"
-    assert flaky.calls == 3
-
-    op, attempts = operation_and_attempts(instrumented, "fetch_user_factory.<locals>.fetch_user")
-    name = f"{__name__}.fetch_user_factory.<locals>.fetch_user"
-    assert dict(op.attributes) == {
-        semconv.RETRY_NAME: name,
-        semconv.RETRY_DEPTH: 1,
-        semconv.RETRY_MAX_ATTEMPTS: 3,
-        semconv.RETRY_ATTEMPTS: 3,
-        semconv.RETRY_RESULT: "success",
-        semconv.RETRY_TOTAL_DELAY: pytest.approx(0.002),
-    }
-    assert isinstance(op.attributes[semconv.RETRY_TOTAL_DELAY], float)
-    assert op.status.status_code is StatusCode.UNSET
-    assert op.events == ()
-    assert [dict(a.attributes) for a in attempts] == [
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 1, semconv.RETRY_DELAY: 0.001, semconv.ERROR_TYPE: "ConnectionError"},
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 2, semconv.RETRY_DELAY: 0.001, semconv.ERROR_TYPE: "ConnectionError"},
-        {semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: 3},
-    ]
-    assert [a.status.status_code for a in attempts] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET]
-    for number, attempt in enumerate(attempts[:2], start=1):
-        (event,) = attempt.events
-        assert event.name == "exception"
-        assert dict(event.attributes) == {"exception.type": "ConnectionError", "exception.message": f"down {number}"}
-    assert attempts[2].events == ()
-    # attempts are in order and inside the operation
-    assert op.start_time <= attempts[0].start_time <= attempts[0].end_time <= attempts[1].start_time
-    assert attempts[2].end_time <= op.end_time
-
-
-def test_metrics_for_an_operation(instrumented: Otel) -> None:
-    fetch_user_factory(Flaky(1))()
-    (attempts_point,) = instrumented.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
-    assert dict(attempts_point.attributes) == {
-        semconv.RETRY_NAME: f"{__name__}.fetch_user_factory.<locals>.fetch_user",
-        semconv.RETRY_RESULT: "success",
-        semconv.RETRY_DEPTH: 1,
-    }
-    assert attempts_point.count == 1 and attempts_point.sum == 2
-    assert list(attempts_point.explicit_bounds) == list(semconv.RETRY_ATTEMPTS_BUCKETS)
-    (duration,) = instrumented.metric_points(semconv.METRIC_RETRY_DURATION)
-    assert dict(duration.attributes) == {
-        semconv.RETRY_NAME: f"{__name__}.fetch_user_factory.<locals>.fetch_user",
-        semconv.RETRY_RESULT: "success",
-    }
-    assert duration.count == 1 and duration.sum > 0
-    assert list(duration.explicit_bounds) == list(semconv.RETRY_DURATION_BUCKETS)
+def test_decorated_function_fails_twice_then_succeeds(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.fails_twice_then_succeeds(instrumented, library)
+    assert library.sleeps.waits == [0.001, 0.001]
 
 
 def test_exhausted_raises_the_same_retry_error(instrumented: Otel) -> None:
@@ -107,53 +80,16 @@ def test_exhausted_raises_the_same_retry_error(instrumented: Otel) -> None:
     assert caught.value.last_attempt.exception().args == ("refused",)
 
 
-def test_reraise_gives_the_same_exception_object(instrumented: Otel) -> None:
-    raised: list[BaseException] = []
-
-    @tenacity.retry(stop=tenacity.stop_after_attempt(2), wait=NO_WAIT, reraise=True)
-    def down() -> None:
-        exc = ConnectionError("refused")
-        raised.append(exc)
-        raise exc
-
-    with pytest.raises(ConnectionError) as caught:
-        down()
-    assert caught.value is raised[-1]
-    op = instrumented.span("retry test_reraise_gives_the_same_exception_object.<locals>.down")
-    assert op.attributes[semconv.RETRY_RESULT] == "exhausted"
-    assert op.attributes[semconv.ERROR_TYPE] == "ConnectionError"
+def test_reraise_gives_the_same_exception_object(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.exhausted_raises_the_last_exception(instrumented, library)
 
 
-def test_error_not_retried(instrumented: Otel) -> None:
-    @tenacity.retry(retry=tenacity.retry_if_exception_type(ConnectionError), stop=tenacity.stop_after_attempt(5))
-    def bad_input() -> None:
-        raise ValueError("bad")
-
-    with pytest.raises(ValueError):
-        bad_input()
-    op, (attempt,) = operation_and_attempts(instrumented, "test_error_not_retried.<locals>.bad_input")
-    assert op.attributes[semconv.RETRY_RESULT] == "not_retried"
-    assert op.attributes[semconv.RETRY_ATTEMPTS] == 1
-    assert op.attributes[semconv.ERROR_TYPE] == "ValueError"
-    assert op.status.status_code is StatusCode.ERROR
-    assert attempt.attributes[semconv.ERROR_TYPE] == "ValueError"
-    assert semconv.RETRY_DELAY not in attempt.attributes
+def test_error_not_retried(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.error_not_retried(instrumented, library)
 
 
-def test_rejected_result_is_a_failed_attempt(instrumented: Otel) -> None:
-    results = iter([None, None, "ready"])
-
-    @tenacity.retry(retry=tenacity.retry_if_result(lambda r: r is None), stop=tenacity.stop_after_attempt(5), wait=NO_WAIT)
-    def poll() -> str | None:
-        return next(results)
-
-    assert poll() == "ready"
-    op, attempts = operation_and_attempts(instrumented, "test_rejected_result_is_a_failed_attempt.<locals>.poll")
-    assert [a.attributes.get(semconv.ERROR_TYPE) for a in attempts] == ["rejected_result", "rejected_result", None]
-    assert [a.status.status_code for a in attempts] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET]
-    assert all(a.events == () for a in attempts)  # no exception: no exception event
-    assert op.attributes[semconv.RETRY_RESULT] == "success"
-    assert op.status.status_code is StatusCode.UNSET
+def test_rejected_result_is_a_failed_attempt(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.rejected_result_is_a_failed_attempt(instrumented, library)
 
 
 def test_rejected_result_exhausted(instrumented: Otel) -> None:
@@ -337,28 +273,8 @@ def test_spans_made_inside_an_attempt_are_its_children(instrumented: Otel) -> No
     assert not trace.get_current_span().get_span_context().is_valid  # nothing left attached
 
 
-def test_nested_retries_record_depth(instrumented: Otel) -> None:
-    inner_calls = Flaky(10)
-
-    @tenacity.retry(stop=tenacity.stop_after_attempt(3), wait=NO_WAIT, reraise=True)
-    def inner() -> None:
-        inner_calls()
-
-    @tenacity.retry(stop=tenacity.stop_after_attempt(3), wait=NO_WAIT, reraise=True)
-    def outer() -> None:
-        inner()
-
-    with pytest.raises(ConnectionError):
-        outer()
-    assert inner_calls.calls == 9  # amplification, and the trace shows it
-    inner_ops = by_name(instrumented, "retry test_nested_retries_record_depth.<locals>.inner")
-    outer_op = instrumented.span("retry test_nested_retries_record_depth.<locals>.outer")
-    assert outer_op.attributes[semconv.RETRY_DEPTH] == 1
-    assert [op.attributes[semconv.RETRY_DEPTH] for op in inner_ops] == [2, 2, 2]
-    outer_attempts = {s.context.span_id for s in by_name(instrumented, "test_nested_retries_record_depth.<locals>.outer")}
-    assert {op.parent.span_id for op in inner_ops} == outer_attempts
-    depths = sorted(dict(p.attributes)[semconv.RETRY_DEPTH] for p in instrumented.metric_points(semconv.METRIC_RETRY_ATTEMPTS))
-    assert depths == [1, 2]
+def test_nested_retries_record_depth(instrumented: Otel, library: RetryLibrary) -> None:
+    retry_checks.nested_retries_record_depth(instrumented, library)
 
 
 async def test_async_decorated(instrumented: Otel) -> None:
@@ -526,34 +442,21 @@ def test_internal_error_is_swallowed(instrumented: Otel, monkeypatch: pytest.Mon
     assert flaky.calls == 2
 
 
-def test_uninstrument_restores_originals(otel: Otel) -> None:
+def test_uninstrument_restores_originals(otel: Otel, library: RetryLibrary) -> None:
     from tenacity import AttemptManager, BaseRetrying, Retrying
     from tenacity.asyncio import AsyncRetrying
 
-    targets = [
+    retry_checks.uninstrument_restores_originals(otel, library, [
         (Retrying, "__call__"), (AsyncRetrying, "__call__"), (BaseRetrying, "__iter__"), (AsyncRetrying, "__aiter__"),
         (AsyncRetrying, "__anext__"), (BaseRetrying, "iter"), (AsyncRetrying, "iter"), (AttemptManager, "__enter__"),
         (AttemptManager, "__exit__"),
-    ]
-    before = {t: vars(t[0])[t[1]] for t in targets}
-    TenacityInstrumentor().instrument(**otel.kwargs())
-    assert all(vars(owner)[name] is not before[(owner, name)] for owner, name in targets)
-    TenacityInstrumentor().uninstrument()
-    assert all(vars(owner)[name] is before[(owner, name)] for owner, name in targets)
-    fetch_user_factory(Flaky(1))()
-    assert otel.spans() == []
+    ])
 
 
-def test_no_sdk_records_nothing_and_changes_nothing() -> None:
+def test_no_sdk_records_nothing_and_changes_nothing(library: RetryLibrary) -> None:
     # The global providers are the API's defaults here (no SDK configured in this process).
-    TenacityInstrumentor().instrument()
-    try:
-        flaky = Flaky(2, "v")
-        assert fetch_user_factory(flaky)() == "v"
-        assert flaky.calls == 3
-        assert not trace.get_current_span().get_span_context().is_valid
-    finally:
-        TenacityInstrumentor().uninstrument()
+    retry_checks.no_sdk_records_nothing_and_changes_nothing(library)
+    assert library.sleeps.waits == [0.001, 0.001]
 
 
 def _run_policy(failures: int, stop: int, reraise: bool, wait: Any) -> tuple[Any, list[float], int]:
