@@ -332,11 +332,24 @@ def test_same_exception_object_reaches_the_caller(instrumented: Otel) -> None:
     assert attempt(breaker, fail) is raised
 
 
-def test_no_sdk_records_nothing() -> None:
+def test_no_sdk_records_nothing_and_adds_no_inner_hooks() -> None:
+    # The global providers are the API's defaults here (no SDK configured in this process).
+    inner_hooks = [(pybreaker.CircuitBreakerState, "before_call"), (pybreaker.CircuitOpenState, "before_call"),
+                   (pybreaker.CircuitBreaker, "_inc_counter"), (pybreaker.CircuitBreaker, "_create_new_state")]
+    before = {t: vars(t[0])[t[1]] for t in inner_hooks}
+    bare = pybreaker.CircuitBreaker(fail_max=1, name="nosdk-bare")
+    bare_seen = [attempt(bare, down), attempt(bare, ok)]
     PyBreakerInstrumentor().instrument()
     try:
         breaker = pybreaker.CircuitBreaker(fail_max=1, name="nosdk")
-        assert isinstance(attempt(breaker, down), pybreaker.CircuitBreakerError)
-        assert isinstance(attempt(breaker, ok), pybreaker.CircuitBreakerError)
+        seen = [attempt(breaker, down), attempt(breaker, ok)]
+        assert [(type(x), str(x)) for x in seen] == [(type(x), str(x)) for x in bare_seen]
+        assert isinstance(seen[0], pybreaker.CircuitBreakerError) and isinstance(seen[1], pybreaker.CircuitBreakerError)
+        assert (breaker.current_state, breaker.fail_counter) == (bare.current_state, bare.fail_counter) == ("open", 1)
+        # the inner hooks are only put in once something records, and no listener of ours is added
+        assert all(vars(owner)[name] is before[(owner, name)] for owner, name in inner_hooks)
+        assert breaker.listeners == ()
+        assert [b for b in breakers() if b["name"] == "nosdk"] == []
+        assert not trace.get_current_span().get_span_context().is_valid
     finally:
         PyBreakerInstrumentor().uninstrument()

@@ -20,7 +20,6 @@ from circuitbreaker import CircuitBreaker, CircuitBreakerMonitor, circuit
 from purgatory import SyncCircuitBreakerFactory
 
 import otel_resilience
-from otel_resilience.core import registry
 from otel_resilience.instrumentation.aiobreaker import AioBreakerInstrumentor
 from otel_resilience.instrumentation.circuitbreaker import CircuitBreakerInstrumentor
 from otel_resilience.instrumentation.purgatory import PurgatoryInstrumentor
@@ -71,9 +70,26 @@ def fetch(url: str) -> tuple[int, str, Any]:
         return error.code, error.headers["Content-Type"], json.load(error)
 
 
-def test_snapshot_is_exported_at_the_top_level() -> None:
-    assert otel_resilience.breakers is registry.breakers
+def test_snapshot_is_exported_at_the_top_level(instrumented: Otel) -> None:
+    """The top-level `breakers()` is the live registry's snapshot: a breaker used appears with what it did, each call
+    returns a new JSON-ready copy the caller may change, and a breaker that is gone leaves it."""
     assert "breakers" in otel_resilience.__all__
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60, name="top-level")
+    assert isinstance(outcome(breaker.call, lambda: 1 / 0), ZeroDivisionError)
+    snapshot = otel_resilience.breakers()
+    assert json.loads(json.dumps(snapshot)) == snapshot
+    (mine,) = [b for b in snapshot if b["name"] == "top-level"]
+    assert mine == {
+        "name": "top-level", "library": "circuitbreaker", "state": "open", "failure_count": 1,
+        "last_transition": mine["last_transition"],
+    }
+    assert isinstance(mine["last_transition"], float)
+    mine["state"] = "closed"
+    snapshot.clear()
+    assert [b["state"] for b in otel_resilience.breakers() if b["name"] == "top-level"] == ["open"]
+    del breaker
+    gc.collect()
+    assert [b for b in otel_resilience.breakers() if b["name"] == "top-level"] == []
 
 
 OURS = ("directory", "payments", "stock")
