@@ -1,7 +1,7 @@
 """What the redis instrumentation adds to a command that succeeds at its first attempt (the hot path: no span of ours),
 with no SDK and with one, alone and beside contrib's redis instrumentation.
 
-A real ``redis-server`` on a loopback port (`tests.redis_server`); the command is ``GET`` on one pooled connection.
+A real ``redis-server`` on a loopback port (`tests.support.redis_server`); the command is ``GET`` on one pooled connection.
 A round trip is tens of µs and moves by more than what we add, so the variants are measured alternately, round after
 round in one process, each keeping its fastest round (interference only ever adds time), and the Python instructions
 each variant executes beyond its baseline are counted too (`benchmarks.opcodes.count`: the same on every run).
@@ -22,7 +22,7 @@ from opentelemetry.instrumentation.redis import RedisInstrumentor
 from benchmarks.conftest import Sdk, sdk_for_benchmarks
 from benchmarks.opcodes import count
 from otel_resilience.instrumentation.redis import RedisRetryInstrumentor
-from tests.redis_server import redis_server_or_skip
+from tests.support.redis_server import redis_server_or_skip
 
 ROUNDS = 9
 REPEATS = 3

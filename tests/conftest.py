@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.collector import RotelCollector, collector_or_skip
+from tests.support.collector import RotelCollector, collector_or_skip
 
 
 @dataclass

@@ -25,7 +25,7 @@ _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 
 
 # The two readings below, and `recording`'s of `trace._TRACER_PROVIDER` and `_METER_PROVIDER`, use OpenTelemetry's
-# private names: tests/test_otel_internals.py fails loudly when a release renames them.
+# private names: tests/core/test_otel_internals.py fails loudly when a release renames them.
 def _is_noop_tracer(tracer: trace.Tracer) -> bool:
     if isinstance(tracer, trace.ProxyTracer):
         tracer = tracer._tracer  # resolves to the real tracer once a global provider is set
