@@ -24,17 +24,21 @@ from otel_resilience.version import __version__
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 
 
-# The two readings below, and `recording`'s of `trace._TRACER_PROVIDER` and `_METER_PROVIDER`, use OpenTelemetry's
-# private names: tests/core/test_otel_internals.py fails loudly when a release renames them.
-def _is_noop_tracer(tracer: trace.Tracer) -> bool:
+# OpenTelemetry's private names are read in `_sdk_configured` only, but for its first test, which `recording` and
+# `may_record` copy inline: with the global providers, "no SDK yet" is those two module attribute reads, made before
+# any call, and it is every traced call's cost while no SDK is configured. Calling `_sdk_configured` there measured 65
+# instead of 44 Python instructions per call (`python -m benchmarks.no_sdk`), against a budget of 0.5 µs.
+def _sdk_configured(tracer: trace.Tracer, meter: metrics.Meter, uses_globals: bool) -> bool:
+    """Whether a real SDK stands behind `tracer` and `meter` (tests/core/test_otel_internals.py fails loudly when a
+    release renames the private names read here). The API's proxies resolve to the real tracer and meter once a global
+    provider is set."""
+    if uses_globals and trace._TRACER_PROVIDER is None and _metrics_internal._METER_PROVIDER is None:
+        return False
     if isinstance(tracer, trace.ProxyTracer):
-        tracer = tracer._tracer  # resolves to the real tracer once a global provider is set
-    return isinstance(tracer, trace.NoOpTracer)
-
-
-def _is_noop_meter(meter: metrics.Meter) -> bool:
-    real = getattr(meter, "_real_meter", meter)  # the API's proxy meter until a global provider is set
-    return real is None or isinstance(real, metrics.NoOpMeter)
+        tracer = tracer._tracer
+    real_meter = getattr(meter, "_real_meter", meter)
+    noop_meter = real_meter is None or isinstance(real_meter, metrics.NoOpMeter)
+    return not (isinstance(tracer, trace.NoOpTracer) and noop_meter)
 
 
 class Telemetry:
@@ -89,9 +93,7 @@ class Telemetry:
     def recording(self, ctx: Context | None = None) -> bool:
         """Whether anything would record: decided cheaply, so that with no SDK we create nothing at all.
 
-        Once a real provider is in place it stays (OpenTelemetry sets global providers once), so a positive answer
-        is cached; a negative one is re-checked, because the app may configure its SDK after instrumenting. With the
-        global providers, "no SDK yet" is two module attribute reads, inline: it is every call's cost with no SDK.
+        Whether an SDK stands behind us is `_became_live`'s to say, until it says yes.
 
         Then, is instrumentation suppressed in `ctx` (default: the current context)? This is
         `opentelemetry.instrumentation.utils.is_instrumentation_enabled()` with one context read instead of two. Only
@@ -100,7 +102,7 @@ class Telemetry:
         """
         if not self._live:
             if self._uses_globals and trace._TRACER_PROVIDER is None and _metrics_internal._METER_PROVIDER is None:
-                return False
+                return False  # no SDK (inline: see the comment above _sdk_configured)
             if not self._became_live():
                 return False
         if self.disabled:
@@ -115,15 +117,16 @@ class Telemetry:
         so that a call reads the context once."""
         if not self._live:
             if self._uses_globals and trace._TRACER_PROVIDER is None and _metrics_internal._METER_PROVIDER is None:
-                return False
+                return False  # no SDK (inline: see the comment above _sdk_configured)
             if not self._became_live():
                 return False
         return not self.disabled
 
     def _became_live(self) -> bool:
-        """The slow path of `recording()`: a provider was set since the last call, or explicit providers were given
-        (then their tracer and meter tell whether they are real)."""
-        if self.disabled or (_is_noop_tracer(self.tracer) and _is_noop_meter(self.meter)):
+        """Until something records: has a provider been set since the last call (or are the explicit providers
+        real)? A negative answer is asked again at the next call, because the app may configure its SDK after
+        instrumenting; a positive one is kept (OpenTelemetry sets global providers once)."""
+        if self.disabled or not _sdk_configured(self.tracer, self.meter, self._uses_globals):
             return False
         if self.on_live is not None:
             self.on_live()

@@ -12,7 +12,7 @@ Two styles, as configured:
 
 A helper that is a generator or async generator function (it re-creates a stream when it breaks: ``yield from
 make_stream()`` in a loop) runs only as its result is consumed, so its operation is that consumption, through
-`otel_resilience.instrumentation._streams.StreamAttempts`: it starts at the first item asked for and ends when the
+`otel_resilience.core.streams.StreamAttempts`: it starts at the first item asked for and ends when the
 consumption does; each call of the callable is an attempt, which goes on while the stream it returned is read (an
 error mid-stream is that attempt's failure). The caller gets a generator of the same kind forwarding items, ``send``,
 ``throw`` and ``close``.
@@ -38,7 +38,7 @@ from opentelemetry.context import Context
 from otel_resilience.core import RetryOperation, Telemetry, never_raises
 from otel_resilience.core.naming import callable_names
 from otel_resilience.core.retry import ProxiedAttempts
-from otel_resilience.instrumentation._streams import StreamAttempts
+from otel_resilience.core.streams import StreamAttempts
 from otel_resilience.patching import Wrapper
 from otel_resilience.targets._arguments import ArgumentLocator, Found, attemptable
 from otel_resilience.targets.spec import Resolved, report_no_callable, stream_kind

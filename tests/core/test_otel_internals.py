@@ -23,13 +23,13 @@ from opentelemetry.metrics import _internal as metrics_internal
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel_resilience.core.telemetry import Telemetry, _is_noop_meter, _is_noop_tracer
+from otel_resilience.core.telemetry import Telemetry, _sdk_configured
 
 assert trace._TRACER_PROVIDER is None and metrics_internal._METER_PROVIDER is None, "no provider set yet"
 tracer, meter = trace.get_tracer("probe"), metrics.get_meter("probe")
 assert isinstance(tracer, trace.ProxyTracer) and isinstance(tracer._tracer, trace.NoOpTracer)
 assert hasattr(meter, "_real_meter") and meter._real_meter is None
-assert _is_noop_tracer(tracer) and _is_noop_meter(meter)
+assert not _sdk_configured(tracer, meter, uses_globals=False)  # reads the proxies' private names too
 telemetry = Telemetry("probe")
 assert not telemetry.recording()
 trace.set_tracer_provider(TracerProvider())
@@ -37,7 +37,7 @@ metrics.set_meter_provider(MeterProvider())
 assert trace._TRACER_PROVIDER is not None and metrics_internal._METER_PROVIDER is not None
 assert not isinstance(tracer._tracer, trace.NoOpTracer)
 meter.create_counter("resolves")  # the proxy meter resolves its real meter on use
-assert meter._real_meter is not None and not _is_noop_meter(meter) and not _is_noop_tracer(tracer)
+assert meter._real_meter is not None and _sdk_configured(tracer, meter, uses_globals=False)
 assert telemetry.recording()
 assert _SUPPRESS_INSTRUMENTATION_KEY and _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 print("ok")

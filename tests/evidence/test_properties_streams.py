@@ -8,7 +8,7 @@ result as the contract says.
 
 Loops: google-api-core's ``StreamingRetry`` (a generator opener), ``AsyncStreamingRetry`` (an async-generator opener,
 an opener returning an awaitable of one, and a plain async iterator, which the library drives differently), and an
-app's own generator helper driven through `otel_resilience.instrumentation._streams.StreamAttempts` directly, as the
+app's own generator helper driven through `otel_resilience.core.streams.StreamAttempts` directly, as the
 drop-in targets will. Time is fake (`tests.support.google_support.FakeTime`).
 """
 
@@ -31,7 +31,7 @@ from otel_resilience import semconv
 from otel_resilience.core import Telemetry
 from otel_resilience.core.errors import error_type
 from otel_resilience.core.retry import ProxiedAttempts, RetryOperation
-from otel_resilience.instrumentation._streams import StreamAttempts
+from otel_resilience.core.streams import StreamAttempts
 from otel_resilience.instrumentation.google_api_core import GoogleApiCoreInstrumentor
 from tests.conftest import Otel
 from tests.support.evidence import PROPERTY_SETTINGS, children, describe, instrumented

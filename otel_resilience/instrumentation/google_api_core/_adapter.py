@@ -11,7 +11,7 @@ own module before instrumenting is the one form not seen.
 Each loop gets stand-ins for three of its arguments, all called by the library exactly as it would call the
 originals:
 
-- ``target``: each call is an attempt (for streams, each stream opened; `otel_resilience.instrumentation._streams`);
+- ``target``: each call is an attempt (for streams, each stream opened; `otel_resilience.core.streams`);
 - ``sleep_generator``: the library draws each wait from it; the value drawn is the attempt's ``retry.delay``, the
   library's own decision (its jitter is never recomputed), kept until the next attempt starts, because after drawing
   it the library may still stop at its deadline;
@@ -42,7 +42,7 @@ from otel_resilience.core import Telemetry, never_raises
 from otel_resilience.core.naming import callable_names
 from otel_resilience.core.retry import ProxiedAttempts, RetryOperation
 from otel_resilience.patching import Patches
-from otel_resilience.instrumentation._streams import StreamAttempts
+from otel_resilience.core.streams import StreamAttempts
 
 _TARGET, _SLEEP_GENERATOR, _EXCEPTION_FACTORY = 0, 2, 5
 """Positions of the stand-ins' arguments, the same in all four loop functions."""

@@ -34,7 +34,7 @@ import inspect
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Generator, Iterable
 from typing import Any
 
-from otel_resilience.core import never_raises
+from otel_resilience.core._safety import never_raises
 from otel_resilience.core.retry import ProxiedAttempts
 
 
