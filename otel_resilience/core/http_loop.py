@@ -1,55 +1,11 @@
-"""Retry loops above the HTTP client: library-neutral. A loop such as botocore's ``Endpoint._send_request`` (or an SDK's
-own loop over httpx) makes each attempt as one HTTP request whose own policy makes no retries (``Retry(False)``, an
-httpx transport with ``retries=0``). Those requests are not retried operations of their own (`core.http` observes
-nothing of them: `request_in_scope` with ``retried=False``); each is an attempt of the loop, reported here by the
-loop's adapter:
-
-    call = LoopCall.start(telemetry, "S3.ListBuckets", {rpc.system: "aws-api", ...})   # None: nothing records
-    ctx = call.attempt_started("GET", url, host, port)       # None beside contrib's span for the call
-    token = context.attach(attempt_context(ctx)) if ctx is not None else None   # the attempt runs under its span
-    ...                                                      # inject `ctx` into a copy of the attempt's headers
-    call.attempt_ended(status=503)
-    call.retrying(0.42)                                      # the delay the loop chose, read from its decision
-    ...
-    call.max_attempts = 3                                    # the loop's limit, as the loop resolved it
-    call.budget_exhausted = True                             # a retry budget refused the next retry
-    call.ended(semconv.RESULT_EXHAUSTED)
-
-The shapes are those of every HTTP retry (`core.http.HttpRequest`, whose bookkeeping this reuses), with the call's
-name in place of the method:
-
-- **Alone**: one CLIENT span per attempt, a sibling under the caller's span, named after the call (``S3.ListBuckets``,
-  as the AWS SDK conventions and contrib name a call) with the call's attributes (``rpc.*``), the HTTP attributes,
-  ``retry.attempt``, ``http.request.resend_count``, ``retry.delay``; the last attempt carries ``retry.attempts``,
-  ``retry.result``, ``retry.max_attempts`` and, when a budget ended it, ``retry.budget_exhausted``. The attempt's span
-  is current while the attempt runs, with HTTP instrumentation suppressed under it (`attempt_context`), as contrib's
-  SDK instrumentations do under their call span: an HTTP instrumentation below (contrib's urllib3, aiohttp-client,
-  httpx) makes no CLIENT span inside ours.
-- **Beside a span for the whole call** (contrib's botocore instrumentation: current when the loop starts, CLIENT, or
-  any kind while HTTP instrumentation is suppressed under it, as contrib does for SQS's PRODUCER and CONSUMER spans):
-  no span of ours. That span gets ``http.request.resend_count``, one ``http.request.resend`` event per earlier attempt
-  and the outcome attributes above, which contrib never sets.
-
-Metric points: ``retry.name`` is the call's name (``S3.ListBuckets``): bounded by the service's API. A call that
-succeeded at its first attempt records none, as for any HTTP request (docs/telemetry.md, "Decisions").
-
-**A loop whose attempts the HTTP client adapters see** (`ClientLoop`: the OpenAI and Anthropic SDKs' loop over httpx
-or httpx2, httpx-retries' ``RetryTransport``): where the loop's adapter cannot see an attempt where it is sent (the
-SDKs build and send each try in methods that differ from one SDK to the next, and inject their own trace context just
-before sending), the loop is current in `core.http`'s scope while it runs, and every HTTP attempt our client adapters
-see inside it joins it (`core.http.request_in_scope`), whatever the request's own policy. So the attempt is seen and
-its trace context injected at the connection pool, after the SDK's own headers; the loop's adapter reports the wait
-(`retrying`) and the result (`end_client_loop`, named by `core.outcome`). The shapes are `core.http`'s, with
-``retry.max_attempts``:
-
-- alone, one CLIENT span per attempt named by the method (``POST``), under the span current when the loop started:
-  the caller's, or an API-call span (a GenAI instrumentation's, the SDK's own), which is never taken for an HTTP span;
-- beside contrib's HTTP instrumentation (one span per transport call: per attempt), those spans are enriched as
-  everywhere (``http.request.resend_count``, ``http.request.resend`` events); contrib ends each before the loop
-  decides, so the outcome is on the metric points (and on our last span, alone);
-- the inner client's verdict on the one request it sent is a partial view, ignored (`ClientLoop.layer_ended`);
-- a loop started inside another (an httpx-retries transport under an SDK's loop) joins the outer one.
-"""
+"""Retry loops above the HTTP client (botocore's ``Endpoint._send_request``, the OpenAI and Anthropic SDKs' loop,
+httpx-retries' transport): each HTTP request such a loop sends makes no retries of its own, so `core.http` does not
+observe it as a retried operation; it is an attempt of the loop. `LoopCall` is a loop whose adapter sees each attempt
+(botocore: CLIENT spans named after the call, ``S3.ListBuckets``, or facts on contrib's span for the whole call);
+`ClientLoop` is a loop whose attempts the HTTP client adapters see, because it is current in `core.http`'s scope
+while it runs (the SDKs, which build and send each try in methods of their own). Both reuse `HttpRequest`'s
+bookkeeping; the shapes, with the reasons, are in docs/http.md (its botocore section and
+"Retry loops above the HTTP client")."""
 
 from __future__ import annotations
 
