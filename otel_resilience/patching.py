@@ -1,26 +1,13 @@
 """Patching shared by every instrumentor and configured target: one patch per patched attribute, undone exactly.
+Several adapters can hook the same attribute (stamina on tenacity, a target on a library's method), so each patched
+attribute holds one plain function (`_HookPoint`, cheaper than a wrapt proxy on every access) with their wrappers as
+layers; hooks marked ``deferred`` are applied only once something records, so with no SDK a call pays for its entry
+point alone. The rules, and the measurements behind them, are in docs/patching.md. Usage, in an adapter::
 
-Several adapters can need the same hook point (stamina runs on tenacity; a configured target can name a library's
-method). Each patched attribute therefore gets one `_HookPoint`: one function in the class, whatever the number of
-adapters, with their wrappers as layers inside it (the latest declared outermost, as if each had patched on top).
-`Patches.wrap` subscribes; `Patches.restore` unsubscribes, and the very original object goes back when the last
-subscriber leaves, in any order. If somebody patched on top of ours meanwhile, their layer is left alone and ours
-stays under it, with no layers (it calls straight through) until an adapter subscribes again.
-
-An adapter declares every patch in one place, at instrument time. Those it marks ``deferred`` (hooks that only act
-inside a call of ours) are subscribed by `Patches.activate`, which the instrumentor runs when its Telemetry first
-records: at instrument time when an SDK is already there, else in the first call that finds one. With no SDK a call
-then pays for its entry point only: ``python -m benchmarks.no_sdk`` counts 38 to 49 Python instructions added per
-call this way, against 54 to 404 with every hook patched by `instrument()` (stamina failing twice: 404, tenacity 224).
-Subscribing happens under one process-wide lock, and layers keep the order in which they were declared, so the
-patched attributes end the same whichever thread, or call, activates first.
-
-Why a plain function and not wrapt's ``FunctionWrapper``: wrapt binds a ``BoundFunctionWrapper`` on every attribute
-access of a patched method. Measured once more (``python -m benchmarks.patch_overhead``: wrapt 2.5, Python 3.11, a
-loaded 2-core machine), a method call switched off (the check a ``ContextVar.get`` returning None) costs 0.52 µs
-through a ``FunctionWrapper`` and 0.22 µs through this module's function, against 0.05 µs bare: 0.47 µs added against
-0.17, with a budget of 0.5 µs per call when no SDK is configured. The wrapper convention stays wrapt's
-(``wrapper(wrapped, instance, args, kwargs)``), so adapters read as wrapt code.
+    def patch(self, patches: Patches) -> None:
+        patches.wrap(Library, "call", self._call, enabled=self.telemetry.may_record)
+        patches.wrap(Library, "_on_failure", self._failed, enabled=any_active_call, deferred=True)
+    # uninstrument: patches.restore()
 """
 
 from __future__ import annotations

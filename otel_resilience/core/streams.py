@@ -1,31 +1,13 @@
-"""Retried streams: the operation is the consumption, each stream (re-)opened is an attempt.
-
-A retry loop around a stream (google-api-core's ``retry_target_stream``, or an app's own generator helper that
-re-creates a stream when it breaks) calls an *opener* (the attempted callable, which returns a stream) and yields the
-stream's items to the consumer; when the stream raises mid-way, the loop decides whether to open a new one. So:
-
-- the operation starts when the consumer asks for the first item and ends when the consumption ends (exhausted stream,
-  an error that escaped, or the consumer closing it early, which counts as ``success``: nothing failed);
-- each call of the opener starts an attempt; the attempt runs while its stream is iterated (its span is current
-  during each step, so spans the stream's producer makes hang under it) and ends when the stream is used up
-  (success) or raises (that attempt's failure, even after items were delivered).
-
-`StreamAttempts` does both halves with the core's `ProxiedAttempts`; an adapter supplies how to start the operation
-and reports the library's verdicts (the chosen wait, why it stopped) on `StreamAttempts.attempts` as with any
-proxied loop. Usage, sync (async: `opener_async` and `consume_async`)::
+"""Retried streams: the operation is the consumption, each stream (re-)opened is an attempt. A loop that re-opens a
+stream (google-api-core's streaming retries, an app's generator helper named as a target) yields items long after
+its attempted callable returned, so attempts and operation cannot end at a call's return; `StreamAttempts` brackets
+them by the iteration instead, handing the library and consumer the same items, exceptions, sends, throws and close.
+The semantics and the forwarding rules are in docs/core.md, "Retried streams". Usage (async: `opener_async`,
+`consume_async`; a target's helper: `attempt`)::
 
     streams = StreamAttempts(start)          # start() -> ProxiedAttempts | None, called at the first item
     stream = library_loop(streams.opener(open_stream), ...)   # the library's generator, as it was made
     return streams.consume(stream)           # what the caller iterates instead
-
-A drop-in target's helper may pass on anything its attempted callable returns, so it uses `StreamAttempts.attempt`
-instead of an opener: a returned iterator (or async iterator, or an awaitable of either) is observed, as the iterator
-it was; anything else is handed back as it is, its attempt ending when the call returned.
-
-Behaviour is unchanged: the consumer gets the same items, the same exception objects, and the library's
-``send``/``throw``/``close`` reach the stream as before. What the opener returns is handed back wrapped in an object that
-forwards iteration (and, only where the stream has them, ``send``/``throw``/``close`` or ``asend``/``athrow``/
-``aclose``, because libraries choose their path by checking for those), and every other attribute to the stream.
 """
 
 from __future__ import annotations

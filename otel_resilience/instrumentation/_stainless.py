@@ -1,24 +1,9 @@
 """Translate the retry loop of SDKs generated from the Stainless template (openai, anthropic, and the other clients made
-from it) into a loop above the HTTP client (`core.http_loop.ClientLoop`): one adapter, given the SDK's module name.
-
-Every such SDK has ``{sdk}._base_client`` with ``SyncAPIClient`` / ``AsyncAPIClient`` whose request method runs
-``for retries_taken in range(max_retries + 1)``: each try builds a new request (with ``x-stainless-retry-count``) and
-sends it through the SDK's httpx or httpx2 client, whose transport makes no retries of its own; on a failure it asks
-``_should_retry``, then ``_sleep_for_retry`` sleeps what ``_calculate_retry_timeout`` returns (``Retry-After``,
-``retry-after-ms``, or its jittered backoff), and after the last try it raises. Hooks:
-
-- the loop method: ``_request`` where the SDK has one (anthropic 2.x: ``request`` opens the SDK's own API-call span
-  and calls ``_request``, the loop, inside it), else ``request`` (openai). Its ``options.get_max_retries(client.max_retries)``
-  is the policy: 0 means no retries, so no loop of ours (each request is then a plain one); otherwise
-  ``retry.max_attempts`` is ``max_retries + 1``.
-- ``BaseClient._calculate_retry_timeout``: its return value is the wait the SDK then sleeps, read, never recomputed;
-  it is called only when the SDK has decided to try again.
-
-The attempts themselves are the HTTP requests our httpx / httpx2 adapters see inside the loop (so they are CLIENT spans
-alone, and facts on contrib's span per transport call beside contrib's httpx instrumentation). The result: ``success``
-when the loop returns; when it raises, ``exhausted`` if the SDK had used every retry (it raises after its last try
-without asking its policy), else ``not_retried`` (a status or error its policy does not retry).
-"""
+from it) into a loop above the HTTP client (`core.http_loop.ClientLoop`): one adapter, given the SDK's module name,
+because every such SDK runs the same loop in ``{sdk}._base_client``. It hooks the loop method (``_request`` where the
+SDK has one, else ``request``) and ``_calculate_retry_timeout`` (the SDK's own wait, never recomputed); the attempts
+are the requests our httpx / httpx2 adapters see inside the loop, since the SDKs build and send each try in methods of
+their own. Hooks, results and the shapes beside contrib: docs/http.md, "Retry loops above the HTTP client"."""
 
 from __future__ import annotations
 

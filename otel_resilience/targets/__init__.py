@@ -1,30 +1,9 @@
-"""Drop-in tracing of an app's own retry and circuit-breaker helpers, named in configuration, without editing them.
-
-Usage::
-
-    from otel_resilience.targets import instrument_targets
-
-    instrument_targets(
-        retry_targets=["myapp.net:Retrier.execute", "myapp.util:with_retries[decorator]"],
-        breaker_targets=["myapp.cb:Breaker.call@state"],
-    )
-
-or ``otel_resilience.setup(retry_targets=[...], breaker_targets=[...])``, or under ``opentelemetry-instrument`` with
-``OTEL_PYTHON_RESILIENCE_RETRY_TARGETS`` / ``OTEL_PYTHON_RESILIENCE_BREAKER_TARGETS`` (comma-separated): the
-``opentelemetry_post_instrument`` entry point `instrument_from_environment` reads them, also when none of the
-supported libraries is installed.
-
-Syntax (checked at once; see docs/targets.md)::
-
-    retry target    module:Qual.name[:argname][[style]]      style: [call] (the default) or [decorator]
-    breaker target  module:Qual.name[:argname]@state_attr
-
-A target already defined is patched now. Otherwise it is patched the moment its code is defined (`_definitions`:
-a class statement, or a module-level ``def`` in a module imported later), so a module's own top-level code, and a
-script run as ``__main__``, already call the patched helper; nothing here imports the app. The named attribute is
-replaced by a patch (`Patches`, as every instrumentor does); `uninstrument_targets` puts back the very objects that
-were there. A target never found is reported once, at exit.
-"""
+"""Drop-in tracing of an app's own retry and circuit-breaker helpers, named in configuration, without editing them:
+many apps retry with code of their own, which no library instrumentor sees. `instrument_targets` (also reached through
+``otel_resilience.setup(retry_targets=..., breaker_targets=...)``, and `instrument_from_environment` under
+``opentelemetry-instrument``) checks the targets at once, patches those already defined and the others the moment
+their code is defined, importing nothing of the app; `uninstrument_targets` puts back the very objects that were
+there. Syntax, examples and what is recorded: docs/targets.md."""
 
 from __future__ import annotations
 

@@ -1,18 +1,9 @@
 """Seeing a target's class or function the moment it is defined, so that a module's own top-level code (a script run
-as ``__main__`` included) already calls the patched helper.
-
-- Classes: Python calls ``builtins.__build_class__`` for every ``class`` statement. While a target waits for its
-  class, `ClassHook` sits there and hands each new class to a callback (a dict lookup by qualified name); it is
-  removed, restoring the very previous object, as soon as no target waits. Another tool that wrapped it after us
-  keeps its layer: ours then stays below it, passing straight through.
-- Module-level functions: nothing runs between a ``def`` and the next statement, so a module named in a function
-  target is loaded by `DefiningFinder`: its source is compiled with one extra statement after each ``def`` of a
-  target's name, which patches the module attribute just bound. Line numbers, file name and the functions' own code
-  are unchanged (debuggers and coverage see the same lines); only modules named in a pending target are compiled so.
-  The same loader reports when a module finished executing, for targets not defined by ``def`` or ``class``.
-  A script run as ``python app.py`` is compiled by the interpreter itself, before any hook runs: its module-level
-  functions cannot be seen this way (``python -m app`` can).
-"""
+as ``__main__`` included) already calls the patched helper, without ``sys.settrace``. `ClassHook` sits in
+``builtins.__build_class__`` while a target waits for its class; `DefiningFinder` loads a module named in a function
+target with one extra statement after each ``def`` of a target's name (same lines and code objects). How, and what
+cannot be seen (module-level functions of ``python app.py``): docs/targets.md, "How a target is seen when it is
+defined"."""
 
 from __future__ import annotations
 

@@ -1,27 +1,8 @@
-"""An app's own retry helper, traced without editing it: each call of the helper is a retry operation, each call of the
-callable it received is an attempt.
-
-Two styles, as configured:
-
-- ``call``: the helper is called with the callable (``Retrier.execute(fn, *args)``) and calls it until it gives up.
-  For that one call the helper receives an `AttemptProxy` of the callable instead of the callable itself.
-- ``decorator``: the helper is a decorator or decorator factory (``@retry``, ``@retry(times=3)``) whose wrapper calls
-  the decorated function until it gives up. At decoration the decorator receives an `AttemptProxy` of the function,
-  and what it returns is wrapped so that each call of it is an operation. The proxy finds the operation of the call
-  it belongs to through a context variable (several threads or tasks may call one decorated function at once).
-
-A helper that is a generator or async generator function (it re-creates a stream when it breaks: ``yield from
-make_stream()`` in a loop) runs only as its result is consumed, so its operation is that consumption, through
-`otel_resilience.core.streams.StreamAttempts`: it starts at the first item asked for and ends when the
-consumption does; each call of the callable is an attempt, which goes on while the stream it returned is read (an
-error mid-stream is that attempt's failure). The caller gets a generator of the same kind forwarding items, ``send``,
-``throw`` and ``close``.
-
-Nothing here knows the helper's policy, so: ``retry.delay`` is measured (the gap between one attempt's end and the
-next one's start, via ``measured_delays=True``), ``retry.max_attempts`` is never set, and the result is ``success``
-when the last attempt returned (or the consumer of a stream stopped early), ``exhausted`` when it failed or something
-escaped, ``aborted`` for a BaseException.
-"""
+"""An app's own retry helper, traced without editing it: each call of the helper is a retry operation, each call of
+the callable it received is an attempt. The helper gets an `AttemptProxy` of that callable (``call`` style: for one
+call; ``decorator`` style: at decoration, its operation found through a context variable), and a generator helper's
+operation is its consumption (`otel_resilience.core.streams`). Nothing here knows the helper's policy, so the delay is
+measured, ``retry.max_attempts`` is never set and the result is inferred; the styles and rules are in docs/targets.md."""
 
 from __future__ import annotations
 

@@ -1,28 +1,10 @@
 """Translate botocore's retry loop (and aiobotocore's, the same loop awaited) into a loop above the HTTP client for
-`core.http_loop`.
-
-botocore retries above urllib3: ``Endpoint._send_request`` makes an attempt with ``_get_response`` (which returns
-``(success_response, exception)``, never raises for a failed attempt), asks ``_needs_retry``, and goes round again;
-each HTTP request goes to urllib3 with ``retries=Retry(False)``, so urllib3 never resends it (and our urllib3
-instrumentation observes nothing of it). Hooks, all read-only:
-
-- ``Endpoint._send_request``: the call (one API call, all its attempts).
-- ``Endpoint._get_response``: one attempt. Alone, its span is current while it runs (HTTP instrumentation suppressed
-  under it) and its context goes to the server in a copy of the attempt's headers, swapped in for the attempt and
-  put back after.
-- ``Endpoint._needs_retry`` and the ``first_non_none_response`` name of ``botocore.endpoint``: the retry handler's
-  answer is the first non-None response to the ``needs-retry`` event, which ``_needs_retry`` then sleeps; read as
-  ``_needs_retry`` reads it, so the delay is botocore's own (jittered in every mode), never recomputed. Whatever
-  handler answers (standard, adaptive, legacy, an app's own, S3's region redirector) is read the same way.
-- ``botocore.retries.standard.RetryContext.add_retry_metadata``: the standard and adaptive modes' reasons for stopping,
-  ``MaxAttemptsReached`` and ``RetryQuotaReached`` (the retry quota, a retry budget shared by the client's calls,
-  refused the retry). The legacy mode has no quota; its limit is read from the request context.
-
-``retry.max_attempts`` is ``request_dict['context']['retries']['max']``: the limit botocore itself resolved from the
-client's retry config (seeded at request creation in the standard and adaptive modes, set by the legacy handler).
-aiobotocore's ``AioEndpoint`` overrides the three methods with coroutines and imports ``first_non_none_response``
-into its own module: `AsyncHooks` wraps those.
-"""
+`core.http_loop`. botocore retries above urllib3, in ``Endpoint._send_request``, sending each attempt with
+``Retry(False)``, so only this loop knows the attempts: its hooks (read-only) take the call from ``_send_request``,
+each attempt from ``_get_response``, botocore's own delay from the ``needs-retry`` answer ``_needs_retry`` sleeps, and
+the standard and adaptive modes' reasons for stopping (the retry quota among them) from ``RetryContext``. The facts
+read, the shapes alone and beside contrib's botocore span, and the hook table: docs/http.md, "botocore and
+aiobotocore"."""
 
 from __future__ import annotations
 

@@ -1,28 +1,9 @@
-"""Translate google-api-core's retry loops into core retry events.
-
-Every retry of google-api-core runs in one of four loop functions, each looked up by its module's global name at call
-time: ``retry_unary.retry_target`` (``Retry()(fn)``), ``retry_unary_async.retry_target`` (``AsyncRetry``),
-``retry_streaming.retry_target_stream`` (``StreamingRetry``) and ``retry_streaming_async.retry_target_stream``
-(``AsyncStreamingRetry``). Patching those names covers retry objects and decorated functions made before
-instrumentation, generated clients, and the package's re-exports (``google.api_core.retry.retry_target``, …,
-``google.api_core.retry_async.retry_target``), which are patched too. A loop function imported by name into an app's
-own module before instrumenting is the one form not seen.
-
-Each loop gets stand-ins for three of its arguments, all called by the library exactly as it would call the
-originals:
-
-- ``target``: each call is an attempt (for streams, each stream opened; `otel_resilience.core.streams`);
-- ``sleep_generator``: the library draws each wait from it; the value drawn is the attempt's ``retry.delay``, the
-  library's own decision (its jitter is never recomputed), kept until the next attempt starts, because after drawing
-  it the library may still stop at its deadline;
-- ``exception_factory``: the library calls it when it gives up, with the reason: ``TIMEOUT`` is ``exhausted`` with
-  ``retry.stop_reason=timeout``, ``NON_RETRYABLE_ERROR`` is ``not_retried``.
-
-Naming: a loop started by a generated client's method (``gapic_v1.method._GapicCallable``, whose ``__call__`` is
-patched to say which method is being called; the loop is its own when the loop's target wraps the method's transport
-callable) is named by the RPC (``google.pubsub.v1.Publisher/Publish``, spans
-``Publisher/Publish``); any other by the wrapped function.
-"""
+"""Translate google-api-core's retry loops into core retry events. Every retry of google-api-core runs in one of four
+loop functions that the library looks up by module global at call time, so patching those names (and the package's
+re-exports) covers retry objects, decorated functions and generated clients made before instrumenting. Each loop gets
+stand-ins for ``target`` (the attempts), ``sleep_generator`` (the library's own waits, never recomputed) and
+``exception_factory`` (why it gave up); a generated client's ``_GapicCallable.__call__`` names the loop by its RPC.
+What is covered, the result rules and naming: docs/retry-engines.md, "google-api-core"."""
 
 from __future__ import annotations
 

@@ -1,18 +1,8 @@
-"""Translate httpx-retries' ``RetryTransport`` into a loop above the HTTP client (`core.http_loop.ClientLoop`).
-
-``RetryTransport`` wraps an httpx transport and sends each try through it (``HTTPTransport.handle_request``, whose
-pool our httpx adapter sees): those requests are the attempts of its loop. Hooks:
-
-- ``RetryTransport.handle_request`` / ``handle_async_request``: the loop, when the ``Retry`` in force (the request's
-  ``retry`` extension, else the transport's) retries the method at all (``total > 0``, method allowed); otherwise
-  the request is a plain one. ``retry.max_attempts`` is ``total + 1``.
-- ``Retry.sleep`` / ``Retry.asleep``: called only when the loop tries again; the wait they sleep is the value
-  ``Retry._calculate_sleep`` returns to them (observed only while they run), never recomputed.
-
-The result is httpx-retries' own verdict: returning a status it retries means it gave up (``exhausted``: it returns
-the last response when its retries are spent); raising an error it retries once ``is_exhausted()`` is ``exhausted``;
-any other failure was not retried.
-"""
+"""Translate httpx-retries' ``RetryTransport`` into a loop above the HTTP client (`core.http_loop.ClientLoop`): it
+sends each try through the httpx transport it wraps, whose pool our httpx adapter sees, so those requests are the
+loop's attempts. ``handle_request`` / ``handle_async_request`` are the loop (when the ``Retry`` in force retries the
+method at all), ``Retry.sleep`` / ``asleep`` give its own waits, never recomputed. Hooks and the result rules:
+docs/http.md, "Retry loops above the HTTP client"."""
 
 from __future__ import annotations
 

@@ -1,26 +1,8 @@
 """Translate redis-py's ``Retry.call_with_retry`` into core retry events, at no span's cost for a first-try success.
-
-Every redis command goes through ``conn.retry.call_with_retry(lambda: self._send_command_parse_response(conn,
-command_name, ...), fail)`` (sync, asyncio, cluster, pipelines, connects and health checks alike), and the clients'
-default policy retries three times. Commands are hot and nearly always succeed at once, so the operation is known
-only when it is needed: ``call_with_retry`` (patched on ``redis.retry.Retry`` and ``redis.asyncio.retry.Retry``, so
-Retry objects made before instrumenting are covered) hands the loop two stand-ins:
-
-- ``do``: runs the first attempt directly, with nothing recorded; from the second attempt on, runs each attempt through
-  `ProxiedAttempts` (current while it runs, so a reconnect's own retry hangs under it);
-- ``fail``: redis calls it with each error its policy handles. The first call starts the operation, back-dated to when
-  ``call_with_retry`` was entered, with the first attempt ending now; each call ends the attempt that raised.
-
-The wait comes from redis's own decision: the policy's backoff ``compute()`` (patched on every ``AbstractBackoff``
-class, and on a class first seen later when its first failure comes) returns the wait redis then sleeps; it is
-recorded only for the loop in flight in this context. When the last attempt's error escapes, ``exhausted`` if the
-policy's retries were used up, else ``not_retried`` (an error outside ``supported_errors`` or refused by
-``is_retryable``; where both hold at the limit it is ``exhausted``).
-
-Naming: by the command (``GET``, ``PING``: the ``command_name`` the client's lambda closes over, or the first of
-its ``args`` for cluster clients), else by what the loop runs (``connect``, ``health_check``, ``pipeline``,
-``transaction``).
-"""
+Every redis command, connect and health check runs in ``call_with_retry``, and commands are hot and nearly always
+succeed at once; so its stand-ins for ``do`` and ``fail`` record nothing until redis first calls ``fail``, which
+starts the operation back-dated to the loop's entry. The waits are read from the policy's backoff ``compute()``, never
+recomputed. Coverage, naming, results and why our spans hang under contrib's: docs/retry-engines.md, "redis-py"."""
 
 from __future__ import annotations
 
