@@ -97,6 +97,8 @@ class RetryOperation:
         "attempts",
         "total_delay",
         "_span",
+        "_recording",
+        "_attempt_spans",
         "_ctx",
         "_start_ns",
         "_attempt_span",
@@ -122,7 +124,9 @@ class RetryOperation:
         start_ns: int | None = None,
     ) -> RetryOperation | None:
         """Start observing one retried operation, or return None when nothing records (the adapter then stays out of
-        the way). `name` is ``retry.name`` (``module.qualname``), `span_name` the bare qualname. `measured_delays`:
+        the way). `name` is ``retry.name`` (``module.qualname``), `span_name` the bare qualname. Under a parent whose
+        children can never be recorded (core/sampling.py), the operation and its attempts get no span: the attempts
+        run in the parent's context (its trace id and sampled flag propagate), and only the metric points are made. `measured_delays`:
         the gap between attempts is `retry.delay` where the library's chosen wait cannot be read. `parent`: the
         context the operation belongs to when it starts later than its call (a stream's operation starts at its first
         item); default: the current one. `start_ns`: when the operation really began, for an adapter that learns it
@@ -157,17 +161,26 @@ class RetryOperation:
             parent = context.get_current()
         self.depth = current_depth(parent) + 1
         self._start_ns = time_ns() if start_ns is None else start_ns
+        if telemetry.never_recorded_under(parent):
+            self._span: Span | None = None
+            self._recording = self._attempt_spans = False
+            self._ctx = context.set_value(_DEPTH_KEY, self.depth, parent)
+            return
         attributes: dict[str, AttributeValue] = {semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: self.depth}
         if max_attempts is not None:
             attributes[semconv.RETRY_MAX_ATTEMPTS] = max_attempts
-        self._span = telemetry.tracer.start_span(
+        span = self._span = telemetry.tracer.start_span(
             f"{semconv.RETRY_OPERATION_SPAN_PREFIX} {span_name}",
             context=parent,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
             start_time=self._start_ns,
         )
-        self._ctx = context.set_value(_DEPTH_KEY, self.depth, set_span_in_context(self._span, parent))
+        self._ctx = context.set_value(_DEPTH_KEY, self.depth, set_span_in_context(span, parent))
+        self._recording = span.is_recording()
+        """Whether the operation span keeps what it is given: if not, its end attributes are never built."""
+        self._attempt_spans = self._recording or not telemetry.never_recorded_under(self._ctx)
+        """Whether an attempt span could be recorded; if not, attempts get none."""
 
     # --- attempts ----------------------------------------------------------------------------------------------
 
@@ -183,7 +196,7 @@ class RetryOperation:
         self.attempts += 1
         self._attempt_start_ns = now
         mode = self._telemetry.settings.attempt_spans
-        if mode == "none" or mode == "on_retry" and self.attempts == 1:
+        if not self._attempt_spans or mode == "none" or mode == "on_retry" and self.attempts == 1:
             self._attempt_span = None  # on_retry: created only if this first attempt fails, with its real times
             return
         self._attempt_span = self._new_attempt_span(now)
@@ -249,17 +262,24 @@ class RetryOperation:
         span = self._attempt_span
         self._attempt_span = None
         if span is None:
+            if not self._attempt_spans:
+                return  # nothing of the attempt would be recorded (`none`: the operation span is not recording)
             mode = self._telemetry.settings.attempt_spans
             if mode == "none":
-                self._span.add_event(
-                    semconv.RETRY_ATTEMPT_EVENT,
-                    self._attempt_event_attributes(error, error_type, next_delay),
-                    timestamp=end_ns,
-                )
+                if self._recording and self._span is not None:
+                    self._span.add_event(
+                        semconv.RETRY_ATTEMPT_EVENT,
+                        self._attempt_event_attributes(error, error_type, next_delay),
+                        timestamp=end_ns,
+                    )
                 return
             if error_type is None:
                 return  # on_retry: a first attempt that succeeded gets no span
             span = self._new_attempt_span(self._attempt_start_ns)
+        if not span.is_recording():  # the sampler dropped this attempt: it keeps nothing it is given
+            if not self._recording:
+                return
+            span = None  # its measured delay still counts in the operation's `retry.total_delay`
         ended = self._ended_attempt = EndedAttempt(span, end_ns, error, error_type, delay=next_delay)
         ended.failed(self._telemetry.settings)
 
@@ -307,6 +327,23 @@ class RetryOperation:
         if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands
             self.attempt_ended(error)
         result = outcome.operation_result(result, error, self._last_error_type is not None)
+        self._report_ended_attempt(None)
+        span = self._span
+        if span is not None and self._recording:
+            self._end_span(span, end_ns, result, error, error_type, attributes)
+        self._telemetry.record_retry(
+            self.name, result, self.depth, self.attempts, (end_ns - self._start_ns) / _NS, self._ctx
+        )
+
+    def _end_span(
+        self,
+        span: Span,
+        end_ns: int,
+        result: str,
+        error: BaseException | None,
+        error_type: str | None,
+        attributes: dict[str, Any] | None,
+    ) -> None:
         if result != semconv.RESULT_SUCCESS and error_type is None:
             error_type = errors.error_type(error) if error is not None else self._last_error_type
         span_attributes: dict[str, Any] = {
@@ -316,8 +353,6 @@ class RetryOperation:
         }
         if attributes:
             span_attributes.update(attributes)
-        self._report_ended_attempt(None)
-        span = self._span
         if result != semconv.RESULT_SUCCESS:
             if error_type is not None:
                 span_attributes[semconv.ERROR_TYPE] = error_type
@@ -329,7 +364,6 @@ class RetryOperation:
                 )
         span.set_attributes(span_attributes)
         span.end(end_ns)
-        self._telemetry.record_retry(self.name, result, self.depth, self.attempts, (end_ns - self._start_ns) / _NS)
 
     @property
     def is_ended(self) -> bool:
