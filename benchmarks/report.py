@@ -3,7 +3,8 @@
     python -m benchmarks.report            # or: python -m benchmarks.report --passes 5 -k http
 
 Beside the pytest-benchmark figures it reports `benchmarks.no_sdk` (bare and no-SDK alternated, for a budget smaller
-than the machine's drift), `benchmarks.redis_cost` (a redis command's hot path, against a local redis-server) and three more looks at an HTTP request's cost, for a target whose differences are smaller
+than the machine's drift), `benchmarks.production` (the production set-ups, sampled out and without a metrics SDK,
+alternated against the same telemetry built by hand, and counted in Python instructions), `benchmarks.redis_cost` (a redis command's hot path, against a local redis-server) and three more looks at an HTTP request's cost, for a target whose differences are smaller
 than the machine's noise: `benchmarks.opcodes` (the Python work, counted, not timed), `benchmarks.http_cpu` (CPU time
 in alternated rounds, with a 95% interval) and `benchmarks.machine` (machine instructions counted by cachegrind, when
 valgrind is installed).
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import http_cpu, machine, no_sdk, opcodes, redis_cost, verdict
+from benchmarks import http_cpu, machine, no_sdk, opcodes, production, redis_cost, verdict
+from benchmarks.conftest import PRODUCTION_SETUPS
 from benchmarks.opcodes import HTTP_ATTEMPT_VS_CONTRIB_TARGET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +152,7 @@ def render(table: list[Row], passes: int, no_sdk_lines: list[str], http_measures
             f"| {row.no_sdk_added()} |"
         )
     lines += _extra_attempts(table)
+    lines += _production(table)
     lines += no_sdk_lines
     lines += _http(http)
     lines += http_measures
@@ -180,6 +183,29 @@ def _extra_attempts(table: list[Row]) -> list[str]:
         hand = (twice["hand_built"] - once["hand_built"] - bare) / 2
         ours = (twice["instrumented"] - once["instrumented"] - bare) / 2
         lines.append(f"| {library} | {_us(hand)} | {_us(ours)} | {_verdict(ours / hand, EXTRA_ATTEMPT_TARGET)} |")
+    return lines
+
+
+def _production(table: list[Row]) -> list[str]:
+    """The same scenarios in the production set-ups, each against its own hand-built floor of the same run."""
+    lines = [
+        "",
+        f"**Production set-ups** (target: at most {production.TARGET:.2f}× the same spans and points built by hand in the",
+        "same set-up): every scenario above, measured by the same passes, with",
+        *(f"- `{setup}`: {meaning}" for setup, meaning in PRODUCTION_SETUPS.items()),
+        "",
+        "| scenario | set-up | hand-built | instrumented | vs hand-built (target) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in table:
+        v = row.variants
+        for setup in PRODUCTION_SETUPS:
+            hand, ours = v.get(f"hand_built_{setup}"), v.get(f"instrumented_{setup}")
+            if hand is None or ours is None:
+                continue
+            lines.append(
+                f"| {row.group} | {setup} | {_us(hand)} | {_us(ours)} | {_verdict(ours / hand, production.TARGET)} |"
+            )
     return lines
 
 
@@ -233,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             *http_cpu.render(http_cpu.measure()),
             *machine.render(machine.measure()),
         ]
-        no_sdk_lines = [*no_sdk.render(no_sdk.measure()), *redis_cost.render(redis_cost.measure())]
+        no_sdk_lines = [
+            *production.render(production.measure()),
+            *no_sdk.render(no_sdk.measure()),
+            *redis_cost.render(redis_cost.measure()),
+        ]
         report = render(rows(json_paths), options.passes, no_sdk_lines, http_measures)
     out = ROOT / "docs" / "performance.md"
     out.write_text(report)

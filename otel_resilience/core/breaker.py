@@ -128,23 +128,27 @@ def failure_hook(subject_of: Callable[[Any, tuple[Any, ...]], object] = _the_ins
     return counted
 
 
-@never_raises
 def admitted(subject: object, state: Any) -> None:
     """The library is about to run the guarded function of the active call through `subject`, in `state` (any
     spelling `normalise_state` takes; closed when unreadable). Only the first admission counts: a call the library
     re-enters for a probe is admitted in the state it finally ran in."""
-    call = current_call(subject)
-    if call is not None and not call.admitted:
-        call.admitted_in(normalise_state(state) or semconv.STATE_CLOSED)
+    try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+        call = current_call(subject)
+        if call is not None and not call.admitted:
+            call.admitted_in(normalise_state(state) or semconv.STATE_CLOSED)
+    except Exception:
+        report_internal_error("otel_resilience.core.breaker.admitted")
 
 
-@never_raises
 def refused(subject: object) -> None:
     """The library's open check refused the active call through `subject`. An error passing the check after the
     call was admitted (a failing probe's, raised through a library that re-entered its own call) is no refusal."""
-    call = current_call(subject)
-    if call is not None and not call.admitted:
-        call.refused_in(semconv.STATE_OPEN)
+    try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+        call = current_call(subject)
+        if call is not None and not call.admitted:
+            call.refused_in(semconv.STATE_OPEN)
+    except Exception:
+        report_internal_error("otel_resilience.core.breaker.refused")
 
 
 @never_raises

@@ -111,7 +111,6 @@ class RetryOperation:
     )
 
     @classmethod
-    @never_raises
     def start(
         cls,
         telemetry: Telemetry,
@@ -131,9 +130,17 @@ class RetryOperation:
         context the operation belongs to when it starts later than its call (a stream's operation starts at its first
         item); default: the current one. `start_ns`: when the operation really began, for an adapter that learns it
         is retried only after its first attempt failed (redis)."""
-        if not telemetry.recording():
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if parent is None:
+                parent = context.get_current()  # read once: for the suppression check and as the parent
+                if not telemetry.recording(parent):
+                    return None
+            elif not telemetry.recording():
+                return None
+            return cls(telemetry, name, span_name or name, max_attempts, measured_delays, parent, start_ns)
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.start")
             return None
-        return cls(telemetry, name, span_name or name, max_attempts, measured_delays, parent, start_ns)
 
     def __init__(
         self,
@@ -142,7 +149,7 @@ class RetryOperation:
         span_name: str,
         max_attempts: int | None,
         measured_delays: bool,
-        parent: Context | None,
+        parent: Context,
         start_ns: int | None,
     ) -> None:
         self._telemetry = telemetry
@@ -157,9 +164,7 @@ class RetryOperation:
         self._last_error_type: str | None = None
         self._in_attempt = False
         self._ended = False
-        if parent is None:
-            parent = context.get_current()
-        self.depth = current_depth(parent) + 1
+        self.depth = (parent.get(_DEPTH_KEY) or 0) + 1  # `current_depth(parent)`, one call fewer on every call
         self._start_ns = time_ns() if start_ns is None else start_ns
         if telemetry.never_recorded_under(parent):
             self._span: Span | None = None
@@ -184,22 +189,24 @@ class RetryOperation:
 
     # --- attempts ----------------------------------------------------------------------------------------------
 
-    @never_raises
     def attempt_started(self, *, start_ns: int | None = None) -> None:
         """An attempt begins now. `start_ns` is for an adapter that learns of an attempt only after it began (backoff
         decorations made before instrumentation report each attempt when it ended): the attempt's real start time."""
-        now = time_ns() if start_ns is None else start_ns
-        if self._in_attempt:  # the previous attempt was never reported as ended: it ends as it stands
-            self.attempt_ended()
-        self._report_ended_attempt(now)
-        self._in_attempt = True
-        self.attempts += 1
-        self._attempt_start_ns = now
-        mode = self._telemetry.settings.attempt_spans
-        if not self._attempt_spans or mode == "none" or mode == "on_retry" and self.attempts == 1:
-            self._attempt_span = None  # on_retry: created only if this first attempt fails, with its real times
-            return
-        self._attempt_span = self._new_attempt_span(now)
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            now = time_ns() if start_ns is None else start_ns
+            if self._in_attempt:  # the previous attempt was never reported as ended: it ends as it stands
+                self.attempt_ended()
+            self._report_ended_attempt(now)
+            self._in_attempt = True
+            self.attempts += 1
+            self._attempt_start_ns = now
+            mode = self._telemetry.settings.attempt_spans
+            if not self._attempt_spans or mode == "none" or mode == "on_retry" and self.attempts == 1:
+                self._attempt_span = None  # on_retry: created only if this first attempt fails, with its real times
+                return
+            self._attempt_span = self._new_attempt_span(now)
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.attempt_started")
 
     def _new_attempt_span(self, start_ns: int) -> Span:
         return self._telemetry.tracer.start_span(
@@ -235,7 +242,6 @@ class RetryOperation:
             except Exception:
                 report_internal_error("otel_resilience.core.retry.RetryOperation.deactivate")
 
-    @never_raises
     def attempt_ended(
         self,
         error: BaseException | None = None,
@@ -249,39 +255,42 @@ class RetryOperation:
         attempt (None when no attempt follows, or when the delay is measured). Ignored when no attempt is running, so
         an adapter may report an end it is unsure was already reported. `end_ns`: when the attempt really ended, for
         an adapter that learns the verdict later; default: now."""
-        if not self._in_attempt:
-            return
-        self._in_attempt = False
-        if end_ns is None:
-            end_ns = time_ns()
-        if error_type is None and error is not None:
-            error_type = errors.error_type(error)
-        self._last_error_type = error_type
-        if next_delay is not None:
-            self.total_delay += next_delay
-        span = self._attempt_span
-        self._attempt_span = None
-        if span is None:
-            if not self._attempt_spans:
-                return  # nothing of the attempt would be recorded (`none`: the operation span is not recording)
-            mode = self._telemetry.settings.attempt_spans
-            if mode == "none":
-                if self._recording and self._span is not None:
-                    self._span.add_event(
-                        semconv.RETRY_ATTEMPT_EVENT,
-                        self._attempt_event_attributes(error, error_type, next_delay),
-                        timestamp=end_ns,
-                    )
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if not self._in_attempt:
                 return
-            if error_type is None:
-                return  # on_retry: a first attempt that succeeded gets no span
-            span = self._new_attempt_span(self._attempt_start_ns)
-        if not span.is_recording():  # the sampler dropped this attempt: it keeps nothing it is given
-            if not self._recording:
-                return
-            span = None  # its measured delay still counts in the operation's `retry.total_delay`
-        ended = self._ended_attempt = EndedAttempt(span, end_ns, error, error_type, delay=next_delay)
-        ended.failed(self._telemetry.settings)
+            self._in_attempt = False
+            if end_ns is None:
+                end_ns = time_ns()
+            if error_type is None and error is not None:
+                error_type = errors.error_type(error)
+            self._last_error_type = error_type
+            if next_delay is not None:
+                self.total_delay += next_delay
+            span = self._attempt_span
+            self._attempt_span = None
+            if span is None:
+                if not self._attempt_spans:
+                    return  # nothing of the attempt would be recorded (`none`: the operation span is not recording)
+                mode = self._telemetry.settings.attempt_spans
+                if mode == "none":
+                    if self._recording and self._span is not None:
+                        self._span.add_event(
+                            semconv.RETRY_ATTEMPT_EVENT,
+                            self._attempt_event_attributes(error, error_type, next_delay),
+                            timestamp=end_ns,
+                        )
+                    return
+                if error_type is None:
+                    return  # on_retry: a first attempt that succeeded gets no span
+                span = self._new_attempt_span(self._attempt_start_ns)
+            if not span.is_recording():  # the sampler dropped this attempt: it keeps nothing it is given
+                if not self._recording:
+                    return
+                span = None  # its measured delay still counts in the operation's `retry.total_delay`
+            ended = self._ended_attempt = EndedAttempt(span, end_ns, error, error_type, delay=next_delay)
+            ended.failed(self._telemetry.settings)
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.attempt_ended")
 
     def _attempt_event_attributes(
         self, error: BaseException | None, error_type: str | None, next_delay: float | None
@@ -308,7 +317,6 @@ class RetryOperation:
 
     # --- the end -------------------------------------------------------------------------------------------------
 
-    @never_raises
     def ended(
         self,
         result: str | None = None,
@@ -320,20 +328,23 @@ class RetryOperation:
         """The operation is over: `result` is the library's verdict (one of ``semconv.RETRY_RESULTS``; None: see
         `outcome.operation_result`), `error` the exception that escaped to the caller, if any, and `attributes` more
         end attributes of the operation span (``retry.stop_reason``). Ignored once the operation has ended."""
-        if self._ended:
-            return
-        self._ended = True
-        end_ns = time_ns()
-        if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands
-            self.attempt_ended(error)
-        result = outcome.operation_result(result, error, self._last_error_type is not None)
-        self._report_ended_attempt(None)
-        span = self._span
-        if span is not None and self._recording:
-            self._end_span(span, end_ns, result, error, error_type, attributes)
-        self._telemetry.record_retry(
-            self.name, result, self.depth, self.attempts, (end_ns - self._start_ns) / _NS, self._ctx
-        )
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if self._ended:
+                return
+            self._ended = True
+            end_ns = time_ns()
+            if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands
+                self.attempt_ended(error)
+            result = outcome.operation_result(result, error, self._last_error_type is not None)
+            self._report_ended_attempt(None)
+            span = self._span
+            if span is not None and self._recording:
+                self._end_span(span, end_ns, result, error, error_type, attributes)
+            self._telemetry.record_retry(
+                self.name, result, self.depth, self.attempts, (end_ns - self._start_ns) / _NS, self._ctx
+            )
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.ended")
 
     def _end_span(
         self,

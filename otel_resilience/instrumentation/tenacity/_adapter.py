@@ -20,7 +20,7 @@ from tenacity import AttemptManager, BaseRetrying, DoAttempt, DoSleep, RetryCall
 from tenacity.asyncio import AsyncRetrying
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises, outcome
+from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
 from otel_resilience.core.claims import current_claim
 from otel_resilience.core.naming import caller_names, callable_names
 from otel_resilience.core.retry import RetryOperation, run_as_current, run_as_current_async
@@ -44,25 +44,31 @@ class TenacityLoop:
         self.body_done = False  # iterator forms: the `with attempt:` body of the current attempt has finished
         self.body_error: BaseException | None = None
 
-    @never_raises
     def before_iter(self) -> None:
-        if self.token is not None:
-            self.op.deactivate(self.token)
-            self.token = None
+        """The attempt that was current (call forms) is no longer: tenacity decides what follows."""
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if self.token is not None:
+                self.op.deactivate(self.token)
+                self.token = None
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.before_iter")
 
-    @never_raises
     def after_iter(self, retry_state: RetryCallState, do: Any, raised: BaseException | None) -> None:
-        if retry_state.outcome is not None:
-            self._attempt_decided(retry_state, do, raised)
-        if raised is None and isinstance(do, DoAttempt):
-            self.op.attempt_started()
-            if self.activates:
-                self.token = self.op.activate()
+        """tenacity decided (`do`, or `raised`): the attempt that ran ended, and another may start."""
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if retry_state.outcome is not None:
+                self._attempt_decided(retry_state, do, raised)
+            if raised is None and isinstance(do, DoAttempt):
+                self.op.attempt_started()
+                if self.activates:
+                    self.token = self.op.activate()
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.after_iter")
 
     def _attempt_decided(self, retry_state: RetryCallState, do: Any, raised: BaseException | None) -> None:
         future = retry_state.outcome
         assert future is not None
-        error = future.exception() if future.failed else None
+        error = future.exception()  # None when it did not fail (``future.failed`` asks the same, under a lock too)
         state = self.retrying.iter_state
         retry_wanted = bool(state.is_explicit_retry or state.retry_run_result)
         error_type = semconv.REJECTED_RESULT if error is None and retry_wanted else None
