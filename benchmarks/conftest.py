@@ -190,8 +190,10 @@ def hand_built_retry(
             result = retry(attempt)()
             op.set_attributes({semconv.RETRY_ATTEMPTS: counter["attempt"], semconv.RETRY_RESULT: "success",
                                semconv.RETRY_TOTAL_DELAY: wait * (counter["attempt"] - 1)})
-        attempts_hist.record(counter["attempt"], {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1})
-        duration_hist.record(0.001, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success"})
+            # recorded in the operation's context, as ours are: a sampled operation's points carry its exemplar
+            operation = context.get_current()
+        attempts_hist.record(counter["attempt"], {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1}, operation)
+        duration_hist.record(0.001, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success"}, operation)
         return result
 
     return call
