@@ -5,6 +5,11 @@ speed and noise cancel out as far as they can. Nothing here asserts on time.
 Conventions: a benchmark sets ``benchmark.group`` to its scenario and ``benchmark.extra_info["variant"]`` to one of
 ``bare`` (the library alone, no OpenTelemetry), ``no_sdk`` (instrumented, no SDK configured), ``hand_built`` (the library
 alone plus the same spans and metric points made by hand), ``instrumented`` (instrumented, with the same SDK set-up).
+
+Those four run with every span recorded and a metrics SDK. Production services mostly run otherwise: in a module that
+sets ``PRODUCTION_SETUPS_TOO = True``, every benchmark using `sdk` (so ``instrumented`` and ``hand_built``) also runs in
+each set-up of `PRODUCTION_SETUPS`, its variant named with the set-up (``instrumented_traces``,
+``hand_built_sampled_out``, …) when the test passes its `Sdk` to `variant`.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+from opentelemetry import context, metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Status, StatusCode
 
 from otel_resilience import semconv
@@ -31,33 +38,63 @@ class NullExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+PRODUCTION_SETUPS = {
+    "traces": "every span recorded, no metrics SDK",
+    "sampled_out": "ParentBased(TraceIdRatioBased(0.01)), the call inside a sampled-out request, no metrics SDK",
+    "sampled_out_metrics": "as sampled_out, with a metrics SDK: the metric points are still recorded",
+}
+"""The set-ups beside the default one (every span recorded, a metrics SDK), by variant suffix."""
+
+SAMPLED_OUT_REQUEST = trace.NonRecordingSpan(
+    trace.SpanContext(0x5AB1ED0_0000_0000_0000_0000_0000_0001, 0x0000_0000_0000_0002, is_remote=False,
+                      trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT))
+)
+"""The app's request span that a 1% sampler dropped (what the SDK makes of it: a non-recording span, not sampled)."""
+
+
 @dataclass
 class Sdk:
     tracer_provider: TracerProvider
-    meter_provider: MeterProvider
+    meter_provider: metrics.MeterProvider
+    setup: str = ""  # "" (every span recorded, a metrics SDK) or a key of PRODUCTION_SETUPS
 
     def kwargs(self) -> dict[str, object]:
         return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
 
 
 @contextmanager
-def sdk_for_benchmarks() -> Iterator[Sdk]:
+def sdk_for_benchmarks(setup: str = "") -> Iterator[Sdk]:
     """The SDK every instrumented and hand-built variant uses: spans go through a SimpleSpanProcessor to an exporter
-    that drops them, metric points to an in-memory reader."""
-    tracer_provider = TracerProvider()
+    that drops them, metric points to an in-memory reader. `setup` (a key of `PRODUCTION_SETUPS`): no metrics SDK
+    (the API's no-op meter provider) unless it ends with ``_metrics``; ``sampled_out*``: the production sampler, and
+    the block runs inside `SAMPLED_OUT_REQUEST`."""
+    sampled_out = setup.startswith("sampled_out")
+    tracer_provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01))) if sampled_out else TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(NullExporter()))
-    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    with_metrics = setup in ("", "sampled_out_metrics")
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()]) if with_metrics else metrics.NoOpMeterProvider()
+    token = context.attach(trace.set_span_in_context(SAMPLED_OUT_REQUEST)) if sampled_out else None
     try:
-        yield Sdk(tracer_provider, meter_provider)
+        yield Sdk(tracer_provider, meter_provider, setup)
     finally:
+        if token is not None:
+            context.detach(token)
         tracer_provider.shutdown()
-        meter_provider.shutdown()
+        if isinstance(meter_provider, MeterProvider):
+            meter_provider.shutdown()
 
 
 @pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    with sdk_for_benchmarks() as made:
+def sdk(request: pytest.FixtureRequest) -> Iterator[Sdk]:
+    with sdk_for_benchmarks(getattr(request, "param", "")) as made:
         yield made
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`sdk` in the default set-up and each of `PRODUCTION_SETUPS`, for the modules that ask for them."""
+    if "sdk" in metafunc.fixturenames and getattr(metafunc.module, "PRODUCTION_SETUPS_TOO", False):
+        setups = ["", *PRODUCTION_SETUPS]
+        metafunc.parametrize("sdk", setups, indirect=True, ids=[setup or "recorded" for setup in setups])
 
 
 @contextmanager
@@ -90,9 +127,10 @@ def instrumented_fixtures(
     return instrumented, instrumented_no_sdk
 
 
-def variant(benchmark: object, group: str, name: str) -> None:
+def variant(benchmark: object, group: str, name: str, sdk: Sdk | None = None) -> None:
+    """Name the benchmark: `group` is its scenario, `name` its variant, suffixed with `sdk`'s production set-up."""
     benchmark.group = group  # type: ignore[attr-defined]
-    benchmark.extra_info["variant"] = name  # type: ignore[attr-defined]
+    benchmark.extra_info["variant"] = f"{name}_{sdk.setup}" if sdk is not None and sdk.setup else name  # type: ignore[attr-defined]
 
 
 def make_work(failures: int) -> Callable[[], str]:
@@ -152,8 +190,10 @@ def hand_built_retry(
             result = retry(attempt)()
             op.set_attributes({semconv.RETRY_ATTEMPTS: counter["attempt"], semconv.RETRY_RESULT: "success",
                                semconv.RETRY_TOTAL_DELAY: wait * (counter["attempt"] - 1)})
-        attempts_hist.record(counter["attempt"], {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1})
-        duration_hist.record(0.001, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success"})
+            # recorded in the operation's context, as ours are: a sampled operation's points carry its exemplar
+            operation = context.get_current()
+        attempts_hist.record(counter["attempt"], {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1}, operation)
+        duration_hist.record(0.001, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success"}, operation)
         return result
 
     return call

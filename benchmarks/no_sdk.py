@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks import bench_breakers, bench_pybreaker, bench_retry_libs, bench_tenacity, verdict
-from benchmarks.conftest import instrumenting, make_work
+from benchmarks.conftest import Sdk, instrumenting, make_work
 from benchmarks.opcodes import count
 from otel_resilience.instrumentation._base import ResilienceInstrumentor
 from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
@@ -37,17 +37,21 @@ SECONDS_PER_REPEAT = 0.02
 @dataclass
 class Scenario:
     """`make()` builds the call to time (after instrumenting, as an app decorating at import would) inside
-    `context()`; `instrumentor()` is the library's."""
+    `context()`; `instrumentor()` is the library's; ``hand_built(sdk)`` the bare call with the same telemetry made by
+    hand (`benchmarks.production`)."""
 
     make: Callable[[], Callable[[], Any]]
     instrumentor: Callable[[], ResilienceInstrumentor]
+    hand_built: Callable[[Sdk], Callable[[], Any]]
     context: Callable[[], AbstractContextManager[Any]] = nullcontext
 
 
-def _scenarios() -> dict[str, Scenario]:
+def scenarios() -> dict[str, Scenario]:
     scenarios = {
         f"tenacity {name}": Scenario(
-            lambda failures=failures: bench_tenacity.decorated(make_work(failures)), TenacityInstrumentor
+            lambda failures=failures: bench_tenacity.decorated(make_work(failures)),
+            TenacityInstrumentor,
+            lambda sdk, name=name: bench_tenacity.hand_built(name, sdk),
         )
         for name, failures in bench_tenacity.FAILURES.items()
     }
@@ -55,20 +59,25 @@ def _scenarios() -> dict[str, Scenario]:
         scenarios[group] = Scenario(
             lambda group=group: bench_retry_libs.retried(group),
             bench_retry_libs.LIBRARIES[group.split()[0]][1],
+            lambda sdk, group=group: bench_retry_libs.hand_built(group, sdk),
             bench_retry_libs.quiet,
         )
     for state in bench_pybreaker.STATES:
         scenarios[f"pybreaker {state}"] = Scenario(
-            lambda state=state: bench_pybreaker.calling(bench_pybreaker.breaker_in(state)), PyBreakerInstrumentor
+            lambda state=state: bench_pybreaker.calling(bench_pybreaker.breaker_in(state)),
+            PyBreakerInstrumentor,
+            lambda sdk, state=state: bench_pybreaker.hand_built(state, sdk),
         )
     for group in bench_breakers.SCENARIOS:
         scenarios[group] = Scenario(
-            lambda group=group: bench_breakers.scenario(group).call, bench_breakers.LIBRARIES[group.split()[0]][1]
+            lambda group=group: bench_breakers.scenario(group).call,
+            bench_breakers.LIBRARIES[group.split()[0]][1],
+            lambda sdk, group=group: bench_breakers.hand_built(group, sdk),
         )
     return dict(sorted(scenarios.items()))
 
 
-def _per_call(call: Callable[[], Any], number: int) -> float:
+def per_call(call: Callable[[], Any], number: int) -> float:
     return min(timeit.repeat(call, number=number, repeat=REPEATS)) / number
 
 
@@ -89,11 +98,11 @@ def measure_one(scenario: Scenario, rounds: int = ROUNDS) -> Result:
     no_sdk: list[float] = []
     with scenario.context():
         call = scenario.make()
-        number = max(1, int(SECONDS_PER_REPEAT / _per_call(call, 100)))
+        number = max(1, int(SECONDS_PER_REPEAT / per_call(call, 100)))
         for _ in range(rounds):
-            bare.append(_per_call(scenario.make(), number))
+            bare.append(per_call(scenario.make(), number))
             with instrumenting(scenario.instrumentor()):  # no providers, none set globally
-                no_sdk.append(_per_call(scenario.make(), number))
+                no_sdk.append(per_call(scenario.make(), number))
         bare_work = sum(count(scenario.make()).values())
         with instrumenting(scenario.instrumentor()):  # no providers, none set globally
             added_work = sum(count(scenario.make()).values()) - bare_work
@@ -102,7 +111,7 @@ def measure_one(scenario: Scenario, rounds: int = ROUNDS) -> Result:
 
 
 def measure() -> dict[str, Result]:
-    return {group: measure_one(scenario) for group, scenario in _scenarios().items()}
+    return {group: measure_one(scenario) for group, scenario in scenarios().items()}
 
 
 def render(results: dict[str, Result]) -> list[str]:

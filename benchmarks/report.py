@@ -3,7 +3,8 @@
     python -m benchmarks.report            # or: python -m benchmarks.report --passes 5 -k http
 
 Beside the pytest-benchmark figures it reports `benchmarks.no_sdk` (bare and no-SDK alternated, for a budget smaller
-than the machine's drift), `benchmarks.redis_cost` (a redis command's hot path, against a local redis-server) and three more looks at an HTTP request's cost, for a target whose differences are smaller
+than the machine's drift), `benchmarks.production` (the production set-ups, sampled out and without a metrics SDK,
+alternated against the same telemetry built by hand, and counted in Python instructions), `benchmarks.redis_cost` (a redis command's hot path, against a local redis-server) and three more looks at an HTTP request's cost, for a target whose differences are smaller
 than the machine's noise: `benchmarks.opcodes` (the Python work, counted, not timed), `benchmarks.http_cpu` (CPU time
 in alternated rounds, with a 95% interval) and `benchmarks.machine` (machine instructions counted by cachegrind, when
 valgrind is installed).
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import http_cpu, machine, no_sdk, opcodes, redis_cost, verdict
+from benchmarks import http_cpu, machine, no_sdk, opcodes, production, redis_cost, verdict
+from benchmarks.conftest import PRODUCTION_SETUPS
 from benchmarks.opcodes import HTTP_ATTEMPT_VS_CONTRIB_TARGET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +51,12 @@ READING = [
     "  reported. The Python-work table does not move: it counts instructions, not time.",
     "- *vs hand-built* below 1.0×: the hand-built code, written with the API's `start_as_current_span` context",
     "  managers, costs more than the core's direct calls.",
+    "- *Production set-ups*, sampled out: below 1.0× because a call whose spans can never be recorded (a parent",
+    "  that was not sampled, and the SDK's parent-based sampler, which drops their children) gets none: no span is",
+    "  started, no attribute, event or exception text is built, and the guarded work runs in the caller's context,",
+    "  whose trace id and sampled flag (off) outgoing requests carry. Hand-built code starts each span and lets the",
+    "  SDK drop it. The metric points are still recorded, sampled out or not: their cost is the *Metric points* table.",
+    "  The rule, and why other samplers get every span: docs/core.md, *Sampled-out calls*.",
     "- *No SDK*: the added cost is a few tenths of a µs, less than what separates two medians of the same code measured",
     "  a minute apart here; hence the alternating measurement, whose fastest rounds carry the verdict.",
     "- *HTTP*: a loopback request costs the client ~0.5 ms of CPU, most of it the socket round trip, and that part",
@@ -135,6 +143,9 @@ def render(table: list[Row], passes: int, no_sdk_lines: list[str], http_measures
         "  breaker call, one span and its counter point (the *≤ 1.1 spans' cost* target).",
         "- **no SDK, added**: instrumented with no SDK configured − bare library call, per call, between the fastest",
         "  calls and between the medians; information only: the verdict is the alternating measurement's, below.",
+        *your_setup(table),
+        "",
+        "## Every scenario",
         "",
         "| scenario | bare | hand-built | instrumented | vs hand-built (target) | no SDK, added |",
         "|---|---|---|---|---|---|",
@@ -150,6 +161,7 @@ def render(table: list[Row], passes: int, no_sdk_lines: list[str], http_measures
             f"| {row.no_sdk_added()} |"
         )
     lines += _extra_attempts(table)
+    lines += _production(table)
     lines += no_sdk_lines
     lines += _http(http)
     lines += http_measures
@@ -180,6 +192,80 @@ def _extra_attempts(table: list[Row]) -> list[str]:
         hand = (twice["hand_built"] - once["hand_built"] - bare) / 2
         ours = (twice["instrumented"] - once["instrumented"] - bare) / 2
         lines.append(f"| {library} | {_us(hand)} | {_us(ours)} | {_verdict(ours / hand, EXTRA_ATTEMPT_TARGET)} |")
+    return lines
+
+
+def _production(table: list[Row]) -> list[str]:
+    """The same scenarios in the production set-ups, each against its own hand-built floor of the same run."""
+    lines = [
+        "",
+        f"**Production set-ups** (target: at most {production.TARGET:.2f}× the same spans and points built by hand in the",
+        "same set-up): every scenario above, measured by the same passes, in these set-ups:",
+        "",
+        *(f"- `{setup}`: {meaning}" for setup, meaning in PRODUCTION_SETUPS.items()),
+        "",
+        "| scenario | set-up | hand-built | instrumented | vs hand-built (target) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in table:
+        v = row.variants
+        for setup in PRODUCTION_SETUPS:
+            hand, ours = v.get(f"hand_built_{setup}"), v.get(f"instrumented_{setup}")
+            if hand is None or ours is None:
+                continue
+            lines.append(
+                f"| {row.group} | {setup} | {_us(hand)} | {_us(ours)} | {_verdict(ours / hand, production.TARGET)} |"
+            )
+    return lines
+
+
+YOUR_SETUP = {
+    "": "records every span, with a metrics SDK (the first table)",
+    "traces": "records every span, exports traces only (no metrics SDK)",
+    "sampled_out": "samples with a parent-based ratio sampler, no metrics SDK: the requests it does not sample "
+                   "(99% at 1%)",
+    "sampled_out_metrics": "samples with a parent-based ratio sampler, with a metrics SDK: the requests it does not "
+                           "sample",
+}
+"""How a reader recognises their service, by set-up ("": the main table's)."""
+
+
+def _range(figures: list[float]) -> str:
+    return f"{min(figures) * 1e6:+.1f} to {max(figures) * 1e6:+.1f} µs" if figures else ""
+
+
+def your_setup(table: list[Row]) -> list[str]:
+    """Which set-up a service matches, and what a call costs there: instrumented − bare and hand-built − bare, per
+    call, over the scenarios (retried calls and breaker calls apart), from the same passes as the tables."""
+    lines = [
+        "",
+        "## Which set-up is yours, and what it costs there",
+        "",
+        "Per call, on top of the bare library call (instrumented − bare; the same telemetry by hand − bare), the lowest",
+        "and highest over the scenarios of this run. A service with no SDK at all: the *No SDK* table below (a few",
+        "tenths of a µs). A service that samples records its sampled requests as in the first rows, and the others",
+        "as in the *sampled out* ones: at 1%, 99 calls in 100 cost the *sampled out* figure.",
+        "",
+        "| your service | set-up | retried call, first try: ours (by hand) | retried call, fails twice: ours (by hand) "
+        "| breaker call: ours (by hand) |",
+        "|---|---|---|---|---|",
+    ]
+    kinds = ("first_try", "fail_twice", "breaker")
+    for setup, service in YOUR_SETUP.items():
+        suffix = f"_{setup}" if setup else ""
+        added: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for row in table:
+            v = row.variants
+            if "contrib" in v or f"instrumented{suffix}" not in v or f"hand_built{suffix}" not in v:
+                continue
+            kind = next((k for k in kinds[:2] if row.group.endswith(k)), "breaker")
+            added[(kind, "ours")].append(v[f"instrumented{suffix}"] - v["bare"])
+            added[(kind, "hand")].append(v[f"hand_built{suffix}"] - v["bare"])
+        cells = [
+            f"{_range(added[(kind, 'ours')])} ({_range(added[(kind, 'hand')])})" if added[(kind, "ours")] else ""
+            for kind in kinds
+        ]
+        lines.append(f"| {service} | `{setup or 'recorded'}` | {' | '.join(cells)} |")
     return lines
 
 
@@ -236,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
             *http_cpu.render(http_cpu.measure()),
             *machine.render(machine.measure()),
         ]
-        no_sdk_lines = [*no_sdk.render(no_sdk.measure()), *redis_cost.render(redis_cost.measure())]
+        no_sdk_lines = [
+            *production.render(production.measure()),
+            *no_sdk.render(no_sdk.measure()),
+            *redis_cost.render(redis_cost.measure()),
+        ]
         report = render(rows(json_paths), options.passes, no_sdk_lines, http_measures)
     out = ROOT / "docs" / "performance.md"
     out.write_text(report)

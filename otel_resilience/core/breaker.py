@@ -15,6 +15,7 @@ from types import GeneratorType
 from typing import Any, Final, TypeVar
 
 from opentelemetry import context
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.util.types import AttributeValue
 
@@ -23,7 +24,7 @@ from otel_resilience.core import errors, outcome
 from otel_resilience.core._safety import never_raises, report_internal_error
 from otel_resilience.core.naming import breaker_name
 from otel_resilience.core.registry import REGISTRY, BreakerEntry, StateReader
-from otel_resilience.core.telemetry import Telemetry
+from otel_resilience.core.telemetry import NO_SPAN, Telemetry
 
 _ERROR: Final = Status(StatusCode.ERROR)
 _ERROR_RESULTS: Final = frozenset((semconv.CALL_FAILURE, semconv.CALL_REJECTED))
@@ -127,23 +128,27 @@ def failure_hook(subject_of: Callable[[Any, tuple[Any, ...]], object] = _the_ins
     return counted
 
 
-@never_raises
 def admitted(subject: object, state: Any) -> None:
     """The library is about to run the guarded function of the active call through `subject`, in `state` (any
     spelling `normalise_state` takes; closed when unreadable). Only the first admission counts: a call the library
     re-enters for a probe is admitted in the state it finally ran in."""
-    call = current_call(subject)
-    if call is not None and not call.admitted:
-        call.admitted_in(normalise_state(state) or semconv.STATE_CLOSED)
+    try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+        call = current_call(subject)
+        if call is not None and not call.admitted:
+            call.admitted_in(normalise_state(state) or semconv.STATE_CLOSED)
+    except Exception:
+        report_internal_error("otel_resilience.core.breaker.admitted")
 
 
-@never_raises
 def refused(subject: object) -> None:
     """The library's open check refused the active call through `subject`. An error passing the check after the
     call was admitted (a failing probe's, raised through a library that re-entered its own call) is no refusal."""
-    call = current_call(subject)
-    if call is not None and not call.admitted:
-        call.refused_in(semconv.STATE_OPEN)
+    try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+        call = current_call(subject)
+        if call is not None and not call.admitted:
+            call.refused_in(semconv.STATE_OPEN)
+    except Exception:
+        report_internal_error("otel_resilience.core.breaker.refused")
 
 
 @never_raises
@@ -197,11 +202,11 @@ class BreakerCall:
     """
 
     __slots__ = (
-        "_telemetry", "entry", "state", "subject", "admitted", "failed", "refused", "_outer", "_token", "_span", "_ended"
+        "_telemetry", "entry", "state", "subject", "admitted", "failed", "refused", "_outer", "_token", "_span",
+        "_recording", "_ended",
     )
 
     @classmethod
-    @never_raises
     def start(
         cls,
         telemetry: Telemetry,
@@ -218,13 +223,21 @@ class BreakerCall:
         breaker's registry entry (keyed on `breaker` and `key`, named ``name_of(breaker, guarded)`` when first seen,
         its state read by `read_state` for the gauge) is looked up only then: a call while instrumentation is
         suppressed leaves no trace, not even in the registry. `subject` is the library object by which the adapter's
-        inner hooks find the call again (`current_call`)."""
-        if not telemetry.recording():
+        inner hooks find the call again (`current_call`). Under a parent whose children can never be recorded
+        (core/sampling.py) the call gets no span (the guarded work runs in the parent's context), only its counter."""
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            ctx = context.get_current()
+            if not telemetry.recording(ctx):
+                return None
+            entry = REGISTRY.entry(breaker, telemetry.library, name_of, guarded, key=key, read_state=read_state)
+            return cls(telemetry, entry, state, subject, ctx)
+        except Exception:
+            report_internal_error("otel_resilience.core.breaker.BreakerCall.start")
             return None
-        entry = REGISTRY.entry(breaker, telemetry.library, name_of, guarded, key=key, read_state=read_state)
-        return cls(telemetry, entry, state, subject)
 
-    def __init__(self, telemetry: Telemetry, entry: BreakerEntry, state: str | None, subject: object) -> None:
+    def __init__(
+        self, telemetry: Telemetry, entry: BreakerEntry, state: str | None, subject: object, ctx: Context
+    ) -> None:
         self._telemetry = telemetry
         self.entry = entry
         self.state = state
@@ -235,11 +248,17 @@ class BreakerCall:
         self._outer: BreakerCall | None = None
         self._token: object | None = None
         self._ended = False
-        self._span: Span = telemetry.tracer.start_span(
-            entry.span_name,
-            kind=SpanKind.INTERNAL,
-            attributes={semconv.BREAKER_NAME: entry.name},
-        )
+        if telemetry.never_recorded_under(ctx):
+            self._span: Span | None = None
+            self._recording = False
+        else:
+            span = self._span = telemetry.tracer.start_span(
+                entry.span_name,
+                context=ctx,
+                kind=SpanKind.INTERNAL,
+                attributes={semconv.BREAKER_NAME: entry.name},
+            )
+            self._recording = span.is_recording()  # if not, what it would be given at its end is never built
         if state is not None:
             self._observe(state)  # a change first seen by this call goes on its span
 
@@ -263,7 +282,8 @@ class BreakerCall:
             outer = _CURRENT.get()
             if outer is not self:
                 self._outer = outer
-            return context.attach(set_span_in_context(self._span)), _CURRENT.set(self)
+            span = self._span
+            return None if span is None else context.attach(set_span_in_context(span)), _CURRENT.set(self)
         except Exception:
             report_internal_error("otel_resilience.core.breaker.BreakerCall.activate")
             return None
@@ -279,7 +299,8 @@ class BreakerCall:
                 _CURRENT.reset(call_token)
             except (ValueError, RuntimeError):  # reset from another context (a generator resumed by another task)
                 _CURRENT.set(None)
-            context.detach(otel_token)
+            if otel_token is not None:
+                context.detach(otel_token)
         except Exception:
             report_internal_error("otel_resilience.core.breaker.BreakerCall.deactivate")
 
@@ -314,14 +335,14 @@ class BreakerCall:
     def add_state_change(self, previous: str, state: str) -> None:
         """Put a `circuitbreaker.state_change` event on this call's span (counting is `_count_transition`'s).
         A call that moves an open breaker to half_open is that breaker's probe: it is admitted half_open."""
-        self._span.add_event(
-            semconv.BREAKER_STATE_CHANGE_EVENT,
-            {semconv.BREAKER_PREVIOUS_STATE: previous, semconv.BREAKER_STATE: state},
-        )
+        if self._recording:
+            self._span.add_event(  # type: ignore[union-attr]
+                semconv.BREAKER_STATE_CHANGE_EVENT,
+                {semconv.BREAKER_PREVIOUS_STATE: previous, semconv.BREAKER_STATE: state},
+            )
         if previous == semconv.STATE_OPEN and state == semconv.STATE_HALF_OPEN and not self.refused:
             self.state = semconv.STATE_HALF_OPEN
 
-    @never_raises
     def ended(
         self, error: BaseException | None, *, failure_count: int | None = None, error_type: str | None = None
     ) -> None:
@@ -329,35 +350,40 @@ class BreakerCall:
         (`outcome.breaker_result`). Failures carry type and message only, never a stacktrace: some libraries raise
         one exception object again and again, and its traceback grows each time. `error_type` names the error where
         there is no exception object (a refusal answered by a fallback). Ignored once the call has ended."""
-        if self._ended:
-            return
-        self._ended = True
-        result = outcome.breaker_result(refused=self.refused, failed=self.failed, error=error)
-        span = self._span
-        state = self.state if self.state is not None else self.entry.state
-        attributes: dict[str, AttributeValue] = {semconv.BREAKER_RESULT: result}
-        if state is not None:
-            attributes[semconv.BREAKER_STATE] = state
-        self.entry.failure_count = failure_count  # None: the library does not expose it (now): unknown, not stale
-        if failure_count is not None:
-            attributes[semconv.BREAKER_FAILURE_COUNT] = failure_count
-        if result in _ERROR_RESULTS:
-            if error is not None:
-                attributes[semconv.ERROR_TYPE] = error_type or errors.error_type(error)
-                span.add_event(semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=False))
-            elif error_type is not None:
-                attributes[semconv.ERROR_TYPE] = error_type
-            span.set_status(_ERROR)
-        span.set_attributes(attributes)  # one call: the SDK takes its span lock per call
-        span.end(time_ns())
-        self._telemetry.breaker_calls.add(
-            1,
-            {
-                semconv.BREAKER_NAME: self.entry.name,
-                semconv.BREAKER_STATE: state or semconv.STATE_CLOSED,
-                semconv.BREAKER_RESULT: result,
-            },
-        )
+        try:  # guarded inline, as `start`
+            if self._ended:
+                return
+            self._ended = True
+            result = outcome.breaker_result(refused=self.refused, failed=self.failed, error=error)
+            state = self.state if self.state is not None else self.entry.state
+            self.entry.failure_count = failure_count  # None: the library does not expose it (now): unknown, not stale
+            span = self._span
+            if span is not None and self._recording:
+                attributes: dict[str, AttributeValue] = {semconv.BREAKER_RESULT: result}
+                if state is not None:
+                    attributes[semconv.BREAKER_STATE] = state
+                if failure_count is not None:
+                    attributes[semconv.BREAKER_FAILURE_COUNT] = failure_count
+                if result in _ERROR_RESULTS:
+                    if error is not None:
+                        attributes[semconv.ERROR_TYPE] = error_type or errors.error_type(error)
+                        span.add_event(semconv.EXCEPTION_EVENT, errors.exception_attributes(error, stacktrace=False))
+                    elif error_type is not None:
+                        attributes[semconv.ERROR_TYPE] = error_type
+                    span.set_status(_ERROR)
+                span.set_attributes(attributes)  # one call: the SDK takes its span lock per call
+                span.end(time_ns())
+            self._telemetry.breaker_calls.add(
+                1,
+                {
+                    semconv.BREAKER_NAME: self.entry.name,
+                    semconv.BREAKER_STATE: state or semconv.STATE_CLOSED,
+                    semconv.BREAKER_RESULT: result,
+                },
+                NO_SPAN,  # the SDK's counter exemplars would draw from the global `random` (core/telemetry.py)
+            )
+        except Exception:
+            report_internal_error("otel_resilience.core.breaker.BreakerCall.ended")
 
 
 # --- running the guarded work with the call current (every adapter alike) ---------------------------------------

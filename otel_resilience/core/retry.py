@@ -97,6 +97,8 @@ class RetryOperation:
         "attempts",
         "total_delay",
         "_span",
+        "_recording",
+        "_attempt_spans",
         "_ctx",
         "_start_ns",
         "_attempt_span",
@@ -109,7 +111,6 @@ class RetryOperation:
     )
 
     @classmethod
-    @never_raises
     def start(
         cls,
         telemetry: Telemetry,
@@ -122,14 +123,25 @@ class RetryOperation:
         start_ns: int | None = None,
     ) -> RetryOperation | None:
         """Start observing one retried operation, or return None when nothing records (the adapter then stays out of
-        the way). `name` is ``retry.name`` (``module.qualname``), `span_name` the bare qualname. `measured_delays`:
-        the gap between attempts is `retry.delay` where the library's chosen wait cannot be read. `parent`: the
+        the way). `name` is ``retry.name`` (``module.qualname``), `span_name` the bare qualname. Under a parent whose
+        children can never be recorded (core/sampling.py), the operation and its attempts get no span: the attempts
+        run in the parent's context (its trace id and sampled flag propagate), and only the metric points are made.
+        `measured_delays`: the gap between attempts is `retry.delay` where the library's chosen wait cannot be read.
+        `parent`: the
         context the operation belongs to when it starts later than its call (a stream's operation starts at its first
         item); default: the current one. `start_ns`: when the operation really began, for an adapter that learns it
         is retried only after its first attempt failed (redis)."""
-        if not telemetry.recording():
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if parent is None:
+                parent = context.get_current()  # read once: for the suppression check and as the parent
+                if not telemetry.recording(parent):
+                    return None
+            elif not telemetry.recording():
+                return None
+            return cls(telemetry, name, span_name or name, max_attempts, measured_delays, parent, start_ns)
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.start")
             return None
-        return cls(telemetry, name, span_name or name, max_attempts, measured_delays, parent, start_ns)
 
     def __init__(
         self,
@@ -138,7 +150,7 @@ class RetryOperation:
         span_name: str,
         max_attempts: int | None,
         measured_delays: bool,
-        parent: Context | None,
+        parent: Context,
         start_ns: int | None,
     ) -> None:
         self._telemetry = telemetry
@@ -153,40 +165,49 @@ class RetryOperation:
         self._last_error_type: str | None = None
         self._in_attempt = False
         self._ended = False
-        if parent is None:
-            parent = context.get_current()
-        self.depth = current_depth(parent) + 1
+        self.depth = (parent.get(_DEPTH_KEY) or 0) + 1  # `current_depth(parent)`, one call fewer on every call
         self._start_ns = time_ns() if start_ns is None else start_ns
+        if telemetry.never_recorded_under(parent):
+            self._span: Span | None = None
+            self._recording = self._attempt_spans = False
+            self._ctx = context.set_value(_DEPTH_KEY, self.depth, parent)
+            return
         attributes: dict[str, AttributeValue] = {semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: self.depth}
         if max_attempts is not None:
             attributes[semconv.RETRY_MAX_ATTEMPTS] = max_attempts
-        self._span = telemetry.tracer.start_span(
+        span = self._span = telemetry.tracer.start_span(
             f"{semconv.RETRY_OPERATION_SPAN_PREFIX} {span_name}",
             context=parent,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
             start_time=self._start_ns,
         )
-        self._ctx = context.set_value(_DEPTH_KEY, self.depth, set_span_in_context(self._span, parent))
+        self._ctx = context.set_value(_DEPTH_KEY, self.depth, set_span_in_context(span, parent))
+        self._recording = span.is_recording()
+        """Whether the operation span keeps what it is given: if not, its end attributes are never built."""
+        self._attempt_spans = self._recording or not telemetry.never_recorded_under(self._ctx)
+        """Whether an attempt span could be recorded; if not, attempts get none."""
 
     # --- attempts ----------------------------------------------------------------------------------------------
 
-    @never_raises
     def attempt_started(self, *, start_ns: int | None = None) -> None:
         """An attempt begins now. `start_ns` is for an adapter that learns of an attempt only after it began (backoff
         decorations made before instrumentation report each attempt when it ended): the attempt's real start time."""
-        now = time_ns() if start_ns is None else start_ns
-        if self._in_attempt:  # the previous attempt was never reported as ended: it ends as it stands
-            self.attempt_ended()
-        self._report_ended_attempt(now)
-        self._in_attempt = True
-        self.attempts += 1
-        self._attempt_start_ns = now
-        mode = self._telemetry.settings.attempt_spans
-        if mode == "none" or mode == "on_retry" and self.attempts == 1:
-            self._attempt_span = None  # on_retry: created only if this first attempt fails, with its real times
-            return
-        self._attempt_span = self._new_attempt_span(now)
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            now = time_ns() if start_ns is None else start_ns
+            if self._in_attempt:  # the previous attempt was never reported as ended: it ends as it stands
+                self.attempt_ended()
+            self._report_ended_attempt(now)
+            self._in_attempt = True
+            self.attempts += 1
+            self._attempt_start_ns = now
+            mode = self._telemetry.settings.attempt_spans
+            if not self._attempt_spans or mode == "none" or mode == "on_retry" and self.attempts == 1:
+                self._attempt_span = None  # on_retry: created only if this first attempt fails, with its real times
+                return
+            self._attempt_span = self._new_attempt_span(now)
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.attempt_started")
 
     def _new_attempt_span(self, start_ns: int) -> Span:
         return self._telemetry.tracer.start_span(
@@ -222,7 +243,6 @@ class RetryOperation:
             except Exception:
                 report_internal_error("otel_resilience.core.retry.RetryOperation.deactivate")
 
-    @never_raises
     def attempt_ended(
         self,
         error: BaseException | None = None,
@@ -236,32 +256,42 @@ class RetryOperation:
         attempt (None when no attempt follows, or when the delay is measured). Ignored when no attempt is running, so
         an adapter may report an end it is unsure was already reported. `end_ns`: when the attempt really ended, for
         an adapter that learns the verdict later; default: now."""
-        if not self._in_attempt:
-            return
-        self._in_attempt = False
-        if end_ns is None:
-            end_ns = time_ns()
-        if error_type is None and error is not None:
-            error_type = errors.error_type(error)
-        self._last_error_type = error_type
-        if next_delay is not None:
-            self.total_delay += next_delay
-        span = self._attempt_span
-        self._attempt_span = None
-        if span is None:
-            mode = self._telemetry.settings.attempt_spans
-            if mode == "none":
-                self._span.add_event(
-                    semconv.RETRY_ATTEMPT_EVENT,
-                    self._attempt_event_attributes(error, error_type, next_delay),
-                    timestamp=end_ns,
-                )
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if not self._in_attempt:
                 return
-            if error_type is None:
-                return  # on_retry: a first attempt that succeeded gets no span
-            span = self._new_attempt_span(self._attempt_start_ns)
-        ended = self._ended_attempt = EndedAttempt(span, end_ns, error, error_type, delay=next_delay)
-        ended.failed(self._telemetry.settings)
+            self._in_attempt = False
+            if end_ns is None:
+                end_ns = time_ns()
+            if error_type is None and error is not None:
+                error_type = errors.error_type(error)
+            self._last_error_type = error_type
+            if next_delay is not None:
+                self.total_delay += next_delay
+            span = self._attempt_span
+            self._attempt_span = None
+            if span is None:
+                if not self._attempt_spans:
+                    return  # nothing of the attempt would be recorded (`none`: the operation span is not recording)
+                mode = self._telemetry.settings.attempt_spans
+                if mode == "none":
+                    if self._recording and self._span is not None:
+                        self._span.add_event(
+                            semconv.RETRY_ATTEMPT_EVENT,
+                            self._attempt_event_attributes(error, error_type, next_delay),
+                            timestamp=end_ns,
+                        )
+                    return
+                if error_type is None:
+                    return  # on_retry: a first attempt that succeeded gets no span
+                span = self._new_attempt_span(self._attempt_start_ns)
+            if not span.is_recording():  # the sampler dropped this attempt: it keeps nothing it is given
+                if not self._recording:
+                    return
+                span = None  # its measured delay still counts in the operation's `retry.total_delay`
+            ended = self._ended_attempt = EndedAttempt(span, end_ns, error, error_type, delay=next_delay)
+            ended.failed(self._telemetry.settings)
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.attempt_ended")
 
     def _attempt_event_attributes(
         self, error: BaseException | None, error_type: str | None, next_delay: float | None
@@ -288,7 +318,6 @@ class RetryOperation:
 
     # --- the end -------------------------------------------------------------------------------------------------
 
-    @never_raises
     def ended(
         self,
         result: str | None = None,
@@ -300,13 +329,33 @@ class RetryOperation:
         """The operation is over: `result` is the library's verdict (one of ``semconv.RETRY_RESULTS``; None: see
         `outcome.operation_result`), `error` the exception that escaped to the caller, if any, and `attributes` more
         end attributes of the operation span (``retry.stop_reason``). Ignored once the operation has ended."""
-        if self._ended:
-            return
-        self._ended = True
-        end_ns = time_ns()
-        if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands
-            self.attempt_ended(error)
-        result = outcome.operation_result(result, error, self._last_error_type is not None)
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if self._ended:
+                return
+            self._ended = True
+            end_ns = time_ns()
+            if self._in_attempt:  # ended mid-attempt (cancelled, abandoned): the attempt ends as it stands
+                self.attempt_ended(error)
+            result = outcome.operation_result(result, error, self._last_error_type is not None)
+            self._report_ended_attempt(None)
+            span = self._span
+            if span is not None and self._recording:
+                self._end_span(span, end_ns, result, error, error_type, attributes)
+            self._telemetry.record_retry(
+                self.name, result, self.depth, self.attempts, (end_ns - self._start_ns) / _NS, self._ctx
+            )
+        except Exception:
+            report_internal_error("otel_resilience.core.retry.RetryOperation.ended")
+
+    def _end_span(
+        self,
+        span: Span,
+        end_ns: int,
+        result: str,
+        error: BaseException | None,
+        error_type: str | None,
+        attributes: dict[str, Any] | None,
+    ) -> None:
         if result != semconv.RESULT_SUCCESS and error_type is None:
             error_type = errors.error_type(error) if error is not None else self._last_error_type
         span_attributes: dict[str, Any] = {
@@ -316,8 +365,6 @@ class RetryOperation:
         }
         if attributes:
             span_attributes.update(attributes)
-        self._report_ended_attempt(None)
-        span = self._span
         if result != semconv.RESULT_SUCCESS:
             if error_type is not None:
                 span_attributes[semconv.ERROR_TYPE] = error_type
@@ -329,7 +376,6 @@ class RetryOperation:
                 )
         span.set_attributes(span_attributes)
         span.end(end_ns)
-        self._telemetry.record_retry(self.name, result, self.depth, self.attempts, (end_ns - self._start_ns) / _NS)
 
     @property
     def is_ended(self) -> bool:

@@ -6,22 +6,31 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Final
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import _internal as _metrics_internal
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_current
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, create_key, get_current
 from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import TracerProvider
+from opentelemetry.trace import INVALID_SPAN, TracerProvider, get_current_span
 
 from otel_resilience import semconv
 from otel_resilience.core._safety import report_internal_error
 from otel_resilience.core.config import SETTINGS, Settings
 from otel_resilience.core.registry import observe_states
+from otel_resilience.core.sampling import never_recorded_under, unsampled_parents_dropped
 from otel_resilience.version import __version__
 
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+
+NO_SPAN: Final = Context({create_key("otel_resilience.no_span"): True})
+"""The context the breaker counters are recorded in: one that holds no span. With a sampled span in the context, the
+SDK's default exemplar filter (trace-based) offers the measurement to the counter's default exemplar reservoir, which
+draws from the global `random` module once it holds more than it keeps: a breaker guards calls inside the app's
+sampled spans, and an app that seeded `random` would draw a different sequence. With no span there, the filter offers
+nothing. Not an empty `Context()`: the SDK reads ``context or get_current()``, and an empty context is falsy."""
 
 
 # OpenTelemetry's private names are read in `_sdk_configured` only, but for its first test, which `recording` and
@@ -57,6 +66,8 @@ class Telemetry:
         self.tracer = trace.get_tracer(scope, __version__, tracer_provider, schema_url=_SCHEMA_URL)
         self.meter = metrics.get_meter(scope, __version__, meter_provider, schema_url=_SCHEMA_URL)
         self._live = False
+        self._sampling_of: object = None  # the real tracer `_dropped` was read from
+        self._dropped = (False, False)
         self._uses_globals = tracer_provider is None and meter_provider is None
         self.on_live: Callable[[], None] | None = None
         """Run by the first check that finds something recording, before any call records (calls checking meanwhile
@@ -142,20 +153,47 @@ class Telemetry:
             report_internal_error("Telemetry.recording")
             return False
 
+    def never_recorded_under(self, ctx: Context) -> bool:
+        """Whether a span this scope starts under the span current in `ctx` can never be recorded, so that it need
+        not be made (the rule: core/sampling.py). A recording parent, or none, is decided first: that is every call
+        of a service that records it. What the tracer's sampler drops is read once per real tracer (a proxy tracer
+        resolves to one when the global provider is set)."""
+        parent = get_current_span(ctx)
+        if parent is INVALID_SPAN or parent.is_recording():
+            return False
+        tracer = self.tracer
+        if type(tracer) is trace.ProxyTracer:
+            tracer = tracer._real_tracer
+        if tracer is not self._sampling_of:
+            self._dropped = unsampled_parents_dropped(tracer)
+            self._sampling_of = tracer
+        return never_recorded_under(parent, self._dropped)
+
     def record_retry(
-        self, name: str, result: str, depth: int, attempts: int, seconds: float, *, budget_exhausted: bool = False
+        self,
+        name: str,
+        result: str,
+        depth: int,
+        attempts: int,
+        seconds: float,
+        context: Context | None = None,
+        *,
+        budget_exhausted: bool = False,
     ) -> None:
         """The metric points of one retried operation (or HTTP request) that ended: `retry.attempts` and
-        `retry.duration`. `budget_exhausted`: a retry budget refused the retry that would have followed (botocore's
-        retry quota); both points then carry ``retry.budget_exhausted=true``, so an alert can count them."""
+        `retry.duration`, recorded in `context` (the operation span's, so that an exemplar names the retried
+        operation's span; default: the current context). `budget_exhausted`: a retry budget refused the retry that
+        would have followed (botocore's retry quota); both points then carry ``retry.budget_exhausted=true``, so an
+        alert can count them."""
         attributes: dict[str, str | bool] = {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: result}
         if budget_exhausted:
             attributes[semconv.RETRY_BUDGET_EXHAUSTED] = True
-        self.retry_attempts.record(attempts, {**attributes, semconv.RETRY_DEPTH: depth})
-        self.retry_duration.record(seconds, attributes)
+        self.retry_attempts.record(attempts, {**attributes, semconv.RETRY_DEPTH: depth}, context)
+        self.retry_duration.record(seconds, attributes, context)
 
     def record_transition(self, breaker: str, previous: str, state: str) -> None:
-        """Count one state change of the breaker named `breaker`: the `circuitbreaker.transitions` counter."""
+        """Count one state change of the breaker named `breaker`: the `circuitbreaker.transitions` counter, in a
+        context without a span (`NO_SPAN`)."""
         self.breaker_transitions.add(
             1,
             {
@@ -163,5 +201,6 @@ class Telemetry:
                 semconv.BREAKER_PREVIOUS_STATE: previous,
                 semconv.BREAKER_STATE: state,
             },
+            NO_SPAN,
         )
 

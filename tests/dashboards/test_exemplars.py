@@ -1,7 +1,8 @@
 """Exemplars: with the SDK's default exemplar filter (trace-based), a retried operation's histogram points carry an
-exemplar in the bucket the operation landed in, naming the trace that holds its retry spans, so a dashboard panel
-leads to the retried trace behind a number. The SDK records the span current when the operation ended: the caller's
-span, parent of the operation span, in the same trace; an operation with no span around it gets no exemplar.
+exemplar in the bucket the operation landed in, naming the retried operation's own span (recorded in its context, not
+the caller's), so a dashboard panel leads to the retried trace behind a number, at the operation. An operation whose
+span is sampled out gets no exemplar (tests/test_sampling.py); the breaker counters get none either (recorded in a context with no span: the
+SDK's counter reservoir would draw from the app's global `random`, tests/test_ids.py)
 
 Exemplars travel over OTLP: a real collector (rotel) receives them with the points. (opentelemetry-exporter-prometheus
 does not write exemplars; they reach Prometheus through OTLP, the Collector's prometheus exporter with OpenMetrics,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+import pybreaker
 import tenacity
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -18,6 +20,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, PeriodicExporti
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_resilience import semconv
+from otel_resilience.instrumentation.pybreaker import PyBreakerInstrumentor
 from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.support.collector import RotelCollector
 from tests.conftest import Otel, instrumented_fixture
@@ -56,7 +59,7 @@ def test_a_bucket_links_to_the_trace_of_an_operation_that_landed_there(instrumen
         assert isinstance(point, HistogramDataPoint)
         (exemplar,) = point.exemplars
         assert exemplar.trace_id == operation.context.trace_id
-        assert exemplar.span_id == request.get_span_context().span_id
+        assert exemplar.span_id == operation.context.span_id != request.get_span_context().span_id
         if value is not None:
             assert exemplar.value == value
             # the exemplar sits in the bucket the operation was counted in (le=3 of 1,2,3,...)
@@ -64,14 +67,42 @@ def test_a_bucket_links_to_the_trace_of_an_operation_that_landed_there(instrumen
             assert point.bucket_counts[bucket] == 1
 
 
-def test_no_span_around_the_operation_means_no_exemplar(instrumented: Otel) -> None:
+def test_an_operation_with_no_span_around_it_links_to_its_own_trace(instrumented: Otel) -> None:
     @tenacity.retry(stop=tenacity.stop_after_attempt(2), wait=tenacity.wait_none())
     def fetch() -> str:
         return "ok"
 
     fetch()
+    operation = next(s for s in instrumented.spans() if s.name.startswith(f"{semconv.RETRY_OPERATION_SPAN_PREFIX} "))
+    assert operation.parent is None
     (attempts,) = instrumented.metric_points(semconv.METRIC_RETRY_ATTEMPTS)
-    assert attempts.count == 1 and not attempts.exemplars
+    (exemplar,) = attempts.exemplars
+    assert (exemplar.trace_id, exemplar.span_id) == (operation.context.trace_id, operation.context.span_id)
+
+
+def test_breaker_counters_carry_no_exemplar_inside_a_sampled_span(otel: Otel) -> None:
+    """The breaker counters are recorded in a context with no span: the SDK's counter reservoir would otherwise draw
+    from the app's global `random` (tests/test_ids.py); the call's span is there all the same."""
+    PyBreakerInstrumentor().instrument(**otel.kwargs())
+    try:
+        breaker = pybreaker.CircuitBreaker(fail_max=1, name="payments")
+        with otel.tracer_provider.get_tracer("app").start_as_current_span("POST /payments"):
+            assert breaker.call(lambda: "ok") == "ok"
+            try:
+                breaker.call(_fail)  # trips the breaker: pybreaker raises CircuitBreakerError
+            except pybreaker.CircuitBreakerError:
+                pass
+    finally:
+        PyBreakerInstrumentor().uninstrument()
+    assert [s.name for s in otel.spans()] == ["circuitbreaker payments", "circuitbreaker payments", "POST /payments"]
+    calls = otel.metric_points(semconv.METRIC_BREAKER_CALLS)
+    transitions = otel.metric_points(semconv.METRIC_BREAKER_TRANSITIONS)
+    assert sum(p.value for p in calls) == 2 and sum(p.value for p in transitions) == 1
+    assert all(not p.exemplars for p in calls + transitions)
+
+
+def _fail() -> None:
+    raise ConnectionError("down")
 
 
 def _exemplar_of(output: str, metric: str) -> tuple[str, str] | None:

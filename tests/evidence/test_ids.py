@@ -152,9 +152,11 @@ def test_the_id_generator_entry_point_and_the_public_name() -> None:
     assert otel_resilience.PrivateRandomIdGenerator is PrivateRandomIdGenerator
 
 
-def test_breaker_counters_in_the_app_s_spans_leave_the_global_random_alone_with_setup() -> None:
-    """The SDK's default exemplar reservoir for counters samples with the global `random`; setup()'s meter provider
-    keeps the last measurement instead (the contrast: the same calls with the SDK's default views)."""
+def test_breaker_counters_in_the_app_s_spans_leave_the_global_random_alone() -> None:
+    """The SDK's default exemplar reservoir for counters samples with the global `random` when a sampled span is in
+    the measurement's context. The breaker counters (calls and transitions) are recorded in a context with no span, so
+    they draw nothing, with setup()'s meter provider (which keeps the last measurement anyway) and with the SDK's
+    default views alike. The contrast: the app's own counter, added the same way in the same span, draws."""
     code = """
         import random, sys
         import otel_resilience, pybreaker
@@ -163,24 +165,28 @@ def test_breaker_counters_in_the_app_s_spans_leave_the_global_random_alone_with_
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
         from opentelemetry.sdk.trace import TracerProvider
 
-        if sys.argv[1] == "sdk-default-views":
+        if sys.argv[1] != "setup":
             trace.set_tracer_provider(TracerProvider(id_generator=otel_resilience.PrivateRandomIdGenerator()))
             metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
-        otel_resilience.setup(exporter="none" if sys.argv[1] == "sdk-default-views" else "console",
-                              libraries=["pybreaker"])
+        otel_resilience.setup(exporter="console" if sys.argv[1] == "setup" else "none", libraries=["pybreaker"])
+        app_counter = metrics.get_meter("app").create_counter("app.calls")
         breaker = pybreaker.CircuitBreaker(fail_max=100, name="payments")
         random.seed(7)
         before = random.getstate()
         with trace.get_tracer("app").start_as_current_span("POST /payments"):
             for _ in range(5):
                 breaker.call(lambda: None)
+                if sys.argv[1] == "app-counter":
+                    app_counter.add(1)
+            breaker.open()
+            breaker.close()
         print("untouched" if random.getstate() == before else "drawn")
     """
     with_setup = checked(run_python(code, "setup")).stdout.splitlines()
     assert "untouched" in with_setup and "drawn" not in with_setup
     assert "trace " in with_setup[0]  # the console view printed the request's tree: spans were made
-    sdk_default = checked(run_python(code, "sdk-default-views")).stdout.splitlines()
-    assert sdk_default == ["drawn"]
+    assert checked(run_python(code, "sdk-default-views")).stdout.splitlines() == ["untouched"]
+    assert checked(run_python(code, "app-counter")).stdout.splitlines() == ["drawn"]
 
 
 def test_the_exemplar_views_still_keep_exemplars() -> None:

@@ -15,7 +15,7 @@ from aiobreaker import CircuitBreaker, CircuitBreakerError
 from aiobreaker.state import CircuitBreakerBaseState, CircuitOpenState
 from aiobreaker.storage.memory import CircuitMemoryStorage
 
-from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises, report_internal_error
 from otel_resilience.core.breaker import (
     BreakerCall,
     admitted,
@@ -60,19 +60,24 @@ class AioBreakerAdapter:
 
     # --- calls -------------------------------------------------------------------------------------------------
 
-    @never_raises
     def _begin(self, breaker: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BreakerCall | None:
-        active = current_call(breaker)
-        if active is not None and not active.admitted:
-            return None  # aiobreaker re-entering `call` for the same user call
-        guarded = args[0] if args else kwargs.get("func")
-        return BreakerCall.start(
-            self.telemetry, breaker, _read_state(breaker), subject=breaker, guarded=guarded, read_state=_read_state
-        )
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            active = current_call(breaker)
+            if active is not None and not active.admitted:
+                return None  # aiobreaker re-entering `call` for the same user call
+            guarded = args[0] if args else kwargs.get("func")
+            return BreakerCall.start(
+                self.telemetry, breaker, _read_state(breaker), subject=breaker, guarded=guarded, read_state=_read_state
+            )
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.aiobreaker._adapter.AioBreakerAdapter._begin")
+            return None
 
-    @never_raises
     def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
-        call.ended(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            call.ended(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.aiobreaker._adapter.AioBreakerAdapter._end_call")
 
     def _call(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._begin(instance, args, kwargs)

@@ -18,7 +18,7 @@ import circuitbreaker
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises, report_internal_error
 from otel_resilience.core.breaker import (
     BreakerCall,
     any_active_call,
@@ -75,21 +75,26 @@ class CircuitBreakerAdapter:
 
     # --- admitted calls ----------------------------------------------------------------------------------------
 
-    @never_raises
     def _admit(self, breaker: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BreakerCall | None:
-        function = args[0] if args else kwargs.get("func")
-        return self._start(breaker, function, _read_state(breaker))
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            function = args[0] if args else kwargs.get("func")
+            return self._start(breaker, function, _read_state(breaker))
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.circuitbreaker._adapter.CircuitBreakerAdapter._admit")
+            return None
 
     def _start(self, breaker: CircuitBreaker, function: Any, state: str) -> BreakerCall | None:
         return BreakerCall.start(
             self.telemetry, breaker, state, subject=breaker, guarded=function, name_of=_name, read_state=_read_state
         )
 
-    @never_raises
     def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
-        breaker: CircuitBreaker = call.subject  # type: ignore[assignment]
-        call.observe(_read_state(breaker))  # tripped, re-opened, or closed by a probe
-        call.ended(error, failure_count=breaker.failure_count)
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            breaker: CircuitBreaker = call.subject  # type: ignore[assignment]
+            call.observe(_read_state(breaker))  # tripped, re-opened, or closed by a probe
+            call.ended(error, failure_count=breaker.failure_count)
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.circuitbreaker._adapter.CircuitBreakerAdapter._end_call")
 
     def _call(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._admit(instance, args, kwargs)

@@ -19,7 +19,7 @@ from purgatory.service._sync.circuitbreaker import SyncCircuitBreaker
 from purgatory.service._sync.repository import SyncInMemoryRepository
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises, report_internal_error
 from otel_resilience.core.breaker import (
     BreakerCall,
     any_active_call,
@@ -74,23 +74,26 @@ class PurgatoryAdapter:
 
     # --- entering a block ----------------------------------------------------------------------------------------
 
-    @never_raises
     def _entering(self, breaker: Breaker) -> BreakerCall | None:
-        context = breaker.context
-        circuit = context.name
-        call = BreakerCall.start(
-            self.telemetry,
-            breaker.uow,
-            normalise_state(context.state),
-            subject=context,
-            guarded=circuit,  # purgatory guards blocks, not functions: a circuit is named by its own name
-            name_of=_circuit_name,
-            key=circuit,
-            read_state=_state_reader(circuit),
-        )
-        if call is not None:
-            call.enter_block()  # current through the block, until __exit__
-        return call
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            context = breaker.context
+            circuit = context.name
+            call = BreakerCall.start(
+                self.telemetry,
+                breaker.uow,
+                normalise_state(context.state),
+                subject=context,
+                guarded=circuit,  # purgatory guards blocks, not functions: a circuit is named by its own name
+                name_of=_circuit_name,
+                key=circuit,
+                read_state=_state_reader(circuit),
+            )
+            if call is not None:
+                call.enter_block()  # current through the block, until __exit__
+            return call
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.purgatory._adapter.PurgatoryAdapter._entering")
+            return None
 
     @never_raises
     def _entered(self, call: BreakerCall) -> None:
@@ -130,10 +133,12 @@ class PurgatoryAdapter:
 
     # --- leaving it ----------------------------------------------------------------------------------------------
 
-    @never_raises
     def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
-        context: Context = call.subject  # type: ignore[assignment]
-        call.ended(error, failure_count=context.failure_count)
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            context: Context = call.subject  # type: ignore[assignment]
+            call.ended(error, failure_count=context.failure_count)
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.purgatory._adapter.PurgatoryAdapter._end_call")
 
     @never_raises
     def _block_ended(self, call: BreakerCall, error: BaseException | None) -> None:

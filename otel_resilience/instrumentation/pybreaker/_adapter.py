@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import pybreaker
 
-from otel_resilience.core import BreakerCall, Telemetry, never_raises, normalise_state
+from otel_resilience.core import BreakerCall, Telemetry, never_raises, normalise_state, report_internal_error
 from otel_resilience.core.breaker import (
     admitted,
     any_active_call,
@@ -67,19 +67,24 @@ class PyBreakerAdapter:
 
     # --- calls -------------------------------------------------------------------------------------------------
 
-    @never_raises
     def _begin(self, breaker: pybreaker.CircuitBreaker, guarded: Any) -> BreakerCall | None:
-        active = current_call(breaker)
-        if active is not None and not active.admitted:
-            return None  # pybreaker re-entering `call` for a probe: the same user call
-        return BreakerCall.start(
-            self.telemetry, breaker, _read_state(breaker), subject=breaker, guarded=guarded, name_of=_name,
-            read_state=_read_state,
-        )
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            active = current_call(breaker)
+            if active is not None and not active.admitted:
+                return None  # pybreaker re-entering `call` for a probe: the same user call
+            return BreakerCall.start(
+                self.telemetry, breaker, _read_state(breaker), subject=breaker, guarded=guarded, name_of=_name,
+                read_state=_read_state,
+            )
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.pybreaker._adapter.PyBreakerAdapter._begin")
+            return None
 
-    @never_raises
     def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
-        call.ended(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            call.ended(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.pybreaker._adapter.PyBreakerAdapter._end_call")
 
     def _call(
         self, wrapped: Callable[..., Any], instance: pybreaker.CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]

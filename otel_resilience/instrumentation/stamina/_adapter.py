@@ -19,7 +19,7 @@ from stamina._core import _RetryContextIterator
 from tenacity import BaseRetrying
 from tenacity.asyncio import AsyncRetrying
 
-from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core import Telemetry, never_raises, report_internal_error
 from otel_resilience.core.claims import OperationClaim, claim_operation, current_claim, release_claim
 from otel_resilience.core.naming import callable_names, caller_names
 from otel_resilience.instrumentation.tenacity._adapter import TenacityLoops, TenacityLoop
@@ -141,11 +141,14 @@ class StaminaAdapter:
         patches.wrap(stamina.RetryingCaller, "__call__", self._caller_call, enabled=recording)
         patches.wrap(stamina.AsyncRetryingCaller, "__call__", self._async_caller_call, enabled=recording)
 
-    @never_raises
     def _claim(self) -> OperationClaim:
-        retried = _retried_callable()
-        name, span_name = callable_names(retried) if retried is not None else caller_names(*_SKIPPED_FRAMES)
-        return OperationClaim(self, name, span_name)
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            retried = _retried_callable()
+            name, span_name = callable_names(retried) if retried is not None else caller_names(*_SKIPPED_FRAMES)
+            return OperationClaim(self, name, span_name)
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.stamina._adapter.StaminaAdapter._claim")
+            return None
 
     def _iter(self, wrapped: Callable[..., Iterator[Any]], instance: _RetryContextIterator, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
         claim = self._claim()

@@ -20,7 +20,7 @@ from tenacity import AttemptManager, BaseRetrying, DoAttempt, DoSleep, RetryCall
 from tenacity.asyncio import AsyncRetrying
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises, outcome
+from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
 from otel_resilience.core.claims import current_claim
 from otel_resilience.core.naming import caller_names, callable_names
 from otel_resilience.core.retry import RetryOperation, run_as_current, run_as_current_async
@@ -44,25 +44,31 @@ class TenacityLoop:
         self.body_done = False  # iterator forms: the `with attempt:` body of the current attempt has finished
         self.body_error: BaseException | None = None
 
-    @never_raises
     def before_iter(self) -> None:
-        if self.token is not None:
-            self.op.deactivate(self.token)
-            self.token = None
+        """The attempt that was current (call forms) is no longer: tenacity decides what follows."""
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if self.token is not None:
+                self.op.deactivate(self.token)
+                self.token = None
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.before_iter")
 
-    @never_raises
     def after_iter(self, retry_state: RetryCallState, do: Any, raised: BaseException | None) -> None:
-        if retry_state.outcome is not None:
-            self._attempt_decided(retry_state, do, raised)
-        if raised is None and isinstance(do, DoAttempt):
-            self.op.attempt_started()
-            if self.activates:
-                self.token = self.op.activate()
+        """tenacity decided (`do`, or `raised`): the attempt that ran ended, and another may start."""
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if retry_state.outcome is not None:
+                self._attempt_decided(retry_state, do, raised)
+            if raised is None and isinstance(do, DoAttempt):
+                self.op.attempt_started()
+                if self.activates:
+                    self.token = self.op.activate()
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.after_iter")
 
     def _attempt_decided(self, retry_state: RetryCallState, do: Any, raised: BaseException | None) -> None:
         future = retry_state.outcome
         assert future is not None
-        error = future.exception() if future.failed else None
+        error = future.exception()  # None when it did not fail (``future.failed`` asks the same, under a lock too)
         state = self.retrying.iter_state
         retry_wanted = bool(state.is_explicit_retry or state.retry_run_result)
         error_type = semconv.REJECTED_RESULT if error is None and retry_wanted else None
@@ -73,22 +79,26 @@ class TenacityLoop:
         # stopped (RetryError, reraise, or retry_error_callback's value), accepted, or raised what is not retried
         self.result = outcome.final_result(retry_wanted=retry_wanted, failed=raised is not None)
 
-    @never_raises
     def ended(self, error: BaseException | None) -> None:
-        self.before_iter()
-        self.op.ended(self.result, error)
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            self.before_iter()
+            self.op.ended(self.result, error)
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.ended")
 
-    @never_raises
     def ended_early(self) -> None:
         """The app left the loop before tenacity concluded (``return`` or ``break`` inside it, or the loop object
         was dropped)."""
-        if self.op.is_ended:
-            return
-        body_error = self.body_error
-        self.body_error = None
-        left_after_success = self.body_done and body_error is None and self.result in (None, semconv.RESULT_SUCCESS)
-        self.op.attempt_ended(body_error)
-        self.op.ended(outcome.abandoned_result(left_after_success))
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            if self.op.is_ended:
+                return
+            body_error = self.body_error
+            self.body_error = None
+            left_after_success = self.body_done and body_error is None and self.result in (None, semconv.RESULT_SUCCESS)
+            self.op.attempt_ended(body_error)
+            self.op.ended(outcome.abandoned_result(left_after_success))
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.ended_early")
 
 
 _RUN: contextvars.ContextVar[TenacityLoop | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
@@ -136,15 +146,18 @@ class TenacityLoops:
     def body_completed(self, run: TenacityLoop) -> None:
         """A ``with attempt:`` body of `run` completed without an exception (tenacity may still retry its result)."""
 
-    @never_raises
     def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> TenacityLoop | None:
-        names = self.names(fn)
-        if names is None:
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            names = self.names(fn)
+            if names is None:
+                return None
+            op = RetryOperation.start(
+                self.telemetry, names[0], span_name=names[1], max_attempts=_max_attempts(retrying.stop)
+            )
+            return None if op is None else TenacityLoop(op, retrying, activates, self)
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoops._start")
             return None
-        op = RetryOperation.start(
-            self.telemetry, names[0], span_name=names[1], max_attempts=_max_attempts(retrying.stop)
-        )
-        return None if op is None else TenacityLoop(op, retrying, activates, self)
 
     # --- operations: iterator forms --------------------------------------------------------------------------
 
@@ -272,9 +285,12 @@ class TenacityAdapter(TenacityLoops):
         return await run_as_current_async(_RUN, run, wrapped, args, kwargs)
 
 
-@never_raises
 def _activate(run: TenacityLoop) -> object:
-    return run.op.activate()
+    try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+        return run.op.activate()
+    except Exception:
+        report_internal_error("otel_resilience.instrumentation.tenacity._adapter._activate")
+        return None
 
 
 def _traced_attempts(attempts: Iterator[AttemptManager], run: TenacityLoop) -> Generator[AttemptManager, None, None]:
