@@ -12,7 +12,7 @@ in these variants, all in the same run:
 
 The server runs in another process and the timer is the client process's CPU time (``time.process_time``), so what is
 measured is the client's own work per call: the ratio (instrumented − bare) ÷ (contrib − bare) is the CPU of one
-attempt span of ours against contrib's per-request cost (issue 5's target: at most 0.6), and (hand_built − bare) ÷
+attempt span of ours against contrib's per-request cost (the HTTP target: at most 0.6), and (hand_built − bare) ÷
 (contrib − bare) the same for the telemetry alone. Nothing here asserts on time.
 """
 

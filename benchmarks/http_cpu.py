@@ -1,4 +1,4 @@
-"""CPU time per HTTP request, with its uncertainty: issue 5's target (one attempt span of ours at most 0.6× contrib's
+"""CPU time per HTTP request, with its uncertainty: the HTTP target (one attempt span of ours at most 0.6× contrib's
 per-request cost) is stated in CPU, and a loopback request's CPU time moves with the machine's load by more than the
 differences measured here.
 

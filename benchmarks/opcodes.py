@@ -25,7 +25,7 @@ from benchmarks.conftest import instrumenting, sdk_for_benchmarks
 from otel_resilience.instrumentation.urllib3 import Urllib3RetryInstrumentor
 
 REQUESTS = 30
-HTTP_ATTEMPT_VS_CONTRIB_TARGET = 0.6  # issue 5: one attempt span of ours against contrib's per-request cost
+HTTP_ATTEMPT_VS_CONTRIB_TARGET = 0.6  # the HTTP target: one attempt span of ours against contrib's per-request cost
 PLACES = {"otel_resilience": "ours", "opentelemetry/sdk": "SDK", "opentelemetry": "OpenTelemetry API"}
 
 
