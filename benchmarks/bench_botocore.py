@@ -15,8 +15,6 @@ call and beside the machine's noise. Nothing here asserts on time.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,7 +24,7 @@ import pytest
 from botocore.config import Config
 from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 
-from benchmarks.bench_http import CPU, STATISTIC
+from benchmarks.bench_http import CPU, STATISTIC, serving
 from benchmarks.conftest import instrumented_fixtures, variant
 from otel_resilience.instrumentation.botocore import BotocoreRetryInstrumentor
 
@@ -68,13 +66,8 @@ ATTEMPTS = {"S3 ListBuckets": 1, "S3 ListBuckets 503,503,200": 3}
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        yield f"http://127.0.0.1:{int(server.stdout.readline())}"
-    finally:
-        server.terminate()
-        server.wait(5)
+    with serving(script=SERVER) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

@@ -77,10 +77,10 @@ CPU = pytest.mark.benchmark(timer=time.process_time)
 
 
 @contextmanager
-def serving(cpu: int | None = None) -> Iterator[str]:
-    """The scripted server, in a process of its own, for the duration of the block: its base URL. `cpu`: the one
-    CPU it may run on (`benchmarks.http_cpu` keeps it off the client's)."""
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+def serving(cpu: int | None = None, script: str = SERVER) -> Iterator[str]:
+    """A scripted server (`script` prints its port, then serves), in a process of its own, for the duration of the
+    block: its base URL. `cpu`: the one CPU it may run on (`benchmarks.http_cpu` keeps it off the client's)."""
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     if cpu is not None:
         os.sched_setaffinity(server.pid, {cpu})
     try:
