@@ -4,13 +4,15 @@ the range pyproject.toml declares."""
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.version import Version
 
-from tests.support.processes import checked, run_python
+from tests.support.processes import checked, clean_env, run, run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,3 +58,25 @@ def test_the_installed_api_and_sdk_are_in_the_declared_range() -> None:
     for name, specifier in ranges.items():
         assert specifier.contains(version(name)), f"{name} {version(name)} is outside the declared {specifier}"
         assert any(spec.operator == "<" for spec in specifier), f"{name}: the range names no upper bound"
+
+
+def _lowest(requirement: Requirement) -> str:
+    """The lowest release a ``>=`` requirement admits, as a pip pin."""
+    (floor,) = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+    return f"{requirement.name}=={floor}"
+
+
+def test_the_private_names_exist_at_the_lowest_declared_api_and_sdk(tmp_path: Path) -> None:
+    """The probe again, on the oldest API, SDK and instrumentation releases pyproject.toml admits (from PyPI, put
+    ahead of the environment's own on the path): the declared range is the range this test covers, both ends."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["otlp"]]
+    wanted = ("opentelemetry-api", "opentelemetry-sdk", "opentelemetry-instrumentation", "opentelemetry-semantic-conventions")
+    pins = [_lowest(r) for r in declared if r.name in wanted]
+    assert len(pins) == len(wanted), pins
+    target = tmp_path / "lowest"
+    checked(run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), *pins], None))
+    env = {**clean_env(), "PYTHONPATH": str(target)}
+    probe = "import opentelemetry.version as v\nprint(v.__version__)\n" + PROBE
+    lines = checked(run_python(probe, env=env)).stdout.split()
+    assert Version(lines[0]) == Version(pins[0].split("==")[1]) and lines[-1] == "ok", lines
