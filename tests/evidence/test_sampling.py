@@ -52,7 +52,7 @@ from otel_resilience.instrumentation.tenacity import TenacityInstrumentor
 from tests.conftest import Otel
 from tests.support.evidence import forget_circuitbreaker
 from tests.support.http_support import ScriptedServer, server  # noqa: F401 - the fixture
-from tests.support.retry_support import Flaky, Sleeps
+from tests.support.retry_support import AsyncFlaky, Flaky, Sleeps
 
 PRODUCTION = ParentBased(TraceIdRatioBased(0.01))
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
@@ -122,10 +122,36 @@ def _backoff() -> None:
             pass
 
 
+def _backoff_async() -> None:
+    async def main() -> None:
+        for failures in (0, 2, 5):
+            retried = backoff.on_exception(backoff.constant, ConnectionError, interval=0, jitter=None, max_tries=3, logger=None)
+            try:
+                await retried(AsyncFlaky(failures))()
+            except ConnectionError:
+                pass
+
+    asyncio.run(main())
+
+
 def _stamina() -> None:
     with stamina.set_testing(True, attempts=3):
         for failures in (0, 2):
             stamina.retry(on=ConnectionError, attempts=3)(Flaky(failures))()
+
+
+def _stamina_async() -> None:
+    async def main() -> None:
+        with stamina.set_testing(True, attempts=3):
+            for failures in (0, 2):
+                flaky = AsyncFlaky(failures)
+
+                async def call() -> Any:  # stamina tells a coroutine function by inspection; an instance is not one
+                    return await flaky()
+
+                await stamina.retry(on=ConnectionError, attempts=3)(call)()
+
+    asyncio.run(main())
 
 
 def _retrying() -> None:
@@ -179,7 +205,9 @@ LIBRARIES: dict[str, tuple[type[ResilienceInstrumentor], Callable[[], None]]] = 
     "tenacity": (TenacityInstrumentor, _tenacity),
     "tenacity async": (TenacityInstrumentor, _tenacity_async),
     "backoff": (BackoffInstrumentor, _backoff),
+    "backoff async": (BackoffInstrumentor, _backoff_async),
     "stamina": (StaminaInstrumentor, _stamina),
+    "stamina async": (StaminaInstrumentor, _stamina_async),
     "retrying": (RetryingInstrumentor, _retrying),
     "pybreaker": (PyBreakerInstrumentor, _pybreaker),
     "circuitbreaker": (CircuitBreakerInstrumentor, _circuitbreaker),
