@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
+from otel_resilience.core.bracket import await_then_end, call_then_end
 from otel_resilience.core.http_loop import ClientLoop, current_client_loop, end_client_loop
 from otel_resilience.patching import Patches
 
@@ -52,13 +53,7 @@ class StainlessAdapter:
         loop = self._start(client, args, kwargs)
         if loop is None:
             return wrapped(*args, **kwargs)
-        try:
-            value = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _end(loop, exc)
-            raise
-        _end(loop, None)
-        return value
+        return call_then_end(_end, loop, wrapped, args, kwargs)
 
     async def _async_loop(
         self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -66,16 +61,10 @@ class StainlessAdapter:
         loop = self._start(client, args, kwargs)
         if loop is None:
             return await wrapped(*args, **kwargs)
-        try:
-            value = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _end(loop, exc)
-            raise
-        _end(loop, None)
-        return value
+        return await await_then_end(_end, loop, wrapped, args, kwargs)
 
 
-def _end(loop: ClientLoop, error: BaseException | None) -> None:
+def _end(loop: ClientLoop, value: Any, error: BaseException | None) -> None:
     """The loop is over: its result, then `end_client_loop` (guarded itself), which puts the scope back whatever
     happened before, so that an error of ours never leaves the loop current after the call."""
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx_retries
 
 from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
+from otel_resilience.core.bracket import await_then_end, call_then_end
 from otel_resilience.core.http_loop import ClientLoop, current_client_loop, end_client_loop
 from otel_resilience.patching import Patches
 
@@ -68,13 +69,7 @@ class HttpxRetriesAdapter:
         state = self._open(transport, args, kwargs)
         if state is None:
             return wrapped(*args, **kwargs)
-        try:
-            response = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _close(state, None, exc)
-            raise
-        _close(state, response, None)
-        return response
+        return call_then_end(_close, state, wrapped, args, kwargs)
 
     async def _async_loop(
         self, wrapped: Callable[..., Any], transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -82,13 +77,7 @@ class HttpxRetriesAdapter:
         state = self._open(transport, args, kwargs)
         if state is None:
             return await wrapped(*args, **kwargs)
-        try:
-            response = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _close(state, None, exc)
-            raise
-        _close(state, response, None)
-        return response
+        return await await_then_end(_close, state, wrapped, args, kwargs)
 
 
 def _close(state: tuple[_Run, contextvars.Token[Any]], response: Any, error: BaseException | None) -> None:

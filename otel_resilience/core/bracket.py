@@ -1,0 +1,38 @@
+"""Call the library's function, then report how it ended: the one bracket that hooks around a library call share, so
+that each hook says only what it starts and what it reports. The hot paths (a breaker call, an HTTP attempt, a
+tenacity attempt) write their bracket inline instead, since this adds a Python call to each call."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+S = TypeVar("S")
+End = Callable[[S, Any, "BaseException | None"], object]
+"""``end(state, value, error)``: `value` is what the call returned (None when it raised), `error` what it raised."""
+
+
+def call_then_end(end: End[S], state: S, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``fn(*args, **kwargs)``, then ``end(state, value, error)``; returns the value or re-raises the very exception.
+    `end` must not raise (the core's entry points guard themselves; an adapter's `end` is `never_raises`)."""
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        end(state, None, exc)
+        raise
+    end(state, value, None)
+    return value
+
+
+# The async bracket is the sync one's twin, kept beside it: the same bracket, awaited.
+async def await_then_end(
+    end: End[S], state: S, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """`call_then_end` for a coroutine function."""
+    try:
+        value = await fn(*args, **kwargs)
+    except BaseException as exc:
+        end(state, None, exc)
+        raise
+    end(state, value, None)
+    return value
