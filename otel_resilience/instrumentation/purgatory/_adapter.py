@@ -9,6 +9,7 @@ of work and circuit name. purgatory raises one open-state object again and again
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -23,6 +24,7 @@ from otel_resilience.core import Telemetry, never_raises, report_internal_error
 from otel_resilience.core.breaker import (
     BreakerCall,
     any_active_call,
+    counting_end,
     current_call,
     failure_hook,
     normalise_state,
@@ -35,6 +37,9 @@ Breaker = SyncCircuitBreaker | AsyncCircuitBreaker
 
 _IN_MEMORY: Final = (SyncInMemoryRepository, AsyncInMemoryRepository)
 _FAILURE_COUNTED: Final = failure_hook(lambda _state, args: args[0])  # State.handle_exception(self, context, exc)
+_end_call: Final = counting_end(  # the call's subject is the circuit's `Context`
+    operator.attrgetter("failure_count"), "otel_resilience.instrumentation.purgatory._adapter: the failure count"
+)
 
 
 def _circuit_name(_uow: Any, circuit: str) -> str:
@@ -105,7 +110,7 @@ class PurgatoryAdapter:
         call.exit_block()
         if isinstance(error, OpenedState):
             call.refused_in(semconv.STATE_OPEN)
-        self._end_call(call, error)
+        _end_call(call, error)
 
     def _enter(self, wrapped: Callable[..., Any], instance: SyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._entering(instance)
@@ -133,17 +138,10 @@ class PurgatoryAdapter:
 
     # --- leaving it ----------------------------------------------------------------------------------------------
 
-    def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
-        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
-            context: Context = call.subject  # type: ignore[assignment]
-            call.ended(error, failure_count=context.failure_count)
-        except Exception:
-            report_internal_error("otel_resilience.instrumentation.purgatory._adapter.PurgatoryAdapter._end_call")
-
     @never_raises
     def _block_ended(self, call: BreakerCall, error: BaseException | None) -> None:
         call.exit_block()
-        self._end_call(call, error)
+        _end_call(call, error)
 
     def _exit(self, wrapped: Callable[..., Any], instance: SyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call(instance.context)
