@@ -14,6 +14,7 @@ from typing import Any
 from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
 from otel_resilience.core.bracket import await_then_end, call_then_end
 from otel_resilience.core.http_loop import ClientLoop, current_client_loop, end_client_loop
+from otel_resilience.instrumentation._base import ResilienceInstrumentor
 from otel_resilience.patching import Patches
 
 
@@ -21,6 +22,14 @@ def _loop_method(cls: type) -> str:
     """The method that runs the retry loop: ``_request`` where the class has one (anthropic's ``request`` opens the
     SDK's own span around it), else ``request``."""
     return "_request" if "_request" in vars(cls) else "request"
+
+
+class StainlessRetryInstrumentor(ResilienceInstrumentor):
+    """The instrumentor of one Stainless SDK, whose `library` is the SDK's module name: each SDK's package only names
+    itself (a base, never instantiated: `BaseInstrumentor` keeps one instance per class)."""
+
+    def _patch(self, telemetry: Telemetry) -> None:
+        StainlessAdapter(telemetry, self.library).patch(self.patches)
 
 
 class StainlessAdapter:
