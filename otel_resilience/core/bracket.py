@@ -12,9 +12,14 @@ End = Callable[[S, Any, "BaseException | None"], object]
 """``end(state, value, error)``: `value` is what the call returned (None when it raised), `error` what it raised."""
 
 
-def call_then_end(end: End[S], state: S, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def call_then_end(
+    end: End[S], state: S | None, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """``fn(*args, **kwargs)``, then ``end(state, value, error)``; returns the value or re-raises the very exception.
-    `end` must not raise (the core's entry points guard themselves; an adapter's `end` is `never_raises`)."""
+    A `state` of None (nothing observed) is the plain call. `end` must not raise (the core's entry points guard
+    themselves; an adapter's `end` is `never_raises`)."""
+    if state is None:
+        return fn(*args, **kwargs)
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:
@@ -26,9 +31,11 @@ def call_then_end(end: End[S], state: S, fn: Callable[..., Any], args: tuple[Any
 
 # The async bracket is the sync one's twin, kept beside it: the same bracket, awaited.
 async def await_then_end(
-    end: End[S], state: S, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    end: End[S], state: S | None, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """`call_then_end` for a coroutine function."""
+    if state is None:
+        return await fn(*args, **kwargs)
     try:
         value = await fn(*args, **kwargs)
     except BaseException as exc:

@@ -59,18 +59,12 @@ class StainlessAdapter:
         return ClientLoop.start(self.telemetry, max_retries + 1)
 
     def _loop(self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        loop = self._start(client, args, kwargs)
-        if loop is None:
-            return wrapped(*args, **kwargs)
-        return call_then_end(_end, loop, wrapped, args, kwargs)
+        return call_then_end(_end, self._start(client, args, kwargs), wrapped, args, kwargs)
 
     async def _async_loop(
         self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        loop = self._start(client, args, kwargs)
-        if loop is None:
-            return await wrapped(*args, **kwargs)
-        return await await_then_end(_end, loop, wrapped, args, kwargs)
+        return await await_then_end(_end, self._start(client, args, kwargs), wrapped, args, kwargs)
 
 
 def _end(loop: ClientLoop, value: Any, error: BaseException | None) -> None:

@@ -130,10 +130,7 @@ class BotocoreAdapter:
         call.ended(outcome.loop_result(failed=state.failed, spent=spent, error=error), error)
 
     def _send_request(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        started = self.start(args, kwargs)
-        if started is None:
-            return wrapped(*args, **kwargs)
-        return call_then_end(self.end, started, wrapped, args, kwargs)
+        return call_then_end(self.end, self.start(args, kwargs), wrapped, args, kwargs)
 
     # --- attempts --------------------------------------------------------------------------------------------
 
@@ -180,10 +177,7 @@ class BotocoreAdapter:
         state.call.attempt_ended(error=error)
 
     def _get_response(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        attempt = self.attempt_starts(args, kwargs)
-        if attempt is None:
-            return wrapped(*args, **kwargs)
-        return call_then_end(self.attempt_ends, attempt, wrapped, args, kwargs)
+        return call_then_end(self.attempt_ends, self.attempt_starts(args, kwargs), wrapped, args, kwargs)
 
     # --- botocore's decisions --------------------------------------------------------------------------------
 
@@ -240,16 +234,11 @@ class AsyncHooks:
         adapter.patch_decisions(patches, endpoint)
 
     async def _send_request(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        started = self.adapter.start(args, kwargs)
-        if started is None:
-            return await wrapped(*args, **kwargs)
-        return await await_then_end(self.adapter.end, started, wrapped, args, kwargs)
+        return await await_then_end(self.adapter.end, self.adapter.start(args, kwargs), wrapped, args, kwargs)
 
     async def _get_response(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        attempt = self.adapter.attempt_starts(args, kwargs)
-        if attempt is None:
-            return await wrapped(*args, **kwargs)
-        return await await_then_end(self.adapter.attempt_ends, attempt, wrapped, args, kwargs)
+        adapter = self.adapter
+        return await await_then_end(adapter.attempt_ends, adapter.attempt_starts(args, kwargs), wrapped, args, kwargs)
 
     async def _needs_retry(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         state = _CALL.get()

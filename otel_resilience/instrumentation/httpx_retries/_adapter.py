@@ -66,18 +66,12 @@ class HttpxRetriesAdapter:
         return run, _RUN.set(run)
 
     def _loop(self, wrapped: Callable[..., Any], transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        state = self._open(transport, args, kwargs)
-        if state is None:
-            return wrapped(*args, **kwargs)
-        return call_then_end(_close, state, wrapped, args, kwargs)
+        return call_then_end(_close, self._open(transport, args, kwargs), wrapped, args, kwargs)
 
     async def _async_loop(
         self, wrapped: Callable[..., Any], transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        state = self._open(transport, args, kwargs)
-        if state is None:
-            return await wrapped(*args, **kwargs)
-        return await await_then_end(_close, state, wrapped, args, kwargs)
+        return await await_then_end(_close, self._open(transport, args, kwargs), wrapped, args, kwargs)
 
 
 def _close(state: tuple[_Run, contextvars.Token[Any]], response: Any, error: BaseException | None) -> None:
