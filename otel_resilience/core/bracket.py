@@ -1,6 +1,6 @@
 """Call the library's function, then report how it ended: the one bracket that hooks around a library call share, so
-that each hook says only what it starts and what it reports. The hot paths (a breaker call, an HTTP attempt, a
-tenacity attempt) write their bracket inline instead, since this adds a Python call to each call."""
+that each hook says only what it starts and what it reports. It adds a Python call: on the paths with benchmark
+targets (breaker calls, HTTP and tenacity attempts) it stands only where it replaces another layer."""
 
 from __future__ import annotations
 

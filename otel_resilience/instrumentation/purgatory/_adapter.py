@@ -30,6 +30,7 @@ from otel_resilience.core.breaker import (
     normalise_state,
     reported_transition,
 )
+from otel_resilience.core.bracket import await_then_end, call_then_end
 from otel_resilience.core.registry import StateReader
 from otel_resilience.patching import Patches
 
@@ -59,6 +60,14 @@ def _state_reader(circuit: str) -> StateReader:
         return normalise_state(context.state) if context is not None else None
 
     return read
+
+
+def _block_ended(block: tuple[BreakerCall, Any], value: Any, error: BaseException | None) -> None:
+    """The block was left (`error`: what ``__exit__`` raised, else what the block raised). Never raises: `exit_block`
+    and `_end_call` guard themselves (no `never_raises` layer on every call)."""
+    call, raised_in_block = block
+    call.exit_block()
+    _end_call(call, error if error is not None else raised_in_block)
 
 
 class PurgatoryAdapter:
@@ -100,10 +109,12 @@ class PurgatoryAdapter:
             report_internal_error("otel_resilience.instrumentation.purgatory._adapter.PurgatoryAdapter._entering")
             return None
 
-    @never_raises
     def _entered(self, call: BreakerCall) -> None:
-        context: Context = call.subject  # type: ignore[assignment]
-        call.admitted_in(normalise_state(context.state) or semconv.STATE_CLOSED)  # half_open once the ttl passed
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            context: Context = call.subject  # type: ignore[assignment]
+            call.admitted_in(normalise_state(context.state) or semconv.STATE_CLOSED)  # half_open once the ttl passed
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.purgatory._adapter.PurgatoryAdapter._entered")
 
     @never_raises
     def _not_entered(self, call: BreakerCall, error: BaseException) -> None:
@@ -138,36 +149,15 @@ class PurgatoryAdapter:
 
     # --- leaving it ----------------------------------------------------------------------------------------------
 
-    @never_raises
-    def _block_ended(self, call: BreakerCall, error: BaseException | None) -> None:
-        call.exit_block()
-        _end_call(call, error)
-
     def _exit(self, wrapped: Callable[..., Any], instance: SyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call(instance.context)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        error = args[1] if len(args) > 1 else kwargs.get("exc")
-        try:
-            return wrapped(*args, **kwargs)  # purgatory judges the block and changes state with the call current
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._block_ended(call, error)
+        block = None if call is None else (call, args[1] if len(args) > 1 else kwargs.get("exc"))  # what the block raised
+        return call_then_end(_block_ended, block, wrapped, args, kwargs)  # purgatory judges with the call current
 
     async def _aexit(self, wrapped: Callable[..., Any], instance: AsyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call(instance.context)
-        if call is None:
-            return await wrapped(*args, **kwargs)
-        error = args[1] if len(args) > 1 else kwargs.get("exc")
-        try:
-            return await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._block_ended(call, error)
+        block = None if call is None else (call, args[1] if len(args) > 1 else kwargs.get("exc"))
+        return await await_then_end(_block_ended, block, wrapped, args, kwargs)
 
     # --- transitions ---------------------------------------------------------------------------------------------
 
