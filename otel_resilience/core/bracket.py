@@ -43,3 +43,20 @@ async def await_then_end(
         raise
     end(state, value, None)
     return value
+
+
+def bracketing(
+    start: Callable[[Any, tuple[Any, ...], dict[str, Any]], S | None], end: End[S]
+) -> tuple[Callable[..., Any], Callable[..., Awaitable[Any]]]:
+    """The patch wrappers, sync and async, of a library method bracketed by ``start(instance, args, kwargs)`` (None:
+    nothing to observe) and `end`: for an adapter that hooks one method of a sync and an async class alike."""
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return call_then_end(end, start(instance, args, kwargs), wrapped, args, kwargs)
+
+    async def async_wrapper(
+        wrapped: Callable[..., Awaitable[Any]], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return await await_then_end(end, start(instance, args, kwargs), wrapped, args, kwargs)
+
+    return wrapper, async_wrapper

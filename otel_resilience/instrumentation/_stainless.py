@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
-from otel_resilience.core.bracket import await_then_end, call_then_end
+from otel_resilience.core.bracket import bracketing
 from otel_resilience.core.http_loop import ClientLoop, current_client_loop, end_client_loop
 from otel_resilience.instrumentation._base import ResilienceInstrumentor
 from otel_resilience.patching import Patches
@@ -43,8 +43,9 @@ class StainlessAdapter:
         """The loop; deferred until something records: the wait hook (it acts only inside a loop of ours)."""
         may_record = self.telemetry.may_record
         sync_client, async_client = self.base_client.SyncAPIClient, self.base_client.AsyncAPIClient
-        patches.wrap(sync_client, _loop_method(sync_client), self._loop, enabled=may_record)
-        patches.wrap(async_client, _loop_method(async_client), self._async_loop, enabled=may_record)
+        loop, async_loop = bracketing(self._start, _end)
+        patches.wrap(sync_client, _loop_method(sync_client), loop, enabled=may_record)
+        patches.wrap(async_client, _loop_method(async_client), async_loop, enabled=may_record)
         patches.wrap(
             self.base_client.BaseClient, "_calculate_retry_timeout", _observe_wait, enabled=current_client_loop,
             deferred=True,
@@ -57,14 +58,6 @@ class StainlessAdapter:
         if not isinstance(max_retries, int) or max_retries <= 0:
             return None  # the policy makes no retries: each request is a plain one
         return ClientLoop.start(self.telemetry, max_retries + 1)
-
-    def _loop(self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return call_then_end(_end, self._start(client, args, kwargs), wrapped, args, kwargs)
-
-    async def _async_loop(
-        self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        return await await_then_end(_end, self._start(client, args, kwargs), wrapped, args, kwargs)
 
 
 def _end(loop: ClientLoop, value: Any, error: BaseException | None) -> None:
