@@ -16,8 +16,8 @@ def call_then_end(
     end: End[S], state: S | None, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``fn(*args, **kwargs)``, then ``end(state, value, error)``; returns the value or re-raises the very exception.
-    A `state` of None (nothing observed) is the plain call. `end` must not raise (the core's entry points guard
-    themselves; an adapter's `end` is `never_raises`)."""
+    A `state` of None (nothing observed) is the plain call. `end` must not raise: it guards its own work, and the
+    core's entry points it calls guard themselves."""
     if state is None:
         return fn(*args, **kwargs)
     try:
