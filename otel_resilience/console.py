@@ -17,6 +17,7 @@ here are printed, marked as incomplete, on `force_flush`/`shutdown`, or when too
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -90,23 +91,12 @@ class _Style:
     def _wrap(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.enabled and text else text
 
-    def bold(self, text: str) -> str:
-        return self._wrap("1", text)
-
-    def dim(self, text: str) -> str:
-        return self._wrap("2", text)
-
-    def red(self, text: str) -> str:
-        return self._wrap("31", text)
-
-    def green(self, text: str) -> str:
-        return self._wrap("32", text)
-
-    def yellow(self, text: str) -> str:
-        return self._wrap("33", text)
-
-    def cyan(self, text: str) -> str:
-        return self._wrap("36", text)
+    bold = functools.partialmethod(_wrap, "1")
+    dim = functools.partialmethod(_wrap, "2")
+    red = functools.partialmethod(_wrap, "31")
+    green = functools.partialmethod(_wrap, "32")
+    yellow = functools.partialmethod(_wrap, "33")
+    cyan = functools.partialmethod(_wrap, "36")
 
 
 def _format_number(value: float) -> str:

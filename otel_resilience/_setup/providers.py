@@ -68,10 +68,14 @@ def _otlp_exporter(export: Export, signal: str, endpoint: str | None) -> Any:
     return cls(endpoint=endpoint)
 
 
-def _entry_point_class(group: str, name: str) -> Any:
+def _exporter(plan: Plan, export: Export, signal: str) -> Any:
+    """The OTLP exporter of `signal`, or what the entry point `export` names in the signal's group (for metrics, an
+    exporter or a reader): each signal then only says how it is fed."""
+    if export.kind == "otlp":
+        return _otlp_exporter(export, signal, plan.endpoint)
     from importlib.metadata import entry_points
 
-    return next(iter(entry_points(group=group, name=name))).load()
+    return next(iter(entry_points(group=SIGNALS[signal].group, name=export.name))).load()()
 
 
 def _span_processors(plan: Plan) -> list[SpanProcessor]:
@@ -79,17 +83,14 @@ def _span_processors(plan: Plan) -> list[SpanProcessor]:
 
     from otel_resilience.console import ConsoleTreeSpanExporter
 
-    processors: list[SpanProcessor] = []
-    for export in plan.traces:
-        if export.kind == "otlp":
-            processors.append(BatchSpanProcessor(_otlp_exporter(export, "traces", plan.endpoint)))
-        elif export.kind == "console":
-            # The console view is for people at a terminal: print each trace as it finishes, in order with the app's
-            # own output.
-            processors.append(SimpleSpanProcessor(ConsoleTreeSpanExporter()))
-        else:
-            processors.append(BatchSpanProcessor(_entry_point_class(SIGNALS["traces"].group, export.name)()))
-    return processors
+    # The console view is for people at a terminal: print each trace as it finishes, in order with the app's own
+    # output.
+    return [
+        SimpleSpanProcessor(ConsoleTreeSpanExporter())
+        if export.kind == "console"
+        else BatchSpanProcessor(_exporter(plan, export, "traces"))
+        for export in plan.traces
+    ]
 
 
 def _metric_readers(plan: Plan) -> list[MetricReader]:
@@ -99,13 +100,11 @@ def _metric_readers(plan: Plan) -> list[MetricReader]:
 
     readers: list[MetricReader] = []
     for export in plan.metrics:
-        if export.kind == "otlp":
-            readers.append(PeriodicExportingMetricReader(_otlp_exporter(export, "metrics", plan.endpoint)))
-        elif export.kind == "console":
+        if export.kind == "console":
             readers.append(ConsoleSummaryMetricReader())
-        else:
-            cls = _entry_point_class(SIGNALS["metrics"].group, export.name)
-            readers.append(cls() if issubclass(cls, MetricReader) else PeriodicExportingMetricReader(cls()))
+            continue
+        exporter = _exporter(plan, export, "metrics")
+        readers.append(exporter if isinstance(exporter, MetricReader) else PeriodicExportingMetricReader(exporter))
     return readers
 
 

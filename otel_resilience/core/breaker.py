@@ -386,6 +386,20 @@ class BreakerCall:
             report_internal_error("otel_resilience.core.breaker.BreakerCall.ended")
 
 
+def counting_end(failure_count: Callable[[Any], int | None], where: str) -> EndCall:
+    """The `EndCall` of a library whose breaker (the call's subject) holds the failure count: the count the library
+    reached goes on the call. Guarded inline (`where` names the adapter's reader), not by a `never_raises` layer:
+    this runs on every call."""
+
+    def end(call: BreakerCall, error: BaseException | None) -> None:
+        try:
+            call.ended(error, failure_count=failure_count(call.subject))
+        except Exception:
+            report_internal_error(where)
+
+    return end
+
+
 # --- running the guarded work with the call current (every adapter alike) ---------------------------------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from time import time_ns
 from typing import Any, Final, Protocol, TypeVar
 
@@ -25,27 +26,17 @@ _ERROR: Final = Status(StatusCode.ERROR)
 _NS: Final = 1e9
 
 
+@dataclass(slots=True, eq=False)
 class EndedAttempt:
     """An attempt that ended, not yet reported: its span stays open until we know what followed it (the wait before
     the next attempt, or the outcome), then gets its attributes in one call and ends at `end_ns`."""
 
-    __slots__ = ("span", "end_ns", "error", "error_type", "status", "delay")
-
-    def __init__(
-        self,
-        span: Span | None,
-        end_ns: int,
-        error: BaseException | None,
-        error_type: str | None,
-        status: int | None = None,
-        delay: float | None = None,
-    ) -> None:
-        self.span = span
-        self.end_ns = end_ns
-        self.error = error
-        self.error_type = error_type
-        self.status = status
-        self.delay = delay  # the wait the library chose before the next attempt
+    span: Span | None
+    end_ns: int
+    error: BaseException | None
+    error_type: str | None
+    status: int | None = None
+    delay: float | None = None  # the wait the library chose before the next attempt
 
     def failed(self, settings: Settings) -> None:
         """A failed attempt's span gets status ERROR and, for a raised error, its ``exception`` event (with a

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
+from otel_resilience.core.bracket import bracketing
 from otel_resilience.core.http_loop import ClientLoop, current_client_loop, end_client_loop
+from otel_resilience.instrumentation._base import ResilienceInstrumentor
 from otel_resilience.patching import Patches
 
 
@@ -20,6 +22,14 @@ def _loop_method(cls: type) -> str:
     """The method that runs the retry loop: ``_request`` where the class has one (anthropic's ``request`` opens the
     SDK's own span around it), else ``request``."""
     return "_request" if "_request" in vars(cls) else "request"
+
+
+class StainlessRetryInstrumentor(ResilienceInstrumentor):
+    """The instrumentor of one Stainless SDK, whose `library` is the SDK's module name: each SDK's package only names
+    itself (a base, never instantiated: `BaseInstrumentor` keeps one instance per class)."""
+
+    def _patch(self, telemetry: Telemetry) -> None:
+        StainlessAdapter(telemetry, self.library).patch(self.patches)
 
 
 class StainlessAdapter:
@@ -33,8 +43,9 @@ class StainlessAdapter:
         """The loop; deferred until something records: the wait hook (it acts only inside a loop of ours)."""
         may_record = self.telemetry.may_record
         sync_client, async_client = self.base_client.SyncAPIClient, self.base_client.AsyncAPIClient
-        patches.wrap(sync_client, _loop_method(sync_client), self._loop, enabled=may_record)
-        patches.wrap(async_client, _loop_method(async_client), self._async_loop, enabled=may_record)
+        loop, async_loop = bracketing(self._start, _end)
+        patches.wrap(sync_client, _loop_method(sync_client), loop, enabled=may_record)
+        patches.wrap(async_client, _loop_method(async_client), async_loop, enabled=may_record)
         patches.wrap(
             self.base_client.BaseClient, "_calculate_retry_timeout", _observe_wait, enabled=current_client_loop,
             deferred=True,
@@ -48,34 +59,8 @@ class StainlessAdapter:
             return None  # the policy makes no retries: each request is a plain one
         return ClientLoop.start(self.telemetry, max_retries + 1)
 
-    def _loop(self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        loop = self._start(client, args, kwargs)
-        if loop is None:
-            return wrapped(*args, **kwargs)
-        try:
-            value = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _end(loop, exc)
-            raise
-        _end(loop, None)
-        return value
 
-    async def _async_loop(
-        self, wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        loop = self._start(client, args, kwargs)
-        if loop is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            value = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _end(loop, exc)
-            raise
-        _end(loop, None)
-        return value
-
-
-def _end(loop: ClientLoop, error: BaseException | None) -> None:
+def _end(loop: ClientLoop, value: Any, error: BaseException | None) -> None:
     """The loop is over: its result, then `end_client_loop` (guarded itself), which puts the scope back whatever
     happened before, so that an error of ours never leaves the loop current after the call."""
     try:

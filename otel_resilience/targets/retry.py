@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 import wrapt
@@ -404,20 +405,16 @@ class DecoratorTarget:
         return OperationWrapper(decorated, operation)
 
 
+@dataclass(slots=True, eq=False)
 class _DecoratedOperation:
     """The wrapper of a decorated function: each call is one retry operation (for a generator or async generator
     function, the consumption of what the call returned)."""
 
-    __slots__ = ("telemetry", "names", "slot", "is_async", "streams")
-
-    def __init__(
-        self, telemetry: Telemetry, names: tuple[str, str], slot: _Slot, is_async: bool, streams: str | None
-    ) -> None:
-        self.telemetry = telemetry
-        self.names = names
-        self.slot = slot
-        self.is_async = is_async
-        self.streams = streams
+    telemetry: Telemetry
+    names: tuple[str, str]
+    slot: _Slot
+    is_async: bool
+    streams: str | None
 
     def __call__(self, wrapped: Callable[..., Any], _instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not self.telemetry.records():

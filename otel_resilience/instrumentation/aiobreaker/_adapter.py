@@ -20,6 +20,7 @@ from otel_resilience.core.breaker import (
     BreakerCall,
     admitted,
     any_active_call,
+    counting_end,
     current_call,
     failure_hook,
     normalise_state,
@@ -41,6 +42,9 @@ def _failure_count(breaker: CircuitBreaker) -> int | None:
     """The failure count, only where reading it costs no storage round trip (the in-memory storage)."""
     storage = breaker._state_storage
     return storage._fail_counter if type(storage) is CircuitMemoryStorage else None
+
+
+_end_call = counting_end(_failure_count, "otel_resilience.instrumentation.aiobreaker._adapter._failure_count")
 
 
 class AioBreakerAdapter:
@@ -73,21 +77,15 @@ class AioBreakerAdapter:
             report_internal_error("otel_resilience.instrumentation.aiobreaker._adapter.AioBreakerAdapter._begin")
             return None
 
-    def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
-        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
-            call.ended(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
-        except Exception:
-            report_internal_error("otel_resilience.instrumentation.aiobreaker._adapter.AioBreakerAdapter._end_call")
-
     def _call(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._begin(instance, args, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
         # A guarded generator is judged by aiobreaker as it is consumed: the span covers the consumption.
-        return run_call(call, wrapped, args, kwargs, self._end_call, follow_generators=True)
+        return run_call(call, wrapped, args, kwargs, _end_call, follow_generators=True)
 
     def _call_async(self, wrapped: Callable[..., Any], instance: CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return run_coroutine(lambda: self._begin(instance, args, kwargs), wrapped, args, kwargs, self._end_call)
+        return run_coroutine(lambda: self._begin(instance, args, kwargs), wrapped, args, kwargs, _end_call)
 
     # --- inside a call -----------------------------------------------------------------------------------------
 

@@ -17,21 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from otel_resilience.core import Telemetry
-from otel_resilience.instrumentation._base import ResilienceInstrumentor
+from otel_resilience.instrumentation._stainless import StainlessRetryInstrumentor
 from otel_resilience.instrumentation.anthropic.package import _instruments
 
 
-class AnthropicRetryInstrumentor(ResilienceInstrumentor):
+class AnthropicRetryInstrumentor(StainlessRetryInstrumentor):
     """Instruments the retry loop of ``anthropic``'s ``SyncAPIClient`` and ``AsyncAPIClient``."""
 
     library = "anthropic"
     _instruments: Collection[str] = _instruments
-
-    def _patch(self, telemetry: Telemetry) -> None:
-        from otel_resilience.instrumentation._stainless import StainlessAdapter
-
-        StainlessAdapter(telemetry, "anthropic").patch(self.patches)
 
 
 __all__ = ["AnthropicRetryInstrumentor"]

@@ -17,6 +17,7 @@ from typing import Any
 from backoff import _async, _sync
 
 from otel_resilience.core import Telemetry, report_internal_error
+from otel_resilience.core.bracket import await_then_end, call_then_end
 from otel_resilience.instrumentation.backoff._calls import FACTORIES, Call
 from otel_resilience.instrumentation.backoff._decorated import DECORATED, STAND_IN_CODES, Active, decorate
 from otel_resilience.instrumentation.backoff._undecorated import (
@@ -91,38 +92,33 @@ class BackoffAdapter:
         return seconds
 
     def _handlers(self, wrapped: Callable[..., Any], instance: None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call, kind = _route(args, kwargs)
+        routed = _route(args, kwargs)
+        call, kind = routed
         if call is None:
             return wrapped(*args, **kwargs)
         call.before_handlers(kind, kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.after_handlers(kind, exc)
-            raise
-        call.after_handlers(kind, None)
-        return result
+        return call_then_end(_after_handlers, routed, wrapped, args, kwargs)
 
     def _handlers_async(
         self, wrapped: Callable[..., Awaitable[Any]], instance: None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[Any]:
-        call, kind = _route(args, kwargs)
-        if call is None:
+        routed = _route(args, kwargs)
+        if routed[0] is None:
             return wrapped(*args, **kwargs)
-        return _run_async_handlers(wrapped, args, kwargs, call, kind)
+        return _run_async_handlers(wrapped, args, kwargs, routed)
 
 
 async def _run_async_handlers(
-    wrapped: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any], call: Call, kind: str | None
+    wrapped: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any], routed: tuple[Call, str | None]
 ) -> Any:
+    call, kind = routed
     call.before_handlers(kind, kwargs)
-    try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.after_handlers(kind, exc)
-        raise
-    call.after_handlers(kind, None)
-    return result
+    return await await_then_end(_after_handlers, routed, wrapped, args, kwargs)
+
+
+def _after_handlers(routed: tuple[Call, str | None], value: Any, error: BaseException | None) -> None:
+    call, kind = routed
+    call.after_handlers(kind, error)
 
 
 def _route(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call | None, str | None]:

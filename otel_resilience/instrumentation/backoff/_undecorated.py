@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from time import time_ns
 from types import CodeType, FrameType, ModuleType
 from typing import Any, Final
@@ -108,14 +109,12 @@ class UndecoratedCall(Call):
 UNDECORATED: dict[int, UndecoratedCall] = {}
 
 
+@dataclass(slots=True, eq=False)
 class TracedWait:
     """The wait generator of a call decorated before instrumentation, carrying that call to `_next_wait`."""
 
-    __slots__ = ("generator", "call")
-
-    def __init__(self, generator: Any, call: UndecoratedCall) -> None:
-        self.generator = generator
-        self.call = call
+    generator: Any
+    call: UndecoratedCall
 
     def send(self, value: Any) -> Any:
         """backoff's own `_next_wait` sends here if we were uninstrumented in the middle of a call."""

@@ -19,6 +19,7 @@ from opentelemetry import context, propagate
 
 from otel_resilience import semconv
 from otel_resilience.core import Telemetry, http, never_raises, outcome, report_internal_error
+from otel_resilience.core.bracket import await_then_end, call_then_end
 from otel_resilience.core.http_loop import LoopCall, attempt_context
 from otel_resilience.patching import Patches
 
@@ -109,9 +110,9 @@ class BotocoreAdapter:
         return state, _CALL.set(state)
 
     @never_raises
-    def end(self, started: tuple[_Call, contextvars.Token[Any]], error: BaseException | None) -> None:
-        """botocore's loop is over: it returned the last response, or raised `error` (the last attempt's exception, or
-        one from outside the attempts: a handler, an interrupted sleep)."""
+    def end(self, started: tuple[_Call, contextvars.Token[Any]], value: Any, error: BaseException | None) -> None:
+        """botocore's loop is over: it returned the last response (`value`), or raised `error` (the last attempt's
+        exception, or one from outside the attempts: a handler, an interrupted sleep)."""
         state, token = started
         _CALL.reset(token)
         call = state.call
@@ -129,16 +130,7 @@ class BotocoreAdapter:
         call.ended(outcome.loop_result(failed=state.failed, spent=spent, error=error), error)
 
     def _send_request(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        started = self.start(args, kwargs)
-        if started is None:
-            return wrapped(*args, **kwargs)
-        try:
-            value = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            self.end(started, exc)
-            raise
-        self.end(started, None)
-        return value
+        return call_then_end(self.end, self.start(args, kwargs), wrapped, args, kwargs)
 
     # --- attempts --------------------------------------------------------------------------------------------
 
@@ -185,16 +177,7 @@ class BotocoreAdapter:
         state.call.attempt_ended(error=error)
 
     def _get_response(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        attempt = self.attempt_starts(args, kwargs)
-        if attempt is None:
-            return wrapped(*args, **kwargs)
-        try:
-            value = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            self.attempt_ends(attempt, None, exc)
-            raise
-        self.attempt_ends(attempt, value, None)
-        return value
+        return call_then_end(self.attempt_ends, self.attempt_starts(args, kwargs), wrapped, args, kwargs)
 
     # --- botocore's decisions --------------------------------------------------------------------------------
 
@@ -251,28 +234,11 @@ class AsyncHooks:
         adapter.patch_decisions(patches, endpoint)
 
     async def _send_request(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        started = self.adapter.start(args, kwargs)
-        if started is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            value = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            self.adapter.end(started, exc)
-            raise
-        self.adapter.end(started, None)
-        return value
+        return await await_then_end(self.adapter.end, self.adapter.start(args, kwargs), wrapped, args, kwargs)
 
     async def _get_response(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        attempt = self.adapter.attempt_starts(args, kwargs)
-        if attempt is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            value = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            self.adapter.attempt_ends(attempt, None, exc)
-            raise
-        self.adapter.attempt_ends(attempt, value, None)
-        return value
+        adapter = self.adapter
+        return await await_then_end(adapter.attempt_ends, adapter.attempt_starts(args, kwargs), wrapped, args, kwargs)
 
     async def _needs_retry(self, wrapped: Callable[..., Any], endpoint: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         state = _CALL.get()

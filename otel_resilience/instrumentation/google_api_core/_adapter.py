@@ -20,6 +20,7 @@ from opentelemetry import context
 
 from otel_resilience import semconv
 from otel_resilience.core import Telemetry, never_raises
+from otel_resilience.core.bracket import await_then_end, call_then_end
 from otel_resilience.core.naming import callable_names
 from otel_resilience.core.retry import ProxiedAttempts, RetryOperation
 from otel_resilience.patching import Patches
@@ -140,6 +141,10 @@ def _gave_up(attempts: ProxiedAttempts | None, reason: Any) -> None:
         attempts.verdict = semconv.RESULT_NOT_RETRIED
 
 
+def _loop_ended(attempts: ProxiedAttempts, value: Any, error: BaseException | None) -> None:
+    attempts.ended(error)
+
+
 # --- the adapter ------------------------------------------------------------------------------------------------------------
 
 
@@ -224,13 +229,7 @@ class GoogleApiCoreAdapter:
             return attempts.run(target, (), {})
 
         args, kwargs = _stand_ins(wrapped, args, kwargs, attempt, _Holder(attempts))
-        try:
-            value = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            attempts.ended(exc)
-            raise
-        attempts.ended(None)
-        return value
+        return call_then_end(_loop_ended, attempts, wrapped, args, kwargs)
 
     async def _unary_async(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -244,13 +243,7 @@ class GoogleApiCoreAdapter:
             return attempts.run_async(target, (), {})
 
         args, kwargs = _stand_ins(wrapped, args, kwargs, attempt, _Holder(attempts))
-        try:
-            value = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            attempts.ended(exc)
-            raise
-        attempts.ended(None)
-        return value
+        return await await_then_end(_loop_ended, attempts, wrapped, args, kwargs)
 
     # The sync and async stream loops are twins kept side by side: they differ in the opener and the consumption.
     def _stream(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

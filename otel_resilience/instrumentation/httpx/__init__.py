@@ -21,21 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from otel_resilience.core import Telemetry
-from otel_resilience.instrumentation._base import ResilienceInstrumentor
+from otel_resilience.instrumentation.httpx._instrumentor import HttpxFlavourInstrumentor
 from otel_resilience.instrumentation.httpx.package import _instruments
 
 
-class HttpxRetryInstrumentor(ResilienceInstrumentor):
+class HttpxRetryInstrumentor(HttpxFlavourInstrumentor):
     """Instruments httpcore's connection pools (connection retries) and httpx clients' redirect loops."""
 
     library = "httpx"
     _instruments: Collection[str] = _instruments
-
-    def _patch(self, telemetry: Telemetry) -> None:
-        from otel_resilience.instrumentation.httpx._adapter import ClientModules, HttpxAdapter
-
-        HttpxAdapter(telemetry, ClientModules.load("httpx", "httpcore")).patch(self.patches)
+    httpcore = "httpcore"
 
 
 __all__ = ["HttpxRetryInstrumentor"]

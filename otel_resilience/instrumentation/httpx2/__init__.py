@@ -16,21 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from otel_resilience.core import Telemetry
-from otel_resilience.instrumentation._base import ResilienceInstrumentor
+from otel_resilience.instrumentation.httpx._instrumentor import HttpxFlavourInstrumentor
 from otel_resilience.instrumentation.httpx2.package import _instruments
 
 
-class Httpx2RetryInstrumentor(ResilienceInstrumentor):
+class Httpx2RetryInstrumentor(HttpxFlavourInstrumentor):
     """Instruments httpcore2's connection pools (connection retries) and httpx2 clients' redirect loops."""
 
     library = "httpx2"
     _instruments: Collection[str] = _instruments
-
-    def _patch(self, telemetry: Telemetry) -> None:
-        from otel_resilience.instrumentation.httpx._adapter import ClientModules, HttpxAdapter
-
-        HttpxAdapter(telemetry, ClientModules.load("httpx2", "httpcore2")).patch(self.patches)
+    httpcore = "httpcore2"
 
 
 __all__ = ["Httpx2RetryInstrumentor"]

@@ -13,6 +13,7 @@ from typing import Any
 import httpx_retries
 
 from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
+from otel_resilience.core.bracket import bracketing
 from otel_resilience.core.http_loop import ClientLoop, current_client_loop, end_client_loop
 from otel_resilience.patching import Patches
 
@@ -47,8 +48,9 @@ class HttpxRetriesAdapter:
         """The loop; deferred until something records: the wait hooks (they act only inside a loop of ours)."""
         may_record = self.telemetry.may_record
         transport, retry = httpx_retries.RetryTransport, httpx_retries.Retry
-        patches.wrap(transport, "handle_request", self._loop, enabled=may_record)
-        patches.wrap(transport, "handle_async_request", self._async_loop, enabled=may_record)
+        loop, async_loop = bracketing(self._open, _close)
+        patches.wrap(transport, "handle_request", loop, enabled=may_record)
+        patches.wrap(transport, "handle_async_request", async_loop, enabled=may_record)
         patches.wrap(retry, "sleep", _observe_sleep, enabled=_RUN.get, deferred=True)
         patches.wrap(retry, "asleep", _observe_async_sleep, enabled=_RUN.get, deferred=True)
         patches.wrap(retry, "_calculate_sleep", _observe_wait, enabled=_WAIT.get, deferred=True)
@@ -63,32 +65,6 @@ class HttpxRetriesAdapter:
             return None  # its policy makes no retries for this request: a plain one
         run = _Run(policy, ClientLoop.start(self.telemetry, policy.total + 1))
         return run, _RUN.set(run)
-
-    def _loop(self, wrapped: Callable[..., Any], transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        state = self._open(transport, args, kwargs)
-        if state is None:
-            return wrapped(*args, **kwargs)
-        try:
-            response = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _close(state, None, exc)
-            raise
-        _close(state, response, None)
-        return response
-
-    async def _async_loop(
-        self, wrapped: Callable[..., Any], transport: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        state = self._open(transport, args, kwargs)
-        if state is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            response = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _close(state, None, exc)
-            raise
-        _close(state, response, None)
-        return response
 
 
 def _close(state: tuple[_Run, contextvars.Token[Any]], response: Any, error: BaseException | None) -> None:

@@ -16,21 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from otel_resilience.core import Telemetry
-from otel_resilience.instrumentation._base import ResilienceInstrumentor
+from otel_resilience.instrumentation._stainless import StainlessRetryInstrumentor
 from otel_resilience.instrumentation.openai.package import _instruments
 
 
-class OpenAIRetryInstrumentor(ResilienceInstrumentor):
+class OpenAIRetryInstrumentor(StainlessRetryInstrumentor):
     """Instruments the retry loop of ``openai``'s ``SyncAPIClient`` and ``AsyncAPIClient``."""
 
     library = "openai"
     _instruments: Collection[str] = _instruments
-
-    def _patch(self, telemetry: Telemetry) -> None:
-        from otel_resilience.instrumentation._stainless import StainlessAdapter
-
-        StainlessAdapter(telemetry, "openai").patch(self.patches)
 
 
 __all__ = ["OpenAIRetryInstrumentor"]

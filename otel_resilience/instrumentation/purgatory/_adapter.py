@@ -9,6 +9,7 @@ of work and circuit name. purgatory raises one open-state object again and again
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -23,11 +24,13 @@ from otel_resilience.core import Telemetry, never_raises, report_internal_error
 from otel_resilience.core.breaker import (
     BreakerCall,
     any_active_call,
+    counting_end,
     current_call,
     failure_hook,
     normalise_state,
     reported_transition,
 )
+from otel_resilience.core.bracket import await_then_end, call_then_end
 from otel_resilience.core.registry import StateReader
 from otel_resilience.patching import Patches
 
@@ -35,6 +38,9 @@ Breaker = SyncCircuitBreaker | AsyncCircuitBreaker
 
 _IN_MEMORY: Final = (SyncInMemoryRepository, AsyncInMemoryRepository)
 _FAILURE_COUNTED: Final = failure_hook(lambda _state, args: args[0])  # State.handle_exception(self, context, exc)
+_end_call: Final = counting_end(  # the call's subject is the circuit's `Context`
+    operator.attrgetter("failure_count"), "otel_resilience.instrumentation.purgatory._adapter: the failure count"
+)
 
 
 def _circuit_name(_uow: Any, circuit: str) -> str:
@@ -54,6 +60,14 @@ def _state_reader(circuit: str) -> StateReader:
         return normalise_state(context.state) if context is not None else None
 
     return read
+
+
+def _block_ended(block: tuple[BreakerCall, Any], value: Any, error: BaseException | None) -> None:
+    """The block was left (`error`: what ``__exit__`` raised, else what the block raised). Never raises: `exit_block`
+    and `_end_call` guard themselves (no `never_raises` layer on every call)."""
+    call, raised_in_block = block
+    call.exit_block()
+    _end_call(call, error if error is not None else raised_in_block)
 
 
 class PurgatoryAdapter:
@@ -95,17 +109,19 @@ class PurgatoryAdapter:
             report_internal_error("otel_resilience.instrumentation.purgatory._adapter.PurgatoryAdapter._entering")
             return None
 
-    @never_raises
     def _entered(self, call: BreakerCall) -> None:
-        context: Context = call.subject  # type: ignore[assignment]
-        call.admitted_in(normalise_state(context.state) or semconv.STATE_CLOSED)  # half_open once the ttl passed
+        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+            context: Context = call.subject  # type: ignore[assignment]
+            call.admitted_in(normalise_state(context.state) or semconv.STATE_CLOSED)  # half_open once the ttl passed
+        except Exception:
+            report_internal_error("otel_resilience.instrumentation.purgatory._adapter.PurgatoryAdapter._entered")
 
     @never_raises
     def _not_entered(self, call: BreakerCall, error: BaseException) -> None:
         call.exit_block()
         if isinstance(error, OpenedState):
             call.refused_in(semconv.STATE_OPEN)
-        self._end_call(call, error)
+        _end_call(call, error)
 
     def _enter(self, wrapped: Callable[..., Any], instance: SyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._entering(instance)
@@ -133,43 +149,15 @@ class PurgatoryAdapter:
 
     # --- leaving it ----------------------------------------------------------------------------------------------
 
-    def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
-        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
-            context: Context = call.subject  # type: ignore[assignment]
-            call.ended(error, failure_count=context.failure_count)
-        except Exception:
-            report_internal_error("otel_resilience.instrumentation.purgatory._adapter.PurgatoryAdapter._end_call")
-
-    @never_raises
-    def _block_ended(self, call: BreakerCall, error: BaseException | None) -> None:
-        call.exit_block()
-        self._end_call(call, error)
-
     def _exit(self, wrapped: Callable[..., Any], instance: SyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call(instance.context)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        error = args[1] if len(args) > 1 else kwargs.get("exc")
-        try:
-            return wrapped(*args, **kwargs)  # purgatory judges the block and changes state with the call current
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._block_ended(call, error)
+        block = None if call is None else (call, args[1] if len(args) > 1 else kwargs.get("exc"))  # what the block raised
+        return call_then_end(_block_ended, block, wrapped, args, kwargs)  # purgatory judges with the call current
 
     async def _aexit(self, wrapped: Callable[..., Any], instance: AsyncCircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call(instance.context)
-        if call is None:
-            return await wrapped(*args, **kwargs)
-        error = args[1] if len(args) > 1 else kwargs.get("exc")
-        try:
-            return await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._block_ended(call, error)
+        block = None if call is None else (call, args[1] if len(args) > 1 else kwargs.get("exc"))
+        return await await_then_end(_block_ended, block, wrapped, args, kwargs)
 
     # --- transitions ---------------------------------------------------------------------------------------------
 

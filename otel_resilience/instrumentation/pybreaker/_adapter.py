@@ -18,6 +18,7 @@ from otel_resilience.core import BreakerCall, Telemetry, never_raises, normalise
 from otel_resilience.core.breaker import (
     admitted,
     any_active_call,
+    counting_end,
     current_call,
     failure_hook,
     refused,
@@ -39,6 +40,9 @@ def _failure_count(breaker: pybreaker.CircuitBreaker) -> int | None:
     """The failure count, only where reading it costs no storage round trip (the in-memory storage)."""
     storage = breaker._state_storage
     return storage._fail_counter if type(storage) is pybreaker.CircuitMemoryStorage else None
+
+
+_end_call = counting_end(_failure_count, "otel_resilience.instrumentation.pybreaker._adapter._failure_count")
 
 
 def _is_calling_block(func: Any) -> bool:
@@ -80,12 +84,6 @@ class PyBreakerAdapter:
             report_internal_error("otel_resilience.instrumentation.pybreaker._adapter.PyBreakerAdapter._begin")
             return None
 
-    def _end_call(self, call: BreakerCall, error: BaseException | None) -> None:
-        try:  # guarded inline, not by a `never_raises` layer: this runs on every call
-            call.ended(error, failure_count=_failure_count(call.subject))  # type: ignore[arg-type]
-        except Exception:
-            report_internal_error("otel_resilience.instrumentation.pybreaker._adapter.PyBreakerAdapter._end_call")
-
     def _call(
         self, wrapped: Callable[..., Any], instance: pybreaker.CircuitBreaker, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -95,7 +93,7 @@ class PyBreakerAdapter:
             return wrapped(*args, **kwargs)
         # A guarded generator (and the `calling()` block) is judged by pybreaker as it is consumed.
         return run_call(
-            call, wrapped, args, kwargs, self._end_call, follow_generators=True, generator_is_block=_is_calling_block(guarded)
+            call, wrapped, args, kwargs, _end_call, follow_generators=True, generator_is_block=_is_calling_block(guarded)
         )
 
     # --- inside a call -----------------------------------------------------------------------------------------

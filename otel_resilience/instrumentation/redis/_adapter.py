@@ -221,6 +221,8 @@ class RedisAdapter:
             run.ended(None)
         return value
 
+    # The async hook is the sync one's twin, kept beside it and inline (every command's path): the same bracket,
+    # awaited, with the attempt methods of the async form.
     async def _call_with_retry_async(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
