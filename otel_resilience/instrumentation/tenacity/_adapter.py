@@ -69,10 +69,14 @@ class TenacityLoop:
         future = retry_state.outcome
         assert future is not None
         error = future.exception()  # None when it did not fail (``future.failed`` asks the same, under a lock too)
-        state = self.retrying.iter_state
+        sleeps = raised is None and isinstance(do, DoSleep)
+        if sleeps and error is not None:  # the common retry: a raised error, another attempt after the wait
+            self.op.attempt_ended(error, next_delay=float(do))
+            return
+        state = self.retrying.iter_state  # a thread-local read: only when the verdict needs it
         retry_wanted = bool(state.is_explicit_retry or state.retry_run_result)
         error_type = semconv.REJECTED_RESULT if error is None and retry_wanted else None
-        if raised is None and isinstance(do, DoSleep):
+        if sleeps:
             self.op.attempt_ended(error, error_type=error_type, next_delay=float(do))
             return
         self.op.attempt_ended(error, error_type=error_type)
@@ -204,7 +208,8 @@ class TenacityLoops:
         if run is None or run.retrying is not instance or run.owner is not self:
             return wrapped(*args, **kwargs)
         retry_state = args[0] if args else kwargs["retry_state"]
-        run.before_iter()
+        if run.token is not None:  # call forms; an iterator form's attempt was made current by `with attempt:` only
+            run.before_iter()
         try:
             do = wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -222,15 +227,16 @@ class TenacityLoops:
         return _traced_async_iter(wrapped(*args, **kwargs), run, args[0] if args else kwargs["retry_state"])
 
     def _attempt_enter(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        run = _BY_STATE.get(instance.retry_state)
+        # `_BY_STATE.get(...)` without its Python layer: this runs at every ``with attempt:``, as does `_attempt_exit`
+        run = _BY_STATE.data.get(weakref.ref(instance.retry_state))
         if run is not None and run.owner is self and run.token is None:
             run.body_done = False
             run.body_error = None
-            run.token = _activate(run)
+            run.token = run.op.activate()  # guarded inside
         return wrapped(*args, **kwargs)
 
     def _attempt_exit(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        run = _BY_STATE.get(instance.retry_state)
+        run = _BY_STATE.data.get(weakref.ref(instance.retry_state))
         if run is not None and run.owner is self:
             run.before_iter()  # the body is over: the attempt is no longer current
             run.body_done = True
@@ -285,23 +291,17 @@ class TenacityAdapter(TenacityLoops):
         return await run_as_current_async(_RUN, run, wrapped, args, kwargs)
 
 
-def _activate(run: TenacityLoop) -> object:
-    try:  # guarded inline, not by a `never_raises` layer: this runs on every call
-        return run.op.activate()
-    except Exception:
-        report_internal_error("otel_resilience.instrumentation.tenacity._adapter._activate")
-        return None
-
-
 def _traced_attempts(attempts: Iterator[AttemptManager], run: TenacityLoop) -> Generator[AttemptManager, None, None]:
     """Drive tenacity's generator with our run visible to ``iter`` while it decides; yield its attempts unchanged."""
+    registered = None  # the retry state this run is registered under (tenacity's loop keeps one throughout)
     try:
         while True:
             token = _RUN.set(run)
             try:
                 manager = next(attempts)
-                if not _BY_STATE or manager.retry_state not in _BY_STATE:
-                    _BY_STATE[manager.retry_state] = run
+                if manager.retry_state is not registered:
+                    registered = manager.retry_state
+                    _BY_STATE[registered] = run
             except StopIteration:
                 break
             finally:
