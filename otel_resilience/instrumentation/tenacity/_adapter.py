@@ -32,7 +32,9 @@ _SKIPPED_FRAMES: Final = ("tenacity",)
 class TenacityLoop:
     """One tenacity operation in flight: its core operation and what ``iter`` told us so far."""
 
-    __slots__ = ("op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "__weakref__")
+    __slots__ = (
+        "op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "finalizer", "__weakref__"
+    )
 
     def __init__(self, op: RetryOperation, retrying: BaseRetrying, activates: bool, owner: TenacityLoops) -> None:
         self.op = op
@@ -43,6 +45,18 @@ class TenacityLoop:
         self.result: str | None = None
         self.body_done = False  # iterator forms: the `with attempt:` body of the current attempt has finished
         self.body_error: BaseException | None = None
+        self.finalizer: weakref.finalize | None = None  # async iterator forms: ends the operation if the loop is dropped
+
+    def release(self) -> None:
+        """The operation has ended: an async iterator form's state no longer needs its run, nor ending when dropped.
+        (tenacity's async state and its loop refer to each other, so the state lives until the garbage collector
+        runs; its entry in `_BY_STATE` and its finalizer would keep this run, its spans and contexts alive as long.)"""
+        finalizer = self.finalizer
+        if finalizer is not None:
+            self.finalizer = None
+            detached = finalizer.detach()  # (state, callback, ...) while the state lives
+            if detached is not None:
+                _BY_STATE.pop(detached[0], None)
 
     def before_iter(self) -> None:
         """The attempt that was current (call forms) is no longer: tenacity decides what follows."""
@@ -87,6 +101,7 @@ class TenacityLoop:
         try:  # guarded inline, not by a `never_raises` layer: this runs on every call
             self.before_iter()
             self.op.ended(self.result, error)
+            self.release()
         except Exception:
             report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.ended")
 
@@ -101,6 +116,7 @@ class TenacityLoop:
             left_after_success = self.body_done and body_error is None and self.result in (None, semconv.RESULT_SUCCESS)
             self.op.attempt_ended(body_error)
             self.op.ended(outcome.abandoned_result(left_after_success))
+            self.release()
         except Exception:
             report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.ended_early")
 
@@ -191,7 +207,7 @@ class TenacityLoops:
             retry_state = instance._retry_state
             _BY_STATE[retry_state] = run
             # A loop left early leaves no trace in tenacity: end the operation when its state is dropped.
-            weakref.finalize(retry_state, run.ended_early)
+            run.finalizer = weakref.finalize(retry_state, run.ended_early)
 
     def _anext(
         self, wrapped: Callable[..., Awaitable[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
