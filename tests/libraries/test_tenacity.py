@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -314,7 +315,7 @@ async def test_async_iterator_form_releases_its_run_when_it_ends(instrumented: O
         with attempt:
             Flaky(0)()
     assert operation_and_attempts(instrumented, "test_async_iterator_form_releases_its_run_when_it_ends")[0]
-    assert retrying._retry_state not in _BY_STATE
+    assert weakref.ref(retrying._retry_state) not in _BY_STATE
 
 
 async def test_async_cancellation_aborts(instrumented: Otel) -> None:

@@ -33,7 +33,7 @@ class TenacityLoop:
     """One tenacity operation in flight: its core operation and what ``iter`` told us so far."""
 
     __slots__ = (
-        "op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "finalizer", "__weakref__"
+        "op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "key", "__weakref__"
     )
 
     def __init__(self, op: RetryOperation, retrying: BaseRetrying, activates: bool, owner: TenacityLoops) -> None:
@@ -45,18 +45,16 @@ class TenacityLoop:
         self.result: str | None = None
         self.body_done = False  # iterator forms: the `with attempt:` body of the current attempt has finished
         self.body_error: BaseException | None = None
-        self.finalizer: weakref.finalize | None = None  # async iterator forms: ends the operation if the loop is dropped
+        self.key: weakref.ref[RetryCallState] | None = None  # iterator forms: its entry in `_BY_STATE`
 
     def release(self) -> None:
-        """The operation has ended: an async iterator form's state no longer needs its run, nor ending when dropped.
-        (tenacity's async state and its loop refer to each other, so the state lives until the garbage collector
-        runs; its entry in `_BY_STATE` and its finalizer would keep this run, its spans and contexts alive as long.)"""
-        finalizer = self.finalizer
-        if finalizer is not None:
-            self.finalizer = None
-            detached = finalizer.detach()  # (state, callback, ...) while the state lives
-            if detached is not None:
-                _BY_STATE.pop(detached[0], None)
+        """The operation has ended: an iterator form's state no longer needs its run. (tenacity's async state and its
+        loop refer to each other, so the state lives until the garbage collector runs; its entry in `_BY_STATE` would
+        keep this run, its spans and contexts alive as long.)"""
+        key = self.key
+        if key is not None:
+            self.key = None
+            _BY_STATE.pop(key, None)  # the key goes with its callback, which then never runs
 
     def before_iter(self) -> None:
         """The attempt that was current (call forms) is no longer: tenacity decides what follows."""
@@ -122,8 +120,22 @@ class TenacityLoop:
 
 
 _RUN: contextvars.ContextVar[TenacityLoop | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
-# Iterator forms: the run of each live RetryCallState, for `with attempt:` (which only knows its retry_state).
-_BY_STATE: weakref.WeakKeyDictionary[RetryCallState, TenacityLoop] = weakref.WeakKeyDictionary()
+_BY_STATE: dict[weakref.ref[RetryCallState], TenacityLoop] = {}
+"""Iterator forms: the run of each live RetryCallState, for ``with attempt:`` and ``async for`` (which only know the
+state), found with ``_BY_STATE.get(weakref.ref(state))`` (a weak reference equals another to the same live object).
+Each key's callback forgets a run whose state was dropped, ending it if its loop was left before tenacity concluded
+(that leaves no trace in tenacity): a WeakKeyDictionary and a ``weakref.finalize`` in one reference."""
+
+
+def _track(retry_state: RetryCallState, run: TenacityLoop) -> None:
+    run.key = key = weakref.ref(retry_state, _state_dropped)
+    _BY_STATE[key] = run
+
+
+def _state_dropped(key: weakref.ref[RetryCallState]) -> None:
+    run = _BY_STATE.pop(key, None)
+    if run is not None:
+        run.ended_early()  # guarded inside; returns at once if the operation has ended
 
 
 def _max_attempts(stop: Any) -> int | None:
@@ -136,9 +148,9 @@ def _max_attempts(stop: Any) -> int | None:
     return None
 
 
-_iterator_runs_exist: Final = _BY_STATE.data.__len__
-"""The check of the hooks that only act on an iterator form's run: a C call (a WeakKeyDictionary keeps its entries in
-``data``), so that with no run in flight ``with attempt:`` costs little more than the patch."""
+_iterator_runs_exist: Final = _BY_STATE.__len__
+"""The check of the hooks that only act on an iterator form's run: a C call, so that with no run in flight ``with
+attempt:`` costs little more than the patch."""
 
 
 class TenacityLoops:
@@ -204,15 +216,12 @@ class TenacityLoops:
     def _track_async_loop(self, instance: AsyncRetrying) -> None:
         run = self._start(instance, None, activates=False)
         if run is not None:
-            retry_state = instance._retry_state
-            _BY_STATE[retry_state] = run
-            # A loop left early leaves no trace in tenacity: end the operation when its state is dropped.
-            run.finalizer = weakref.finalize(retry_state, run.ended_early)
+            _track(instance._retry_state, run)
 
     def _anext(
         self, wrapped: Callable[..., Awaitable[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[AttemptManager]:
-        run = _BY_STATE.get(instance._retry_state)
+        run = _BY_STATE.get(weakref.ref(instance._retry_state))
         if run is None or run.owner is not self:
             return wrapped(*args, **kwargs)
         return _traced_anext(wrapped(*args, **kwargs), run)
@@ -243,8 +252,7 @@ class TenacityLoops:
         return _traced_async_iter(wrapped(*args, **kwargs), run, args[0] if args else kwargs["retry_state"])
 
     def _attempt_enter(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # `_BY_STATE.get(...)` without its Python layer: this runs at every ``with attempt:``, as does `_attempt_exit`
-        run = _BY_STATE.data.get(weakref.ref(instance.retry_state))
+        run = _BY_STATE.get(weakref.ref(instance.retry_state))
         if run is not None and run.owner is self and run.token is None:
             run.body_done = False
             run.body_error = None
@@ -252,7 +260,7 @@ class TenacityLoops:
         return wrapped(*args, **kwargs)
 
     def _attempt_exit(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        run = _BY_STATE.data.get(weakref.ref(instance.retry_state))
+        run = _BY_STATE.get(weakref.ref(instance.retry_state))
         if run is not None and run.owner is self:
             run.before_iter()  # the body is over: the attempt is no longer current
             run.body_done = True
@@ -317,7 +325,7 @@ def _traced_attempts(attempts: Iterator[AttemptManager], run: TenacityLoop) -> G
                 manager = next(attempts)
                 if manager.retry_state is not registered:
                     registered = manager.retry_state
-                    _BY_STATE[registered] = run
+                    _track(registered, run)
             except StopIteration:
                 break
             finally:
