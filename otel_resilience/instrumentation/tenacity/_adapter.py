@@ -20,7 +20,7 @@ from tenacity import AttemptManager, BaseRetrying, DoAttempt, DoSleep, RetryCall
 from tenacity.asyncio import AsyncRetrying
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
+from otel_resilience.core import Telemetry, outcome, report_internal_error
 from otel_resilience.core.claims import current_claim
 from otel_resilience.core.naming import caller_names, callable_names
 from otel_resilience.core.retry import RetryOperation, run_as_current, run_as_current_async
@@ -209,14 +209,13 @@ class TenacityLoops:
     ) -> AsyncIterator[AttemptManager]:
         result = wrapped(*args, **kwargs)
         if getattr(instance, "enabled", True):
-            self._track_async_loop(instance)
+            run = self._start(instance, None, activates=False)  # guarded inside
+            if run is not None:
+                try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+                    _track(instance._retry_state, run)
+                except Exception:
+                    report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoops._aiter_form")
         return result
-
-    @never_raises
-    def _track_async_loop(self, instance: AsyncRetrying) -> None:
-        run = self._start(instance, None, activates=False)
-        if run is not None:
-            _track(instance._retry_state, run)
 
     def _anext(
         self, wrapped: Callable[..., Awaitable[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
