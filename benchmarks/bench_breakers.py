@@ -9,6 +9,7 @@ the ratio instrumented ÷ hand-built is what the instrumentation costs beyond it
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import aiobreaker
 import circuitbreaker
 import pytest
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 from purgatory import SyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
@@ -150,35 +151,60 @@ def test_hand_built(benchmark: Any, group: str, sdk: Sdk) -> None:
     benchmark(hand_built(group, sdk))
 
 
-def hand_built(group: str, sdk: Sdk) -> Callable[[], Any]:
-    tracer = sdk.tracer_provider.get_tracer("hand")
-    calls = sdk.meter_provider.get_meter("hand").create_counter(semconv.METRIC_BREAKER_CALLS)
-    bench = scenario(group)
-    error = Status(StatusCode.ERROR)
+class BreakerFloor:
+    """The telemetry our instrumentation gives one breaker call, made by hand with the API: one span with the same
+    attributes (and event), and the same counter point. The sync (`hand_built`) and async
+    (`benchmarks.bench_async`) breaker scenarios' `hand_built` variants build it alike; only the awaiting differs."""
 
-    def call() -> Any:
-        with tracer.start_as_current_span(
+    def __init__(self, sdk: Sdk, bench: Scenario) -> None:
+        self.tracer = sdk.tracer_provider.get_tracer("hand")
+        self.calls = sdk.meter_provider.get_meter("hand").create_counter(semconv.METRIC_BREAKER_CALLS)
+        self.bench = bench
+
+    def span(self) -> AbstractContextManager[Span]:
+        return self.tracer.start_as_current_span(
             f"circuitbreaker {NAME}", attributes={semconv.BREAKER_NAME: NAME}, record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            result = bench.call()
-            attributes: dict[str, Any] = {semconv.BREAKER_STATE: bench.state}
-            if isinstance(result, Exception):
-                attributes[semconv.BREAKER_RESULT] = semconv.CALL_REJECTED
-                attributes[semconv.ERROR_TYPE] = bench.refusal_type
-                if bench.refusal_event:
-                    span.add_event(
-                        semconv.EXCEPTION_EVENT,
-                        {semconv.EXCEPTION_TYPE: bench.refusal_type, semconv.EXCEPTION_MESSAGE: str(result)},
-                    )
-                span.set_status(error)
-            else:
-                attributes[semconv.BREAKER_RESULT] = semconv.CALL_SUCCESS
-            if bench.failure_count is not None:
-                attributes[semconv.BREAKER_FAILURE_COUNT] = bench.failure_count
-            span.set_attributes(attributes)
-        calls.add(1, {semconv.BREAKER_NAME: NAME, semconv.BREAKER_STATE: bench.state,
-                      semconv.BREAKER_RESULT: attributes[semconv.BREAKER_RESULT]})
+        )
+
+    def ended(self, span: Span, result: Any) -> str:
+        """The call returned `result` (or the refusal error): the span's end attributes (and event, status); returns
+        `circuitbreaker.result`, for the counter point made once the span has ended."""
+        bench = self.bench
+        attributes: dict[str, Any] = {semconv.BREAKER_STATE: bench.state}
+        if isinstance(result, Exception):
+            attributes[semconv.BREAKER_RESULT] = semconv.CALL_REJECTED
+            attributes[semconv.ERROR_TYPE] = bench.refusal_type
+            if bench.refusal_event:
+                span.add_event(
+                    semconv.EXCEPTION_EVENT,
+                    {semconv.EXCEPTION_TYPE: bench.refusal_type, semconv.EXCEPTION_MESSAGE: str(result)},
+                )
+            span.set_status(_ERROR)
+        else:
+            attributes[semconv.BREAKER_RESULT] = semconv.CALL_SUCCESS
+        if bench.failure_count is not None:
+            attributes[semconv.BREAKER_FAILURE_COUNT] = bench.failure_count
+        span.set_attributes(attributes)
+        return attributes[semconv.BREAKER_RESULT]
+
+    def count(self, result: str) -> None:
+        self.calls.add(1, {semconv.BREAKER_NAME: NAME, semconv.BREAKER_STATE: self.bench.state,
+                           semconv.BREAKER_RESULT: result})
+
+
+_ERROR = Status(StatusCode.ERROR)
+
+
+def hand_built(group: str, sdk: Sdk) -> Callable[[], Any]:
+    floor = BreakerFloor(sdk, scenario(group))
+    guarded = floor.bench.call
+
+    def call() -> Any:
+        with floor.span() as span:
+            result = guarded()
+            outcome = floor.ended(span, result)
+        floor.count(outcome)
         return result
 
     return call

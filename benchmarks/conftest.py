@@ -15,18 +15,19 @@ each set-up of `PRODUCTION_SETUPS`, its variant named with the set-up (``instrum
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import pytest
 from opentelemetry import context, metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 
 from otel_resilience import semconv
 
@@ -146,6 +147,56 @@ def make_work(failures: int) -> Callable[[], str]:
     return fetch_user
 
 
+class RetryFloor:
+    """The telemetry our instrumentation gives one retried call, made by hand with the API: the operation span, each
+    attempt's span and what a failed attempt adds to it, the operation's end attributes and its metric points. The
+    `hand_built` variants of the sync (`hand_built_retry`) and async (`benchmarks.bench_async`) retry scenarios build
+    it alike; only the awaiting differs. `name` and `qualname` are the retried function's; every failed attempt waits
+    `wait` seconds (the library's sleep patched out)."""
+
+    def __init__(self, sdk: Sdk, *, name: str, qualname: str, wait: float) -> None:
+        self.tracer = sdk.tracer_provider.get_tracer("hand")
+        meter = sdk.meter_provider.get_meter("hand")
+        self.attempts_hist = meter.create_histogram(semconv.METRIC_RETRY_ATTEMPTS)
+        self.duration_hist = meter.create_histogram(semconv.METRIC_RETRY_DURATION)
+        self.name = name
+        self.qualname = qualname
+        self.wait = wait
+
+    def operation(self) -> AbstractContextManager[Span]:
+        return self.tracer.start_as_current_span(
+            f"retry {self.qualname}",
+            attributes={semconv.RETRY_NAME: self.name, semconv.RETRY_DEPTH: 1, semconv.RETRY_MAX_ATTEMPTS: 5},
+        )
+
+    def attempt(self, number: int) -> AbstractContextManager[Span]:
+        return self.tracer.start_as_current_span(
+            self.qualname,
+            attributes={semconv.RETRY_NAME: self.name, semconv.RETRY_ATTEMPT: number},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def failed(self, span: Span, exc: ConnectionError) -> None:
+        span.set_attributes({semconv.RETRY_DELAY: self.wait, semconv.ERROR_TYPE: "ConnectionError"})
+        span.set_status(_ERROR)
+        span.add_event("exception", {"exception.type": "ConnectionError", "exception.message": str(exc)})
+
+    def succeeded(self, op: Span, attempts: int) -> Context:
+        """The operation's end attributes; returns its context, where its points are recorded, as ours are (a
+        sampled operation's points carry its exemplar)."""
+        op.set_attributes({semconv.RETRY_ATTEMPTS: attempts, semconv.RETRY_RESULT: "success",
+                           semconv.RETRY_TOTAL_DELAY: self.wait * (attempts - 1)})
+        return context.get_current()
+
+    def record(self, attempts: int, operation: Context) -> None:
+        self.attempts_hist.record(attempts, {semconv.RETRY_NAME: self.name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1}, operation)
+        self.duration_hist.record(0.001, {semconv.RETRY_NAME: self.name, semconv.RETRY_RESULT: "success"}, operation)
+
+
+_ERROR = Status(StatusCode.ERROR)
+
+
 def hand_built_retry(
     sdk: Sdk,
     retry: Callable[[Callable[[], str]], Callable[[], str]],
@@ -157,43 +208,25 @@ def hand_built_retry(
 ) -> Callable[[], str]:
     """The `hand_built` variant of a retry scenario: ``retry(attempt)()`` with the library alone, where `attempt` runs
     `work` (which raises ConnectionError until it succeeds) inside an attempt span, all inside an operation span, with
-    the attributes, events, status and metric points our instrumentation emits, made by hand with the API. `name` and
-    `qualname` are `work`'s; every failed attempt waits `wait` seconds (the library's sleep patched out)."""
-    tracer = sdk.tracer_provider.get_tracer("hand")
-    meter = sdk.meter_provider.get_meter("hand")
-    attempts_hist = meter.create_histogram(semconv.METRIC_RETRY_ATTEMPTS)
-    duration_hist = meter.create_histogram(semconv.METRIC_RETRY_DURATION)
-    error = Status(StatusCode.ERROR)
+    the `RetryFloor` telemetry."""
+    floor = RetryFloor(sdk, name=name, qualname=qualname, wait=wait)
 
     def call() -> str:
         counter = {"attempt": 0}
-        with tracer.start_as_current_span(
-            f"retry {qualname}", attributes={semconv.RETRY_NAME: name, semconv.RETRY_DEPTH: 1, semconv.RETRY_MAX_ATTEMPTS: 5}
-        ) as op:
+        with floor.operation() as op:
 
             def attempt() -> str:
                 counter["attempt"] += 1
-                with tracer.start_as_current_span(
-                    qualname,
-                    attributes={semconv.RETRY_NAME: name, semconv.RETRY_ATTEMPT: counter["attempt"]},
-                    record_exception=False,
-                    set_status_on_exception=False,
-                ) as span:
+                with floor.attempt(counter["attempt"]) as span:
                     try:
                         return work()
                     except ConnectionError as exc:
-                        span.set_attributes({semconv.RETRY_DELAY: wait, semconv.ERROR_TYPE: "ConnectionError"})
-                        span.set_status(error)
-                        span.add_event("exception", {"exception.type": "ConnectionError", "exception.message": str(exc)})
+                        floor.failed(span, exc)
                         raise
 
             result = retry(attempt)()
-            op.set_attributes({semconv.RETRY_ATTEMPTS: counter["attempt"], semconv.RETRY_RESULT: "success",
-                               semconv.RETRY_TOTAL_DELAY: wait * (counter["attempt"] - 1)})
-            # recorded in the operation's context, as ours are: a sampled operation's points carry its exemplar
-            operation = context.get_current()
-        attempts_hist.record(counter["attempt"], {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success", semconv.RETRY_DEPTH: 1}, operation)
-        duration_hist.record(0.001, {semconv.RETRY_NAME: name, semconv.RETRY_RESULT: "success"}, operation)
+            operation = floor.succeeded(op, counter["attempt"])
+        floor.record(counter["attempt"], operation)
         return result
 
     return call

@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import bench_breakers, bench_pybreaker, bench_retry_libs, bench_tenacity, verdict
+from benchmarks import bench_async, bench_breakers, bench_pybreaker, bench_retry_libs, bench_tenacity, verdict
 from benchmarks.conftest import Sdk, instrumenting, make_work
 from benchmarks.opcodes import count
 from otel_resilience.instrumentation._base import ResilienceInstrumentor
@@ -73,6 +73,13 @@ def scenarios() -> dict[str, Scenario]:
             lambda group=group: bench_breakers.scenario(group).call,
             bench_breakers.LIBRARIES[group.split()[0]][1],
             lambda sdk, group=group: bench_breakers.hand_built(group, sdk),
+        )
+    for group in bench_async.GROUPS:
+        scenarios[group] = Scenario(
+            lambda group=group: bench_async.bare(group),
+            bench_async.instrumentor_of(group),
+            lambda sdk, group=group: bench_async.hand_built(group, sdk),
+            bench_async.quiet,
         )
     return dict(sorted(scenarios.items()))
 

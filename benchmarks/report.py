@@ -143,6 +143,10 @@ def render(table: list[Row], passes: int, no_sdk_lines: list[str], http_measures
         "  breaker call, one span and its counter point (the *≤ 1.1 spans' cost* target).",
         "- **no SDK, added**: instrumented with no SDK configured − bare library call, per call, between the fastest",
         "  calls and between the medians; information only: the verdict is the alternating measurement's, below.",
+        "- ***async*** rows (`benchmarks/bench_async.py`): the same calls made with the libraries' async forms, same",
+        "  targets. Each call's coroutine is run to completion directly (``coroutine.send``), as ``await`` runs a",
+        "  coroutine that never suspends inside a running task: no event-loop step in any variant (nothing waits), so",
+        "  the loop adds nothing to either side of a ratio and the figures are the async call's own cost.",
         *your_setup(table),
         "",
         "## Every scenario",
@@ -184,7 +188,7 @@ def _extra_attempts(table: list[Row]) -> list[str]:
         "|---|---|---|---|",
     ]
     for group in sorted(by_group):
-        library, _, scenario = group.partition(" ")
+        library, _, scenario = group.rpartition(" ")  # library: "tenacity", or "tenacity async"
         if scenario != "fail_twice" or f"{library} first_try" not in by_group:
             continue
         twice, once = by_group[group], by_group[f"{library} first_try"]
@@ -242,9 +246,10 @@ def your_setup(table: list[Row]) -> list[str]:
         "## Which set-up is yours, and what it costs there",
         "",
         "Per call, on top of the bare library call (instrumented − bare; the same telemetry by hand − bare), the lowest",
-        "and highest over the scenarios of this run. A service with no SDK at all: the *No SDK* table below (a few",
-        "tenths of a µs). A service that samples records its sampled requests as in the first rows, and the others",
-        "as in the *sampled out* ones: at 1%, 99 calls in 100 cost the *sampled out* figure.",
+        "and highest over the scenarios of this run, sync and async forms together (an async call's figures leave out",
+        "the event loop, which nothing here waits on: see *async* rows above). A service with no SDK at all: the *No",
+        "SDK* table below (a few tenths of a µs). A service that samples records its sampled requests as in the first",
+        "rows, and the others as in the *sampled out* ones: at 1%, 99 calls in 100 cost the *sampled out* figure.",
         "",
         "| your service | set-up | retried call, first try: ours (by hand) | retried call, fails twice: ours (by hand) "
         "| breaker call: ours (by hand) |",

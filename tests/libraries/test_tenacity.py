@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -302,6 +303,19 @@ async def test_async_iterator_form(instrumented: Otel) -> None:
     assert op.attributes[semconv.RETRY_RESULT] == "success"
     assert op.attributes[semconv.RETRY_ATTEMPTS] == 3
     assert seen == [a.context.span_id for a in attempts]
+
+
+async def test_async_iterator_form_releases_its_run_when_it_ends(instrumented: Otel) -> None:
+    """tenacity's async state and its loop refer to each other, so the state outlives the loop until the garbage
+    collector runs: once the operation has ended, our run (its spans, its contexts) must not live as long."""
+    from otel_resilience.instrumentation.tenacity._adapter import _BY_STATE
+
+    retrying = tenacity.AsyncRetrying(stop=tenacity.stop_after_attempt(5), wait=NO_WAIT)
+    async for attempt in retrying:
+        with attempt:
+            Flaky(0)()
+    assert operation_and_attempts(instrumented, "test_async_iterator_form_releases_its_run_when_it_ends")[0]
+    assert weakref.ref(retrying._retry_state) not in _BY_STATE
 
 
 async def test_async_cancellation_aborts(instrumented: Otel) -> None:

@@ -50,8 +50,9 @@ _DECORATOR_CODES, _DECORATED_VARIABLE = decorator_frames()
 
 def _decorated_callable() -> Any:
     """The app's callable, when the loop starting now is that of a function decorated with ``@stamina.retry`` (the
-    first frame outside ours is stamina's decorated function)."""
-    frame = sys._getframe(2)
+    first frame outside ours is stamina's decorated function). The walk starts above `StaminaAdapter._claim`, this
+    function's caller's caller."""
+    frame = sys._getframe(3)
     while frame is not None and frame.f_globals.get("__name__", "").startswith(_OURS):
         frame = frame.f_back  # type: ignore[assignment]
     if frame is None or frame.f_code not in _DECORATOR_CODES:
@@ -136,8 +137,10 @@ class StaminaAdapter:
     def patch(self, patches: Patches) -> None:
         recording = self.telemetry.recording
         self.loops.patch(patches)
-        patches.wrap(_RetryContextIterator, "__iter__", self._iter, enabled=recording)
-        patches.wrap(_RetryContextIterator, "__aiter__", self._aiter, enabled=recording)
+        # the loops' claims need no context read: `RetryOperation.start` makes it (suppressed: no operation starts)
+        may_record = self.telemetry.may_record
+        patches.wrap(_RetryContextIterator, "__iter__", self._iter, enabled=may_record)
+        patches.wrap(_RetryContextIterator, "__aiter__", self._aiter, enabled=may_record)
         patches.wrap(stamina.RetryingCaller, "__call__", self._caller_call, enabled=recording)
         patches.wrap(stamina.AsyncRetryingCaller, "__call__", self._async_caller_call, enabled=recording)
 

@@ -20,7 +20,7 @@ from tenacity import AttemptManager, BaseRetrying, DoAttempt, DoSleep, RetryCall
 from tenacity.asyncio import AsyncRetrying
 
 from otel_resilience import semconv
-from otel_resilience.core import Telemetry, never_raises, outcome, report_internal_error
+from otel_resilience.core import Telemetry, outcome, report_internal_error
 from otel_resilience.core.claims import current_claim
 from otel_resilience.core.naming import caller_names, callable_names
 from otel_resilience.core.retry import RetryOperation, run_as_current, run_as_current_async
@@ -32,7 +32,9 @@ _SKIPPED_FRAMES: Final = ("tenacity",)
 class TenacityLoop:
     """One tenacity operation in flight: its core operation and what ``iter`` told us so far."""
 
-    __slots__ = ("op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "__weakref__")
+    __slots__ = (
+        "op", "retrying", "owner", "activates", "token", "result", "body_done", "body_error", "key", "__weakref__"
+    )
 
     def __init__(self, op: RetryOperation, retrying: BaseRetrying, activates: bool, owner: TenacityLoops) -> None:
         self.op = op
@@ -43,6 +45,16 @@ class TenacityLoop:
         self.result: str | None = None
         self.body_done = False  # iterator forms: the `with attempt:` body of the current attempt has finished
         self.body_error: BaseException | None = None
+        self.key: weakref.ref[RetryCallState] | None = None  # iterator forms: its entry in `_BY_STATE`
+
+    def release(self) -> None:
+        """The operation has ended: an iterator form's state no longer needs its run. (tenacity's async state and its
+        loop refer to each other, so the state lives until the garbage collector runs; its entry in `_BY_STATE` would
+        keep this run, its spans and contexts alive as long.)"""
+        key = self.key
+        if key is not None:
+            self.key = None
+            _BY_STATE.pop(key, None)  # the key goes with its callback, which then never runs
 
     def before_iter(self) -> None:
         """The attempt that was current (call forms) is no longer: tenacity decides what follows."""
@@ -69,10 +81,14 @@ class TenacityLoop:
         future = retry_state.outcome
         assert future is not None
         error = future.exception()  # None when it did not fail (``future.failed`` asks the same, under a lock too)
-        state = self.retrying.iter_state
+        sleeps = raised is None and isinstance(do, DoSleep)
+        if sleeps and error is not None:  # the common retry: a raised error, another attempt after the wait
+            self.op.attempt_ended(error, next_delay=float(do))
+            return
+        state = self.retrying.iter_state  # a thread-local read: only when the verdict needs it
         retry_wanted = bool(state.is_explicit_retry or state.retry_run_result)
         error_type = semconv.REJECTED_RESULT if error is None and retry_wanted else None
-        if raised is None and isinstance(do, DoSleep):
+        if sleeps:
             self.op.attempt_ended(error, error_type=error_type, next_delay=float(do))
             return
         self.op.attempt_ended(error, error_type=error_type)
@@ -83,6 +99,7 @@ class TenacityLoop:
         try:  # guarded inline, not by a `never_raises` layer: this runs on every call
             self.before_iter()
             self.op.ended(self.result, error)
+            self.release()
         except Exception:
             report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.ended")
 
@@ -97,28 +114,46 @@ class TenacityLoop:
             left_after_success = self.body_done and body_error is None and self.result in (None, semconv.RESULT_SUCCESS)
             self.op.attempt_ended(body_error)
             self.op.ended(outcome.abandoned_result(left_after_success))
+            self.release()
         except Exception:
             report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoop.ended_early")
 
 
 _RUN: contextvars.ContextVar[TenacityLoop | None] = contextvars.ContextVar("otel_resilience_tenacity_run", default=None)
-# Iterator forms: the run of each live RetryCallState, for `with attempt:` (which only knows its retry_state).
-_BY_STATE: weakref.WeakKeyDictionary[RetryCallState, TenacityLoop] = weakref.WeakKeyDictionary()
+_BY_STATE: dict[weakref.ref[RetryCallState], TenacityLoop] = {}
+"""Iterator forms: the run of each live RetryCallState, for ``with attempt:`` and ``async for`` (which only know the
+state), found with ``_BY_STATE.get(weakref.ref(state))`` (a weak reference equals another to the same live object).
+Each key's callback forgets a run whose state was dropped, ending it if its loop was left before tenacity concluded
+(that leaves no trace in tenacity): a WeakKeyDictionary and a ``weakref.finalize`` in one reference."""
+
+
+def _track(retry_state: RetryCallState, run: TenacityLoop) -> None:
+    run.key = key = weakref.ref(retry_state, _state_dropped)
+    _BY_STATE[key] = run
+
+
+def _state_dropped(key: weakref.ref[RetryCallState]) -> None:
+    run = _BY_STATE.pop(key, None)
+    if run is not None:
+        run.ended_early()  # guarded inside; returns at once if the operation has ended
 
 
 def _max_attempts(stop: Any) -> int | None:
-    """The policy's attempt limit, when it states one (``stop_after_attempt``, also inside ``a | b`` and ``a & b``)."""
-    if isinstance(stop, tenacity.stop_after_attempt):
+    """The policy's attempt limit, when it states one (``stop_after_attempt``, also inside ``a | b`` and ``a & b``).
+    The classes are looked up in the stop's MRO: tenacity's stops are ABCs, whose ``isinstance`` runs a Python-level
+    check each time, and this runs on every call (0.77 µs instead of 1.04 µs for stamina's stop here)."""
+    mro = type(stop).__mro__
+    if tenacity.stop_after_attempt in mro:
         return int(stop.max_attempt_number)
-    if isinstance(stop, tenacity.stop_any):
+    if tenacity.stop_any in mro:
         limits = [n for n in map(_max_attempts, stop.stops) if n is not None]
         return min(limits) if limits else None
     return None
 
 
-_iterator_runs_exist: Final = _BY_STATE.data.__len__
-"""The check of the hooks that only act on an iterator form's run: a C call (a WeakKeyDictionary keeps its entries in
-``data``), so that with no run in flight ``with attempt:`` costs little more than the patch."""
+_iterator_runs_exist: Final = _BY_STATE.__len__
+"""The check of the hooks that only act on an iterator form's run: a C call, so that with no run in flight ``with
+attempt:`` costs little more than the patch."""
 
 
 class TenacityLoops:
@@ -177,22 +212,18 @@ class TenacityLoops:
     ) -> AsyncIterator[AttemptManager]:
         result = wrapped(*args, **kwargs)
         if getattr(instance, "enabled", True):
-            self._track_async_loop(instance)
+            run = self._start(instance, None, activates=False)  # guarded inside
+            if run is not None:
+                try:  # guarded inline, not by a `never_raises` layer: this runs on every call
+                    _track(instance._retry_state, run)
+                except Exception:
+                    report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoops._aiter_form")
         return result
-
-    @never_raises
-    def _track_async_loop(self, instance: AsyncRetrying) -> None:
-        run = self._start(instance, None, activates=False)
-        if run is not None:
-            retry_state = instance._retry_state
-            _BY_STATE[retry_state] = run
-            # A loop left early leaves no trace in tenacity: end the operation when its state is dropped.
-            weakref.finalize(retry_state, run.ended_early)
 
     def _anext(
         self, wrapped: Callable[..., Awaitable[AttemptManager]], instance: AsyncRetrying, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[AttemptManager]:
-        run = _BY_STATE.get(instance._retry_state)
+        run = _BY_STATE.get(weakref.ref(instance._retry_state))
         if run is None or run.owner is not self:
             return wrapped(*args, **kwargs)
         return _traced_anext(wrapped(*args, **kwargs), run)
@@ -204,7 +235,8 @@ class TenacityLoops:
         if run is None or run.retrying is not instance or run.owner is not self:
             return wrapped(*args, **kwargs)
         retry_state = args[0] if args else kwargs["retry_state"]
-        run.before_iter()
+        if run.token is not None:  # call forms; an iterator form's attempt was made current by `with attempt:` only
+            run.before_iter()
         try:
             do = wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -222,15 +254,15 @@ class TenacityLoops:
         return _traced_async_iter(wrapped(*args, **kwargs), run, args[0] if args else kwargs["retry_state"])
 
     def _attempt_enter(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        run = _BY_STATE.get(instance.retry_state)
+        run = _BY_STATE.get(weakref.ref(instance.retry_state))
         if run is not None and run.owner is self and run.token is None:
             run.body_done = False
             run.body_error = None
-            run.token = _activate(run)
+            run.token = run.op.activate()  # guarded inside
         return wrapped(*args, **kwargs)
 
     def _attempt_exit(self, wrapped: Callable[..., Any], instance: AttemptManager, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        run = _BY_STATE.get(instance.retry_state)
+        run = _BY_STATE.get(weakref.ref(instance.retry_state))
         if run is not None and run.owner is self:
             run.before_iter()  # the body is over: the attempt is no longer current
             run.body_done = True
@@ -285,23 +317,17 @@ class TenacityAdapter(TenacityLoops):
         return await run_as_current_async(_RUN, run, wrapped, args, kwargs)
 
 
-def _activate(run: TenacityLoop) -> object:
-    try:  # guarded inline, not by a `never_raises` layer: this runs on every call
-        return run.op.activate()
-    except Exception:
-        report_internal_error("otel_resilience.instrumentation.tenacity._adapter._activate")
-        return None
-
-
 def _traced_attempts(attempts: Iterator[AttemptManager], run: TenacityLoop) -> Generator[AttemptManager, None, None]:
     """Drive tenacity's generator with our run visible to ``iter`` while it decides; yield its attempts unchanged."""
+    registered = None  # the retry state this run is registered under (tenacity's loop keeps one throughout)
     try:
         while True:
             token = _RUN.set(run)
             try:
                 manager = next(attempts)
-                if not _BY_STATE or manager.retry_state not in _BY_STATE:
-                    _BY_STATE[manager.retry_state] = run
+                if manager.retry_state is not registered:
+                    registered = manager.retry_state
+                    _track(registered, run)
             except StopIteration:
                 break
             finally:
