@@ -181,7 +181,9 @@ class TenacityLoops:
     def body_completed(self, run: TenacityLoop) -> None:
         """A ``with attempt:`` body of `run` completed without an exception (tenacity may still retry its result)."""
 
-    def _start(self, retrying: BaseRetrying, fn: Any, activates: bool) -> TenacityLoop | None:
+    def _start(self, retrying: BaseRetrying, fn: Any, activates: bool, tracked: bool = False) -> TenacityLoop | None:
+        """The run of one call, or None when nothing records. `tracked`: the async iterator form's run, found later
+        by tenacity's state (`_track`), which ``__aiter__`` has just made."""
         try:  # guarded inline, not by a `never_raises` layer: this runs on every call
             names = self.names(fn)
             if names is None:
@@ -189,7 +191,12 @@ class TenacityLoops:
             op = RetryOperation.start(
                 self.telemetry, names[0], span_name=names[1], max_attempts=_max_attempts(retrying.stop)
             )
-            return None if op is None else TenacityLoop(op, retrying, activates, self)
+            if op is None:
+                return None
+            run = TenacityLoop(op, retrying, activates, self)
+            if tracked:
+                _track(retrying._retry_state, run)
+            return run
         except Exception:
             report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoops._start")
             return None
@@ -212,12 +219,7 @@ class TenacityLoops:
     ) -> AsyncIterator[AttemptManager]:
         result = wrapped(*args, **kwargs)
         if getattr(instance, "enabled", True):
-            run = self._start(instance, None, activates=False)  # guarded inside
-            if run is not None:
-                try:  # guarded inline, not by a `never_raises` layer: this runs on every call
-                    _track(instance._retry_state, run)
-                except Exception:
-                    report_internal_error("otel_resilience.instrumentation.tenacity._adapter.TenacityLoops._aiter_form")
+            self._start(instance, None, activates=False, tracked=True)  # guarded inside
         return result
 
     def _anext(
