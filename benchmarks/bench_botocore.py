@@ -24,41 +24,16 @@ import pytest
 from botocore.config import Config
 from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 
-from benchmarks.bench_http import CPU, STATISTIC, serving
+from benchmarks.bench_http import CPU, STATISTIC, Replies, serving
 from benchmarks.conftest import instrumented_fixtures, variant
 from otel_resilience.instrumentation.botocore import BotocoreRetryInstrumentor
 
-SERVER = r"""
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-OK = (b'<?xml version="1.0" encoding="UTF-8"?><ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-      b'<Owner><ID>o</ID></Owner><Buckets></Buckets></ListAllMyBucketsResult>')
-SLOW = b'<Error><Code>SlowDown</Code><Message>m</Message></Error>'
-count = {"flaky": 0}
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def do_GET(self):
-        status = 200
-        if self.path.startswith("/flaky"):
-            count["flaky"] += 1
-            status = 200 if count["flaky"] % 3 == 0 else 503
-        body = OK if status == 200 else SLOW
-        self.send_response(status)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-print(httpd.server_address[1], flush=True)
-httpd.serve_forever()
-"""
+S3_REPLIES = Replies(
+    ok=b'<?xml version="1.0" encoding="UTF-8"?><ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+    b"<Owner><ID>o</ID></Owner><Buckets></Buckets></ListAllMyBucketsResult>",
+    error=b"<Error><Code>SlowDown</Code><Message>m</Message></Error>",
+    headers=("Content-Type: application/xml",),
+)
 
 SCENARIOS = {"S3 ListBuckets": "/ok", "S3 ListBuckets 503,503,200": "/flaky"}
 ATTEMPTS = {"S3 ListBuckets": 1, "S3 ListBuckets 503,503,200": 3}
@@ -66,7 +41,7 @@ ATTEMPTS = {"S3 ListBuckets": 1, "S3 ListBuckets 503,503,200": 3}
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    with serving(script=SERVER) as url:
+    with serving(replies=S3_REPLIES) as url:
         yield url
 
 

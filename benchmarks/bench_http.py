@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -42,6 +43,8 @@ SERVER = r"""
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+OK, ERROR = sys.argv[1].encode(), sys.argv[2].encode()
+HEADERS = [header.split(": ", 1) for header in sys.argv[3:]]
 count = {"flaky": 0}
 
 class Handler(BaseHTTPRequestHandler):
@@ -50,13 +53,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         status = 200
-        if self.path == "/flaky":
+        if self.path.startswith("/flaky"):
             count["flaky"] += 1
             status = 200 if count["flaky"] % 3 == 0 else 503
+        body = OK if status == 200 else ERROR
         self.send_response(status)
-        self.send_header("Content-Length", "2")
+        for name, value in HEADERS:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(b"ok")
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -65,6 +71,17 @@ httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 print(httpd.server_address[1], flush=True)
 httpd.serve_forever()
 """
+"""The scripted server: ``/flaky...`` answers 503, 503, 200 in turn, any other path 200; its arguments are the 200
+body, the 503 body and any further headers (``Name: value``)."""
+
+
+@dataclass(frozen=True)
+class Replies:
+    """What the scripted server answers with (the status cycle is the same for every benchmark)."""
+
+    ok: bytes = b"ok"
+    error: bytes = b"ok"
+    headers: tuple[str, ...] = ()
 
 SCENARIOS = {"keep-alive GET": "/ok", "503,503,200": "/flaky"}
 STATISTIC = "min"
@@ -77,10 +94,11 @@ CPU = pytest.mark.benchmark(timer=time.process_time)
 
 
 @contextmanager
-def serving(cpu: int | None = None, script: str = SERVER) -> Iterator[str]:
-    """A scripted server (`script` prints its port, then serves), in a process of its own, for the duration of the
+def serving(cpu: int | None = None, replies: Replies = Replies()) -> Iterator[str]:
+    """The scripted server (`SERVER`), answering with `replies`, in a process of its own, for the duration of the
     block: its base URL. `cpu`: the one CPU it may run on (`benchmarks.http_cpu` keeps it off the client's)."""
-    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", SERVER, replies.ok.decode(), replies.error.decode(), *replies.headers]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     if cpu is not None:
         os.sched_setaffinity(server.pid, {cpu})
     try:
