@@ -490,22 +490,8 @@ async def test_async_on_predicate(harness: Harness) -> None:
     assert [a.attributes[semconv.ERROR_TYPE] for a in attempts] == ["rejected_result", "rejected_result"]
 
 
-async def test_async_cancellation_aborts(after: Harness) -> None:
-    started = asyncio.Event()
-
-    async def slow() -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    fetch = after.decorate(constant(), slow)
-    task = asyncio.ensure_future(fetch())
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    op = after.otel.span("retry test_async_cancellation_aborts.<locals>.slow")
-    assert op.attributes[semconv.RETRY_RESULT] == "aborted"
-    assert op.attributes[semconv.ERROR_TYPE] == "asyncio.exceptions.CancelledError"
+async def test_async_cancellation_aborts(after: Harness, sleeps: Sleeps) -> None:
+    await retry_checks.cancellation_aborts(after.otel, backoff_library(sleeps, after.decorate))
 
 
 async def test_concurrent_tasks_do_not_mix(harness: Harness) -> None:

@@ -418,21 +418,8 @@ def test_threads_do_not_mix(instrumented: Otel) -> None:
     assert sorted(op.attributes[semconv.RETRY_ATTEMPTS] for op in ops) == [1, 2, 3, 4]
 
 
-async def test_cancellation_aborts(instrumented: Otel) -> None:
-    started = asyncio.Event()
-
-    @stamina.retry(on=ConnectionError, attempts=3)
-    async def slow() -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    task = asyncio.ensure_future(slow())
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    op = instrumented.span("retry test_cancellation_aborts.<locals>.slow")
-    assert op.attributes[semconv.RETRY_RESULT] == "aborted"
+async def test_cancellation_aborts(instrumented: Otel, library: RetryLibrary) -> None:
+    await retry_checks.cancellation_aborts(instrumented, library)
 
 
 # --- lifecycle and behaviour -------------------------------------------------------------------------------------

@@ -318,22 +318,8 @@ async def test_async_iterator_form_releases_its_run_when_it_ends(instrumented: O
     assert weakref.ref(retrying._retry_state) not in _BY_STATE
 
 
-async def test_async_cancellation_aborts(instrumented: Otel) -> None:
-    started = asyncio.Event()
-
-    @tenacity.retry(stop=tenacity.stop_after_attempt(3), wait=NO_WAIT)
-    async def slow() -> None:
-        started.set()
-        await asyncio.sleep(60)
-
-    task = asyncio.create_task(slow())
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    op = instrumented.span("retry test_async_cancellation_aborts.<locals>.slow")
-    assert op.attributes[semconv.RETRY_RESULT] == "aborted"
-    assert op.attributes[semconv.ERROR_TYPE] == "asyncio.exceptions.CancelledError"
+async def test_async_cancellation_aborts(instrumented: Otel, library: RetryLibrary) -> None:
+    await retry_checks.cancellation_aborts(instrumented, library)
 
 
 async def test_concurrent_tasks_do_not_mix(instrumented: Otel) -> None:

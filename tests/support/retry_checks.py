@@ -4,6 +4,7 @@ points. What only one library does stays in its own test module, often right aft
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +174,25 @@ def nested_retries_record_depth(otel: Otel, library: RetryLibrary) -> None:
         ({semconv.RETRY_NAME: f"{name}.outer", semconv.RETRY_RESULT: "exhausted", semconv.RETRY_DEPTH: 1}, 1, 3),
         ({semconv.RETRY_NAME: f"{name}.inner", semconv.RETRY_RESULT: "exhausted", semconv.RETRY_DEPTH: 2}, 3, 9),
     ]
+
+
+async def cancellation_aborts(otel: Otel, library: RetryLibrary) -> None:
+    """A task cancelled during its first attempt of a retried coroutine function: the CancelledError reaches the
+    awaiting code, and the operation ends ``aborted`` with the cancellation's type."""
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(library.retry(slow, 3)())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    op = otel.span("retry cancellation_aborts.<locals>.slow")
+    assert op.attributes[semconv.RETRY_RESULT] == "aborted"
+    assert op.attributes[semconv.ERROR_TYPE] == "asyncio.exceptions.CancelledError"
 
 
 def no_sdk_records_nothing_and_changes_nothing(
